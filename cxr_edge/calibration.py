@@ -1,0 +1,226 @@
+"""Post-hoc calibration on the device side: temperature scaling and decision thresholds.
+
+Pure numpy. Both work from *probabilities*, because that is what an int8
+model pack emits; nothing here needs the float model or its logits.
+
+* :func:`fit_temperature` / :func:`apply_temperature`: one temperature T per
+  model, ``p' = activation(logit(p) / T)``; T > 1 softens over-confident outputs.
+* :func:`choose_threshold` / :func:`choose_thresholds`: per-label decision
+  thresholds from a rule string (``max-f1``, ``youden``, ``sensitivity:0.90``,
+  ``specificity:0.80``). Thresholds drive sigmoid heads only; softmax tasks
+  predict the argmax, and their per-class one-vs-rest thresholds are reported
+  for screening use but not used by predict.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import CxrEdgeError, DataError
+from .metrics import _binary_labels, as_task_arrays, binary_stats, class_indices, threshold_counts
+
+logger = logging.getLogger(__name__)
+
+# Outputs are clipped to [EPS, 1 - EPS] before the inverse activation. Why clip: float32
+# sigmoids saturate to exactly 0 or 1, and a uint8 output (step 1/256) is 0 for anything
+# below ~0.002, where logit/log are infinite and one saturated mistake would make the NLL
+# infinite. Why 1e-4 (|logit| <= 9.2): a quantized 0 only says "below ~0.002"; clipping at
+# 1e-6 (|logit| 13.8) overstates how wrong a saturated mistake is and, on synthetic
+# over-confident models (true T = 3) with uint8 outputs, pushed the fitted T to ~4 and left
+# 2-3x the ECE of 1e-4, the best of 1e-6..1e-3 there. Values above 1e-4 are untouched, and
+# fit and apply share the clip, so T is optimal for the mapping that is actually applied.
+EPS = 1e-4
+T_MIN, T_MAX = 0.05, 20.0
+_ACTIVATIONS = ("sigmoid", "softmax")
+
+
+def _check_activation(activation: str) -> None:
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+
+
+def probs_to_logits(probs, activation: str, eps: float = EPS) -> np.ndarray:
+    """Logits that reproduce ``probs``: ``logit(p)`` for sigmoid, ``log(p)`` for softmax
+    (a softmax is unchanged by a per-row constant), after clipping to [eps, 1 - eps]."""
+    _check_activation(activation)
+    p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1.0 - eps)
+    return np.log(p) - np.log1p(-p) if activation == "sigmoid" else np.log(p)
+
+
+def _activate(z: np.ndarray, activation: str) -> np.ndarray:
+    if activation == "sigmoid":
+        return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _nll(z: np.ndarray, y: np.ndarray, activation: str, temperature: float) -> float:
+    """Mean negative log-likelihood of 0/1 targets ``y`` (one-hot for softmax) at logits z / T."""
+    s = z / temperature
+    if activation == "sigmoid":
+        return float(np.mean(np.logaddexp(0.0, s) - y * s))
+    m = s.max(axis=1, keepdims=True)
+    log_norm = m[:, 0] + np.log(np.exp(s - m).sum(axis=1))
+    return float(np.mean(log_norm - (s * y).sum(axis=1)))
+
+
+def _golden_section(f, lo: float, hi: float, tol: float) -> float:
+    """Minimizer of a unimodal f on [lo, hi] to within tol."""
+    inv_phi = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = lo, hi
+    c, d = b - inv_phi * (b - a), a + inv_phi * (b - a)
+    fc, fd = f(c), f(d)
+    while b - a > tol:
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - inv_phi * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + inv_phi * (b - a)
+            fd = f(d)
+    return (a + b) / 2.0
+
+
+def fit_temperature(probs, y_true, activation: str, eps: float = EPS, tol: float = 1e-5) -> float:
+    """The temperature T in [0.05, 20] minimizing the NLL of ``activation(logits / T)``.
+
+    ``probs``: (N, L) sigmoid outputs with (N, L) 0/1 ``y_true`` (one T shared by
+    all labels), or (N, K) softmax outputs with class indices (N,) or one-hot
+    (N, K). Logits are recovered with :func:`probs_to_logits`. The NLL is convex
+    in 1/T, hence unimodal in log T, so a golden-section search on log T finds
+    the optimum (to ``tol`` in log T). A result at a bound is logged as a warning.
+    """
+    _check_activation(activation)
+    p = np.asarray(probs, dtype=np.float64)
+    if activation == "sigmoid":
+        y = _binary_labels(y_true)
+        if y.shape != p.shape:
+            raise DataError(f"sigmoid y_true must match probs' shape {p.shape}, got {y.shape}.")
+    else:
+        if p.ndim != 2:
+            raise DataError(f"softmax probs must be (N, K), got shape {p.shape}.")
+        y = np.eye(p.shape[1])[class_indices(y_true, p.shape[1])]
+        if y.shape != p.shape:
+            raise DataError(f"y_true has {y.shape[0]} rows but probs has {p.shape[0]}.")
+    if p.size == 0:
+        raise DataError("fit_temperature needs at least one prediction.")
+    z = probs_to_logits(p, activation, eps)
+    log_t = _golden_section(lambda u: _nll(z, y, activation, math.exp(u)),
+                            math.log(T_MIN), math.log(T_MAX), tol)
+    temperature = math.exp(log_t)
+    if temperature < T_MIN * 1.01 or temperature > T_MAX / 1.01:
+        logger.warning("fitted temperature %.4g is at the search bound [%g, %g]: the fit data may hold "
+                       "one class only or the model may be degenerate", temperature, T_MIN, T_MAX)
+    return temperature
+
+
+def apply_temperature(probs, temperature: float, activation: str, eps: float = EPS) -> np.ndarray:
+    """``activation(logits(probs) / T)`` as float64; T = 1 returns the input values unchanged."""
+    _check_activation(activation)
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise DataError(f"temperature must be a finite number > 0, got {temperature!r}.")
+    if temperature == 1.0:
+        return np.array(probs, dtype=np.float64, copy=True)
+    return _activate(probs_to_logits(probs, activation, eps) / temperature, activation)
+
+
+# --------------------------------------------------------------------------- thresholds
+
+RULES_HELP = ("max-f1, youden, sensitivity:X, specificity:X (X a fraction in (0, 1], "
+              "e.g. sensitivity:0.90)")
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """A parsed threshold rule; ``str(rule)`` is its canonical text (for pack metadata)."""
+
+    kind: str                    # "max-f1", "youden", "sensitivity" or "specificity"
+    target: float | None = None  # the required rate for sensitivity/specificity
+
+    def __str__(self) -> str:
+        return self.kind if self.target is None else f"{self.kind}:{self.target:g}"
+
+
+def parse_rule(text) -> ThresholdRule:
+    """Parse ``max-f1``, ``youden``, ``sensitivity:X`` or ``specificity:X`` (0 < X <= 1).
+
+    A :class:`ThresholdRule` is returned as is; anything else raises
+    :class:`~cxr_edge.errors.CxrEdgeError` listing the valid rules.
+    """
+    if isinstance(text, ThresholdRule):
+        return text
+    raw = str(text).strip().lower()
+    if raw in ("max-f1", "youden"):
+        return ThresholdRule(raw)
+    kind, sep, value = raw.partition(":")
+    if sep and kind in ("sensitivity", "specificity"):
+        try:
+            target = float(value)
+        except ValueError:
+            target = math.nan
+        if 0.0 < target <= 1.0:
+            return ThresholdRule(kind, target)
+    raise CxrEdgeError(f"unknown threshold rule {text!r}; valid rules: {RULES_HELP}.")
+
+
+def _pick_index(rule: ThresholdRule, tps: np.ndarray, fps: np.ndarray) -> int:
+    """Index into the candidate thresholds (descending) that the rule selects."""
+    n_pos, n_neg = tps[-1], fps[-1]
+    tpr, fpr = tps / n_pos, fps / n_neg
+    slack = 1e-12  # so that e.g. 9/10 counts as reaching 0.9
+    if rule.kind == "max-f1":
+        return int(np.argmax(2 * tps / (n_pos + tps + fps)))   # first = highest threshold among ties
+    if rule.kind == "youden":
+        return int(np.argmax(tpr - fpr))
+    if rule.kind == "sensitivity":
+        return int(np.flatnonzero(tpr >= rule.target - slack)[0])  # highest threshold reaching it
+    return int(np.flatnonzero(1.0 - fpr >= rule.target - slack)[-1])  # lowest threshold keeping it
+
+
+def choose_threshold(y_true, score, rule) -> tuple[float, dict]:
+    """``(threshold, binary_stats at it)`` selected by ``rule`` on this data.
+
+    Candidates are the distinct scores (``score >= t`` is positive) plus one just
+    above the maximum (nothing positive). ``max-f1`` and ``youden`` maximize F1
+    and sensitivity + specificity - 1 (ties: the highest threshold);
+    ``sensitivity:X`` is the highest threshold with sensitivity >= X;
+    ``specificity:X`` the lowest with specificity >= X. Needs both classes
+    (raises :class:`~cxr_edge.errors.DataError` otherwise).
+    """
+    rule = parse_rule(rule)
+    fps, tps, thresholds = threshold_counts(y_true, score)
+    if tps[-1] == 0 or fps[-1] == 0:
+        raise DataError(f"choosing a threshold needs both classes; got {int(tps[-1])} positive(s) "
+                        f"and {int(fps[-1])} negative(s).")
+    fps, tps = np.r_[0.0, fps], np.r_[0.0, tps]
+    thresholds = np.r_[np.nextafter(thresholds[0], np.inf), thresholds]
+    threshold = float(thresholds[_pick_index(rule, tps, fps)])
+    return threshold, binary_stats(y_true, score, threshold)
+
+
+def choose_thresholds(spec, y_true, probs, rule) -> dict[str, float]:
+    """``{label: threshold}`` for every label of ``spec`` by ``rule`` (see :func:`choose_threshold`).
+
+    Softmax tasks get per-class one-vs-rest thresholds too, though predict uses
+    the argmax for them and thresholds only for sigmoid heads. A label with
+    only one class in the data gets ``spec.default_threshold`` and a logged warning.
+    """
+    rule = parse_rule(rule)
+    y, p = as_task_arrays(spec, y_true, probs)
+    out = {}
+    for j, label in enumerate(spec.labels):
+        n_pos = int(y[:, j].sum())
+        if n_pos in (0, y.shape[0]):
+            logger.warning("task %s, label %s: the data hold only %s, so rule %s cannot be applied; "
+                           "using the default threshold %g", spec.name, label,
+                           "positives" if n_pos else "negatives", rule, spec.default_threshold)
+            out[label] = float(spec.default_threshold)
+        else:
+            out[label] = choose_threshold(y[:, j], p[:, j], rule)[0]
+    return out
