@@ -109,8 +109,8 @@ class TaskSpec:
 
     @property
     def family(self) -> str:
-        """The pipeline slot this task fills: 'gate', 'cxr4' or 'nih' (nih14 and nih13 share it)."""
-        return "nih" if self.name.startswith("nih") else self.name
+        """The pipeline slot this task fills: 'gate', 'cxr4' or 'nih14' (the nih13 variant fills 'nih14' too)."""
+        return "nih14" if self.name.startswith("nih") else self.name
 
     def with_input(self, **changes) -> "TaskSpec":
         """A copy with a different input spec (a recipe may train at another size)."""

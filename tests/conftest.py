@@ -31,3 +31,12 @@ def shared_data(shared_dir) -> Path:
 @pytest.fixture(scope="session")
 def shared_weights(shared_dir) -> Path:
     return shared_dir / "weights"
+
+
+@pytest.fixture(scope="session")
+def tiny_pack(tmp_path_factory) -> Path:
+    """A real int8 pack of three tiny random-weight models (built once per session; needs TensorFlow)."""
+    pytest.importorskip("tensorflow", reason="building a test pack needs TensorFlow (pip install -e '.[train]')")
+    from tinypack import build_tiny_pack
+
+    return build_tiny_pack(tmp_path_factory.mktemp("packs") / "tiny")

@@ -1,0 +1,95 @@
+"""The ``cxr-edge`` command line: a thin, lazy click group.
+
+Each subcommand lives in its own module and is imported only when it runs,
+so ``cxr-edge --help`` stays fast and never imports TensorFlow. Command
+modules import nothing heavy at module level either: numpy, Pillow and the
+library are imported inside the command function.
+
+Expected errors (:class:`~cxr_edge.errors.CxrEdgeError`) become one line on
+stderr and a non-zero exit code; anything else is reported as a bug in one
+line too (set ``CXR_EDGE_DEBUG=1`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+import click
+
+from .. import __version__
+
+# name -> (module, attribute, one-line help). The help is here so listing commands imports nothing.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "predict": ("cxr_edge.cli.predict", "predict", "Run the gate and classifiers on images (files or folders)."),
+    "info": ("cxr_edge.cli.info", "info", "Show what a model pack is and how it was measured."),
+    "rectify": ("cxr_edge.cli.rectify", "rectify", "Find the film in a phone photo and warp it upright."),
+}
+
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx, name):
+        if name in COMMANDS:
+            module, attr, _ = COMMANDS[name]
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][2]) for name in sorted(COMMANDS)]
+        rows += [(name, cmd.get_short_help_str(70)) for name, cmd in sorted(self.commands.items())]
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(rows))
+
+    def invoke(self, ctx):
+        from ..errors import CxrEdgeError
+
+        try:
+            return super().invoke(ctx)
+        except CxrEdgeError as exc:
+            click.secho(f"Error: {exc}", err=True, fg="red")
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug: say so plainly, keep the traceback for those who ask
+            if os.environ.get("CXR_EDGE_DEBUG"):
+                raise
+            click.secho(
+                f"Internal error: {type(exc).__name__}: {exc}\nThis is a bug in cxr-edge {__version__}. "
+                "Re-run with CXR_EDGE_DEBUG=1 to see the traceback and report it.", err=True, fg="red")
+            ctx.exit(EXIT_INTERNAL)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="cxr-edge")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+def main(verbose: int, quiet: bool):
+    """cxr-edge: chest X-ray models that run offline on phones, Raspberry Pi and Jetson.
+
+    \b
+    Typical use:
+      cxr-edge predict film.jpg               gate + 4-class + NIH findings for one image
+      cxr-edge predict scans/ --json          one JSON object per image, for scripts
+      cxr-edge info PACK                      what a model pack is and how it was measured
+
+    Every command has --help. Results are decision support, not a diagnosis.
+    """
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,68 @@
+"""``cxr-edge info``: what a model pack is and how it was measured."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command()
+@click.argument("pack", required=False, type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the full verified description as JSON.")
+def info(pack, as_json):
+    """Describe PACK (default: the pack predict would use) after verifying its checksums.
+
+    Shows each model's task, labels, input, quantization, thresholds,
+    temperature, calibration set hash and the float-vs-int8 metrics measured
+    at export.
+    """
+    from ..config import resolve_pack
+    from ..pack import load_pack
+
+    path, origin = resolve_pack(pack)
+    desc = load_pack(path).describe()
+    if as_json:
+        click.echo(json.dumps(desc, indent=2, sort_keys=True))
+        return
+    click.echo(format_description(desc, origin))
+
+
+def format_description(desc: dict, origin: str = "") -> str:
+    lines = [f"pack      {desc['path']}" + (f"  ({origin})" if origin else ""),
+             f"name      {desc.get('name')}   created {desc.get('created')}   by cxr-edge {desc.get('toolkit_version')}",
+             f"license   {desc.get('license')}",
+             f"size      {desc['total_bytes'] / 1e6:.2f} MB in {len(desc['models'])} model(s); checksums OK"]
+    if desc.get("description"):
+        lines.append(f"about     {desc['description']}")
+    for slot, m in desc["models"].items():
+        inp = m["input"]
+        q = m.get("quantization") or {}
+        lines += ["", f"[{slot}] {m['task']}  {m['file']}  {m['bytes'] / 1e6:.2f} MB  sha256 {m['sha256'][:16]}…",
+                  f"  labels       {', '.join(m['labels'])} ({m['activation']})",
+                  f"  input        {inp['size']}x{inp['size']}x{inp['channels']}, x = pixel*{inp['scale']:.6g}"
+                  f"{inp['offset']:+g}, {inp['resize']}" + (", CLAHE" if inp.get("clahe") else ""),
+                  f"  quantization {q.get('mode', '?')} ({q.get('source', '?')}), I/O {q.get('io_dtype', '?')}",
+                  f"  temperature  {m.get('temperature', 1.0):g}   profiles: "
+                  + ", ".join(f"{p}{' (default)' if p == m.get('default_profile') else ''}" for p in m["thresholds"])]
+        cal = m.get("calibration") or {}
+        if cal:
+            lines.append(f"  calibration  {cal.get('n', '?')} images, sha256 {str(cal.get('sha256', '?'))[:16]}…")
+        lines += _metric_lines(m.get("metrics") or {})
+    return "\n".join(lines)
+
+
+def _metric_lines(metrics: dict) -> list[str]:
+    if not metrics:
+        return ["  metrics      none recorded (not exported with a float-vs-int8 check)"]
+    out = [f"  int8 check   {'PASSED' if metrics.get('passed') else 'FAILED'}"
+           + (f" on {metrics['n']} held-out images ({metrics.get('split', '?')} split)" if "n" in metrics else "")]
+    flt, q, delta = metrics.get("float", {}), metrics.get("int8", {}), metrics.get("delta", {})
+    for key in sorted(set(flt) & set(q)):
+        if isinstance(flt[key], (int, float)) and isinstance(q[key], (int, float)):
+            d = delta.get(key)
+            out.append(f"    {key:<14} float {flt[key]:.4f}  int8 {q[key]:.4f}" + (f"  Δ {d:+.4f}" if d is not None else ""))
+    for key in ("agreement", "max_abs_diff", "mean_abs_diff"):
+        if key in metrics:
+            out.append(f"    {key:<14} {metrics[key]:.4f}")
+    return out
