@@ -281,14 +281,20 @@ def _write_atomically(out: Path, files: dict[str, bytes], *, overwrite: bool) ->
     try:
         for fname, content in files.items():
             (tmp_dir / fname).write_bytes(content)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "pack") if out.is_dir() else os.replace(out, old / out.name)
+        if not out.exists():
             os.replace(tmp_dir, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp_dir, out)
-    except BaseException:
+            return out
+        # Two renames: the old pack moves aside, the new one takes its place; a failure moves the old one back.
+        aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        try:
+            os.replace(out, aside / "pack")
+            try:
+                os.replace(tmp_dir, out)
+            except BaseException:
+                os.replace(aside / "pack", out)
+                raise
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+    finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return out

@@ -130,9 +130,9 @@ class Pipeline:
         self.gate_first = gate_first
         self.models = {slot: LoadedModel.from_pack(pm, threads=threads, backend=backend)
                        for slot, pm in self.pack.models.items()}
-        if profile is not None:
-            for m in self.models.values():
-                m.metadata.threshold_profile(profile)  # fail now, not on the first image
+        if profile is not None and not any(profile in m.metadata.thresholds for m in self.models.values()):
+            # fail now, not on the first image; the message lists the profiles that exist
+            next(iter(self.models.values())).metadata.threshold_profile(profile)
         # Decode large JPEGs only as big as the largest model input needs.
         self.decode_size = max(m.spec.input.size for m in self.models.values())
 
@@ -165,7 +165,7 @@ class Pipeline:
             t0 = time.perf_counter()
             gate = self.models["gate"]
             score = float(gate.probabilities(gate.infer(inputs["gate"])["probs"])[0])
-            threshold = float(gate.metadata.threshold_profile(self.profile).get(gate.spec.labels[0], 0.5))
+            threshold = float(self._thresholds(gate)[1].get(gate.spec.labels[0], gate.spec.default_threshold))
             pred.gate = GateResult(score, threshold, score >= threshold)
             pred.timings_ms["gate"] = (time.perf_counter() - t0) * 1e3
             if not pred.gate.accepted and self.gate_first:
@@ -182,8 +182,7 @@ class Pipeline:
 
     def _task_result(self, m: LoadedModel, x: np.ndarray) -> TaskResult:
         probs = m.probabilities(m.infer(x)["probs"])
-        profile = self.profile or m.metadata.default_profile
-        thresholds = m.metadata.threshold_profile(profile)
+        profile, thresholds = self._thresholds(m)
         labels = m.spec.labels
         top = labels[int(np.argmax(probs))]
         if m.spec.activation == "softmax":
@@ -194,6 +193,11 @@ class Pipeline:
         return TaskResult(m.spec.name, {lbl: float(p) for lbl, p in zip(labels, probs)},
                           {lbl: float(thresholds.get(lbl, m.spec.default_threshold)) for lbl in labels},
                           positive, top, profile, m.metadata.temperature)
+
+    def _thresholds(self, m: LoadedModel) -> tuple[str, dict[str, float]]:
+        """The chosen profile where the model has it, else the model's default profile."""
+        name = self.profile if self.profile in m.metadata.thresholds else m.metadata.default_profile
+        return name, m.metadata.threshold_profile(name)
 
     # ------------------------------------------------------------------ entry points
 

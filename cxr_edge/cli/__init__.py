@@ -25,7 +25,6 @@ from .. import __version__
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": ("cxr_edge.cli.predict", "predict", "Run the gate and classifiers on images (files or folders)."),
     "info": ("cxr_edge.cli.info", "info", "Show what a model pack is and how it was measured."),
-    "rectify": ("cxr_edge.cli.rectify", "rectify", "Find the film in a phone photo and warp it upright."),
 }
 
 EXIT_INTERNAL = 70

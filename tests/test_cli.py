@@ -1,0 +1,135 @@
+"""The command line: fast lazy help, predict and info, clean errors and exit codes."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from cxr_edge.cli import COMMANDS, EXIT_INTERNAL, main
+
+
+@pytest.fixture
+def run(monkeypatch, tmp_path):
+    monkeypatch.delenv("CXR_EDGE_PACK", raising=False)
+    monkeypatch.setenv("CXR_EDGE_CONFIG", str(tmp_path / "no-config.json"))
+
+    def invoke(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def test_help_lists_every_command(run):
+    res = run("--help")
+    assert res.exit_code == 0
+    for name in COMMANDS:
+        assert name in res.output
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_has_help(run, name):
+    res = run(name, "--help")
+    assert res.exit_code == 0, res.output
+    assert "Usage:" in res.output and len(res.output) > 200  # it explains, not just lists
+
+
+def test_help_imports_no_tensorflow_numpy_or_pillow():
+    code = ("import sys\nfrom cxr_edge.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('tensorflow', 'tf_keras', 'numpy', 'PIL') if m in sys.modules]\n"
+            "print('HEAVY', heavy, file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in out.stderr
+
+
+def test_predict_prints_a_table_and_json(run, tiny_pack, shared_data):
+    cxr = shared_data / "nih_cxr14" / "images" / "00000061_012.png"
+    res = run("predict", "--pack", tiny_pack, cxr)
+    assert res.exit_code == 0, res.output
+    assert "chest X-ray" in res.output and "cxr4" in res.output and "not a diagnosis" in res.output
+    res = run("predict", "--pack", tiny_pack, "--json", cxr, cxr)
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(lines) == 2 and all({"file", "gate", "cxr4", "nih14", "error"} <= set(d) for d in lines)
+
+
+def test_predict_folder_with_bad_files_reports_each_and_exits_1(run, tiny_pack, shared_data, tmp_path):
+    from test_images import bad_inputs
+
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    shutil.copy(shared_data / "nih_cxr14" / "images" / "00000061_012.png", folder / "good.png")
+    expected = {}
+    for kind, path in bad_inputs(tmp_path):
+        if path.is_file():
+            dest = folder / path.name
+            shutil.copy(path, dest)
+            expected[str(dest)] = kind
+    res = run("predict", "--pack", tiny_pack, "--json", folder, tmp_path / "missing.jpg", tmp_path / "folder.png")
+    assert res.exit_code == 1
+    rows = {d["file"]: d for d in map(json.loads, res.stdout.splitlines())}
+    assert rows[str(folder / "good.png")]["status"] == "ok"
+    for f, kind in expected.items():
+        assert rows[f]["status"] == "error" and rows[f]["error"]["kind"] == kind
+    assert rows[str(tmp_path / "missing.jpg")]["error"]["kind"] == "not_found"
+    assert "Traceback" not in res.output
+
+
+def test_tampered_pack_is_a_clean_error(run, tiny_pack, tmp_path, shared_data):
+    pack = shutil.copytree(tiny_pack, tmp_path / "p")
+    data = bytearray((pack / "nih14.tflite").read_bytes())
+    data[200] ^= 1
+    (pack / "nih14.tflite").write_bytes(bytes(data))
+    for args in (("predict", "--pack", pack, shared_data / "nih_cxr14" / "images" / "00000061_012.png"),
+                 ("info", pack)):
+        res = run(*args)
+        assert res.exit_code == 2 and "nih14.tflite" in res.output and "Traceback" not in res.output
+
+
+def test_no_pack_anywhere_says_how_to_get_one(run, monkeypatch, tmp_path):
+    monkeypatch.setattr("cxr_edge.config.BUNDLED_PACK", tmp_path / "absent")
+    res = run("predict", tmp_path)
+    assert res.exit_code == 2 and "--pack" in res.output and "CXR_EDGE_PACK" in res.output
+
+
+def test_pack_from_env_and_config_file(run, monkeypatch, tiny_pack, tmp_path):
+    monkeypatch.setenv("CXR_EDGE_PACK", str(tiny_pack))
+    assert "CXR_EDGE_PACK" in run("info").output
+    monkeypatch.delenv("CXR_EDGE_PACK")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"pack": str(tiny_pack)}))
+    monkeypatch.setenv("CXR_EDGE_CONFIG", str(cfg))
+    res = run("info", "--json")
+    assert res.exit_code == 0 and json.loads(res.output)["name"] == "tiny-test-pack"
+    cfg.write_text("{broken")
+    res = run("info")
+    assert res.exit_code == 2 and "not valid JSON" in res.output
+
+
+def test_info_shows_what_the_pack_is(run, tiny_pack):
+    res = run("info", tiny_pack)
+    assert res.exit_code == 0
+    for text in ("checksums OK", "COVID-19", "quantization int8", "profiles: default", "[gate]"):
+        assert text in res.output
+
+
+def test_unexpected_errors_are_reported_as_bugs_without_traceback(run, tiny_pack, monkeypatch, shared_data):
+    def boom(*a, **k):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr("cxr_edge.pipeline.Pipeline.classify", boom)
+    res = CliRunner().invoke(main, ["predict", "--pack", str(tiny_pack),
+                                    str(shared_data / "nih_cxr14" / "images" / "00000061_012.png")])
+    assert res.exit_code == EXIT_INTERNAL and "bug in cxr-edge" in res.output and "kaboom" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_usage_errors(run, tiny_pack, tmp_path):
+    assert run("predict").exit_code == 2
+    res = run("predict", "--pack", tiny_pack, "--threads", "0", tmp_path)
+    assert res.exit_code == 2 and "threads" in res.output
+    (tmp_path / "empty_dir").mkdir()
+    res = run("predict", "--pack", tiny_pack, tmp_path / "empty_dir")
+    assert res.exit_code == 2 and "no image files" in res.output

@@ -1,0 +1,85 @@
+"""The gate-first pipeline on real images with a real (tiny, random-weight) int8 pack."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from cxr_edge.errors import PackError
+from cxr_edge.pack import load_pack, rewrite_metadata
+from cxr_edge.pipeline import Pipeline
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_pack):
+    return Pipeline(tiny_pack)
+
+
+@pytest.fixture
+def cxr(shared_data):
+    return shared_data / "nih_cxr14" / "images" / "00000061_012.png"
+
+
+def test_accepted_image_gets_all_three_results(pipeline, cxr):
+    pred = pipeline.predict(cxr)
+    assert pred.status == "ok" and pred.gate.accepted
+    assert set(pred.cxr4.probabilities) == {"COVID-19", "Normal", "Pneumonia", "Tuberculosis"}
+    assert abs(sum(pred.cxr4.probabilities.values()) - 1) < 0.03  # softmax (int8 output steps)
+    assert pred.cxr4.positive == [pred.cxr4.top]
+    assert len(pred.nih14.probabilities) == 14
+    assert all((pred.nih14.probabilities[k] >= pred.nih14.thresholds[k]) for k in pred.nih14.positive)
+    d = pred.to_dict()
+    assert {"file", "gate", "cxr4", "nih14", "error"} <= d.keys() and d["error"] is None
+
+
+def test_rejected_image_skips_the_classifiers(tiny_pack, tmp_path, shared_data):
+    pack = shutil.copytree(tiny_pack, tmp_path / "strict")
+    meta = load_pack(pack)["gate"].metadata
+    meta.thresholds["strict"] = {"chest_xray": 1.01}  # nothing can pass
+    rewrite_metadata(pack, {"gate": meta})
+    pred = Pipeline(pack, profile="strict").predict(shared_data / "noncxr" / "images" / "skimage_coffee.png")
+    assert pred.status == "rejected" and pred.cxr4 is None and pred.nih14 is None
+    assert pred.message.startswith("rejected: not a chest X-ray (score")
+    assert "cxr4" not in pred.timings_ms  # the classifiers really did not run
+
+
+def test_unknown_profile_fails_at_start(tiny_pack):
+    with pytest.raises(PackError, match="threshold profile 'screening'"):
+        Pipeline(tiny_pack, profile="screening")
+
+
+def test_bad_file_in_a_batch_does_not_stop_it(pipeline, cxr, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")
+    preds = list(pipeline.predict_many([cxr, bad, cxr], workers=2))
+    assert [p.status for p in preds] == ["ok", "error", "ok"]
+    assert preds[1].error["kind"] == "empty" and preds[1].file == str(bad)
+    assert preds[0].cxr4.probabilities == preds[2].cxr4.probabilities  # deterministic
+
+
+def test_pipelined_and_plain_loops_agree(pipeline, shared_data):
+    files = sorted((shared_data / "cxr4" / "images").glob("*.png"))[:6]
+    a = [p.to_dict()["cxr4"] for p in pipeline.predict_many(files, workers=2)]
+    b = [p.to_dict()["cxr4"] for p in pipeline.predict_many(files, workers=0)]
+    c = [pipeline.predict(f).to_dict()["cxr4"] for f in files]
+    assert a == b == c
+
+
+def test_same_answer_from_path_bytes_and_array(pipeline, cxr):
+    from PIL import Image
+
+    by_path = pipeline.predict(cxr).nih14.probabilities
+    by_bytes = pipeline.predict(cxr.read_bytes()).nih14.probabilities
+    by_array = pipeline.predict(np.asarray(Image.open(cxr))).nih14.probabilities
+    assert by_path == by_bytes == by_array
+
+
+def test_temperature_from_the_pack_is_applied(tiny_pack, tmp_path, cxr):
+    pack = shutil.copytree(tiny_pack, tmp_path / "warm")
+    before = Pipeline(pack).predict(cxr).cxr4.probabilities
+    meta = load_pack(pack)["cxr4"].metadata
+    meta.temperature = 4.0
+    rewrite_metadata(pack, {"cxr4": meta})
+    after = Pipeline(pack).predict(cxr).cxr4.probabilities
+    assert np.std(list(after.values())) < np.std(list(before.values()))  # softer, same ranking
+    assert max(after, key=after.get) == max(before, key=before.get)
