@@ -7,6 +7,8 @@ Backends, in order of preference (override with ``backend=`` or the
 * ``tflite-runtime`` – the legacy runtime; needs numpy<2 and runs int8
   without XNNPACK (measured ~14x slower here).
 * ``tf.lite`` – TensorFlow's own interpreter (deprecated, heavy; last resort).
+* ``tflite-java`` – on Android, the TFLite Java API through pyjnius
+  (``cxr_edge.android_tflite``), where no Python runtime can be packaged.
 
 Callers pass and receive float32: :meth:`TFLiteModel.run` quantizes inputs
 and dequantizes outputs with the tensors' own scale and zero point, so no
@@ -29,13 +31,15 @@ from .errors import BackendError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("ai-edge-litert", "tflite-runtime", "tf.lite")
+BACKENDS = ("ai-edge-litert", "tflite-runtime", "tf.lite", "tflite-java")
 _MODULES = {
     "ai-edge-litert": "ai_edge_litert.interpreter",
     "tflite-runtime": "tflite_runtime.interpreter",
     "tf.lite": "tensorflow",
+    "tflite-java": "cxr_edge.android_tflite",
 }
-_DIST = {"ai-edge-litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime", "tf.lite": "tensorflow"}
+_DIST = {"ai-edge-litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime", "tf.lite": "tensorflow",
+         "tflite-java": "pyjnius"}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ EXIT_SOME_FAILED = 1
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 32),
               help="Threads that decode images ahead of inference (0 = none).")
 @click.option("--profile", default=None, help="Threshold profile stored in the pack (e.g. screening, balanced).")
-@click.option("--backend", default=None, type=click.Choice(["ai-edge-litert", "tflite-runtime", "tf.lite"]),
+@click.option("--backend", default=None, type=click.Choice(["ai-edge-litert", "tflite-runtime", "tf.lite", "tflite-java"]),
               help="Force an interpreter backend (default: the first that is installed).")
 def predict(images, pack, as_json, threads, workers, profile, backend):
     """Predict IMAGES (files or folders; folders are searched recursively).
