@@ -25,6 +25,7 @@ from .. import __version__
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": ("cxr_edge.cli.predict", "predict", "Run the gate and classifiers on images (files or folders)."),
     "info": ("cxr_edge.cli.info", "info", "Show what a model pack is and how it was measured."),
+    "data": ("cxr_edge.cli.data", "data", "Prepare a data set (patient-level splits + cache) and report on it."),
 }
 
 EXIT_INTERNAL = 70
