@@ -126,3 +126,26 @@ def test_bad_sources_raise_data_errors(tmp_path):
         load_sources(get_task("cxr4"), [SourceSpec(str(bad))])
     with pytest.raises(DataError, match="no data source"):
         load_sources(get_task("cxr4"), [])
+
+
+def test_data_entry_with_images_0nn_folders(shared_data, tmp_path):
+    """The NIH download layout: images_001/images/*.png … images_012/images/*.png, found by file name."""
+    imgs = sorted((shared_data / "nih_cxr14/images").glob("*.png"))[:5]
+    for i, f in enumerate(imgs):
+        folder = tmp_path / f"images_{1 + i // 3:03d}" / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, folder / f.name)
+    header = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+              "View Position"]
+    rows = [[f.name, "Hernia|Mass" if i == 0 else "No Finding", "0", str(int(f.name[:8])), "058Y", "F", "PA"]
+            for i, f in enumerate(imgs)]
+    rows.append(["99999999_000.png", "Mass", "0", "99999999", "40", "M", "AP"])  # listed, not downloaded
+    table = _write_csv(tmp_path / "Data_Entry_2017.csv", header, rows)
+    (tmp_path / "test_list.txt").write_text(imgs[0].name + "\n")
+    loaded = load_sources(get_task("nih14"), [SourceSpec(str(table))], SourceOptions(images=(str(tmp_path),)))
+    recs = sorted(loaded.records, key=lambda r: r.path)
+    assert len(recs) == 5 and loaded.issues.count("missing_files") == 1
+    first = next(r for r in recs if r.path.endswith(imgs[0].name))
+    assert first.official_split == "test" and first.age == 58 and first.sex == "F"
+    assert first.labels[get_task("nih14").labels.index("Hernia")] == 1
+    assert sum(r.no_finding for r in recs) == 4 and "images_002" in recs[-1].path

@@ -100,12 +100,13 @@ def prepare(config: PrepareConfig, out, *, force: bool = False, workers: int | N
                         workers=workers, progress=step)
     ok = _drop_corrupt(records, cache.errors, issues, loaded.sources)
     exact = _exact_duplicate_links(ok, cache)
-    links = _index_links(records, known_dups, ok) + exact
+    known = _index_links(records, known_dups, ok)
+    links = known + exact
     kept = [records[i] for i in ok]
     groups = connected_groups([r.patient_id for r in kept], _reindex(links, ok))
     labels = np.array([r.labels for r in kept], dtype=np.int64).reshape(len(kept), task.num_labels)
     split, split_info = assign_splits(groups, labels, config.split, np.array([r.official_split for r in kept]))
-    split_info.update(duplicate_groups_known=len(known_dups), exact_duplicate_groups_found=len(exact),
+    split_info.update(known_duplicate_groups_present=len(known), exact_duplicate_groups_found=len(exact),
                       sampled_out_images=sampled_out)
 
     columns = _columns(task, config)
@@ -237,13 +238,15 @@ def _index_links(records, groups_of_paths, usable) -> list[list[int]]:
 
 def _exact_duplicate_links(ok: list[int], cache) -> list[list[int]]:
     """Images with identical file bytes or identical cached pixels: linked so they share a split."""
-    links = []
+    links: dict[frozenset, list[int]] = {}
     for key in (cache.file_sha256, cache.pixel_sha256):
         by: dict[str, list[int]] = {}
         for i in ok:
             by.setdefault(key[i], []).append(i)
-        links += [g for g in by.values() if len(g) > 1]
-    return links
+        for g in by.values():
+            if len(g) > 1:
+                links.setdefault(frozenset(g), g)  # identical files are also identical pixels: count once
+    return list(links.values())
 
 
 def _reindex(links: list[list[int]], ok: list[int]) -> list[list[int]]:
@@ -368,6 +371,8 @@ def describe(prepared: Prepared) -> str:
     for lbl in labels:
         lines.append(f"{lbl:<{width}} " + " ".join(f"{c[s]['labels'][lbl]:>8}" for s in SPLITS))
     lines.append(f"{'(no label)':<{width}} " + " ".join(f"{c[s]['no_label']:>8}" for s in SPLITS))
+    for extra in info.get("extra_columns", []):
+        lines.append(f"{extra + ' (extra)':<{width}} " + " ".join(f"{c[s][extra]:>8}" for s in SPLITS))
     lic = info["licenses"]
     lines.append(f"licences: {len(lic['counts'])}; most restrictive: {lic['most_restrictive']!r} "
                  f"({lic['most_restrictive_level']}); permissive only: {info['permissive_only']}")

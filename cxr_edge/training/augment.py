@@ -1,0 +1,217 @@
+"""Training augmentations for chest X-rays, applied per batch in TensorFlow (plus phone-photo simulation).
+
+:class:`AugmentConfig` is plain data (a recipe's ``augment`` block); it does
+not import TensorFlow. :func:`augment_batch` applies it to a uint8-valued
+float batch with stateless random ops, so a seed reproduces every batch:
+
+* one random affine per image (rotation, shear, zoom, shift), optionally a
+  random resized crop, composed into a single projective resample (black
+  fill, as the letterbox canvas);
+* brightness and contrast;
+* optional mixup (labels mixed with the same weights as the images).
+
+Horizontal flip is **off by default**: laterality matters clinically. The
+heart, aortic knob and stomach bubble are on the left; a flipped film shows
+dextrocardia/situs inversus, and findings named by side (a left-sided
+effusion, a right upper lobe mass) would move. Turn it on only for a task
+where side carries no meaning, and say so in the recipe.
+
+Phone-photo simulation (``photo_prob`` > 0) runs before these, in numpy, via
+:func:`cxr_edge.photosim.simulate_rectified`: what a field photo of the film
+looks like after the app has found and rectified the film (glare, moiré,
+blur, JPEG, colour cast turned grey, vignetting, a sliver of lightbox/desk at
+the edge), with a severity. :mod:`cxr_edge.training.dataset` calls it
+through ``tf.numpy_function``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from ..errors import RecipeError
+
+_SEVERITY_NAMES = ("none", "mild", "moderate", "severe")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """What to randomize during training, and how much. Every default is mild: a CXR has a standard pose."""
+
+    rotation: float = 7.0                        # degrees, ± uniform
+    shear: float = 3.0                           # degrees, ± uniform
+    zoom: float = 0.08                           # scale 1 ± zoom
+    shift: float = 0.04                          # fraction of the side, ± uniform in x and y
+    crop_prob: float = 0.3                       # chance of a random resized crop
+    crop_area: tuple[float, float] = (0.75, 1.0)  # crop area as a fraction of the image
+    crop_ratio: tuple[float, float] = (0.85, 1.18)  # crop aspect ratio (w/h) range
+    hflip: bool = False                          # OFF by default: laterality matters (see the module doc)
+    brightness: float = 0.08                     # ± fraction of full scale
+    contrast: float = 0.15                       # factor 1 ± contrast around the image mean
+    mixup_alpha: float = 0.0                     # Beta(α, α) mixing weight; 0 = no mixup
+    mixup_prob: float = 0.5                      # chance an image is mixed (when mixup_alpha > 0)
+    photo_prob: float = 0.0                      # chance an image becomes a simulated phone photo
+    photo_severity: float | str = "moderate"     # 0..1 or none/mild/moderate/severe
+    photo_effects: tuple[str, ...] | None = None  # photosim FILM_EFFECTS to use (None = its defaults)
+
+    def __post_init__(self):
+        for name in ("rotation", "shear", "zoom", "shift", "brightness", "contrast", "mixup_alpha"):
+            if getattr(self, name) < 0:
+                raise RecipeError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("crop_prob", "mixup_prob", "photo_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise RecipeError(f"augment.{name} is a probability in [0, 1], got {getattr(self, name)}")
+        if self.zoom >= 1 or self.shift >= 0.5 or self.rotation > 45 or self.contrast >= 1:
+            raise RecipeError("augment: zoom < 1, shift < 0.5, rotation <= 45 and contrast < 1 are required "
+                              f"(got zoom {self.zoom}, shift {self.shift}, rotation {self.rotation}, "
+                              f"contrast {self.contrast})")
+        for name, lo, hi in (("crop_area", 0.05, 1.0), ("crop_ratio", 0.2, 5.0)):
+            v = tuple(float(x) for x in getattr(self, name))
+            if len(v) != 2 or not lo <= v[0] <= v[1] <= hi:
+                raise RecipeError(f"augment.{name} must be [min, max] within [{lo}, {hi}], got {list(v)}")
+            object.__setattr__(self, name, v)
+        sev = self.photo_severity
+        if isinstance(sev, str) and sev not in _SEVERITY_NAMES or \
+                not isinstance(sev, str) and not 0 <= float(sev) <= 1:
+            raise RecipeError(f"augment.photo_severity must be 0..1 or one of {', '.join(_SEVERITY_NAMES)}, "
+                              f"got {sev!r}")
+        if self.photo_effects is not None:
+            object.__setattr__(self, "photo_effects", tuple(self.photo_effects))
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "AugmentConfig":
+        """Build from a recipe block; an unknown key is an error that lists the valid ones."""
+        d = dict(d or {})
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise RecipeError(f"unknown augment key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        return cls(**d)
+
+    @classmethod
+    def off(cls) -> "AugmentConfig":
+        """A config that changes nothing (every augmentation disabled)."""
+        return cls(rotation=0, shear=0, zoom=0, shift=0, crop_prob=0, brightness=0, contrast=0)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["crop_area"], d["crop_ratio"] = list(self.crop_area), list(self.crop_ratio)
+        if self.photo_effects is not None:
+            d["photo_effects"] = list(self.photo_effects)
+        return d
+
+    @property
+    def geometric(self) -> bool:
+        return bool(self.rotation or self.shear or self.zoom or self.shift or self.crop_prob or self.hflip)
+
+    @property
+    def photometric(self) -> bool:
+        return bool(self.brightness or self.contrast)
+
+    @property
+    def mixup(self) -> bool:
+        return self.mixup_alpha > 0 and self.mixup_prob > 0
+
+
+def augment_batch(x, y, config: AugmentConfig, seed):
+    """Augment a batch: ``x`` float32 (B, S, S, C) with values 0..255, ``y`` float32 (B, L).
+
+    ``seed`` is a stateless seed (int64 tensor of shape [2]). Returns (x, y),
+    x still on the 0..255 scale (normalization comes after).
+    """
+    from .tf_env import load
+
+    tf, _ = load()
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
+    if config.geometric:
+        x = _geometric(tf, x, config, seeds[0])
+    if config.photometric:
+        x = _photometric(tf, x, config, seeds[1])
+    if config.mixup:
+        x, y = _mixup(tf, x, y, config, seeds[2])
+    return x, y
+
+
+def _uniform(tf, seed, b, lo, hi):
+    return tf.random.stateless_uniform([b], seed=seed, minval=lo, maxval=hi)
+
+
+def _geometric(tf, x, cfg: AugmentConfig, seed):
+    """One output->input projective matrix per image: crop ∘ (centre·rotate·shear·zoom·centre⁻¹) ∘ shift ∘ flip."""
+    b = tf.shape(x)[0]
+    size = tf.cast(tf.shape(x)[1], tf.float32)
+    s = tf.random.experimental.stateless_split(seed, num=10)
+    rot = _uniform(tf, s[0], b, -cfg.rotation, cfg.rotation) * (math.pi / 180)
+    shear = _uniform(tf, s[1], b, -cfg.shear, cfg.shear) * (math.pi / 180)
+    zoom = _uniform(tf, s[2], b, 1 - cfg.zoom, 1 + cfg.zoom)
+    tx = _uniform(tf, s[3], b, -cfg.shift, cfg.shift) * size
+    ty = _uniform(tf, s[4], b, -cfg.shift, cfg.shift) * size
+    one, zero = tf.ones([b]), tf.zeros([b])
+    c = (size - 1) / 2
+
+    def mat(r0, r1):
+        return tf.stack([tf.stack(r0, -1), tf.stack(r1, -1), tf.stack([zero, zero, one], -1)], 1)
+
+    cos, sin = tf.cos(rot) / zoom, tf.sin(rot) / zoom
+    # output -> input: p_in = A (p_out - c) + c + t, A = rotation·shear / zoom
+    a00, a01 = cos, -sin + cos * tf.tan(shear)
+    a10, a11 = sin, cos + sin * tf.tan(shear)
+    m = mat([a00, a01, c - a00 * c - a01 * c + tx], [a10, a11, c - a10 * c - a11 * c + ty])
+    if cfg.hflip:
+        flip = _uniform(tf, s[5], b, 0, 1) < 0.5
+        fx = tf.where(flip, -one, one)
+        m = m @ mat([fx, zero, tf.where(flip, size - 1, zero)], [zero, one, zero])
+    if cfg.crop_prob > 0:
+        area = _uniform(tf, s[6], b, *cfg.crop_area)
+        log_ratio = _uniform(tf, s[7], b, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
+        ratio = tf.exp(log_ratio)
+        cw = tf.minimum(tf.sqrt(area * ratio), 1.0)
+        ch = tf.minimum(tf.sqrt(area / ratio), 1.0)
+        use = _uniform(tf, s[8], b, 0, 1) < cfg.crop_prob
+        cw, ch = tf.where(use, cw, one), tf.where(use, ch, one)
+        pos = tf.random.stateless_uniform([b, 2], seed=s[9])
+        ox, oy = pos[:, 0] * (1 - cw) * size, pos[:, 1] * (1 - ch) * size
+        m = m @ mat([cw, zero, ox], [zero, ch, oy])  # output pixel -> its place in the crop -> affine -> input
+    m = m / m[:, 2:3, 2:3]
+    transforms = tf.reshape(m, [-1, 9])[:, :8]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=x, transforms=transforms, output_shape=tf.shape(x)[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="CONSTANT")
+
+
+def _photometric(tf, x, cfg: AugmentConfig, seed):
+    b = tf.shape(x)[0]
+    s = tf.random.experimental.stateless_split(seed, num=2)
+    delta = tf.reshape(_uniform(tf, s[0], b, -cfg.brightness, cfg.brightness) * 255.0, [-1, 1, 1, 1])
+    factor = tf.reshape(_uniform(tf, s[1], b, 1 - cfg.contrast, 1 + cfg.contrast), [-1, 1, 1, 1])
+    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+    return tf.clip_by_value((x - mean) * factor + mean + delta, 0.0, 255.0)
+
+
+def _mixup(tf, x, y, cfg: AugmentConfig, seed):
+    """Mix each image with its partner in the reversed batch; labels get the same weights."""
+    b = tf.shape(x)[0]
+    s = tf.random.experimental.stateless_split(seed, num=3)
+    g1 = tf.random.stateless_gamma([b], seed=s[0], alpha=cfg.mixup_alpha)
+    g2 = tf.random.stateless_gamma([b], seed=s[1], alpha=cfg.mixup_alpha)
+    lam = g1 / tf.maximum(g1 + g2, 1e-12)
+    lam = tf.where(_uniform(tf, s[2], b, 0, 1) < cfg.mixup_prob, lam, tf.ones_like(lam))
+    lx = tf.reshape(lam, [-1, 1, 1, 1])
+    ly = tf.reshape(lam, [-1, 1])
+    return lx * x + (1 - lx) * tf.reverse(x, [0]), ly * y + (1 - ly) * tf.reverse(y, [0])
+
+
+def photo_batch(pixels, config: AugmentConfig, rng):
+    """Phone-photo simulation on a uint8 batch (N, S, S[, 3]) in numpy: each image with ``photo_prob``."""
+    import numpy as np
+
+    from ..photosim import simulate_rectified
+
+    out = np.array(pixels, copy=True)
+    for i in range(len(out)):
+        if rng.random() < config.photo_prob:
+            child = int(rng.integers(2 ** 63 - 1))
+            img = out[i] if out[i].ndim == 2 else out[i][..., 0]
+            sim = simulate_rectified(img, config.photo_severity, child, effects=config.photo_effects)
+            out[i] = sim if out[i].ndim == 2 else sim[..., None]
+    return out
