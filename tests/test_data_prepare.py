@@ -61,6 +61,7 @@ def test_reader_api_and_contract(nih_small, shared_data):
     # no patient in two splits
     sets = [set(p.patients(s)) for s in p.splits]
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    assert info["split"]["patients_in_two_splits"] == 0
     assert p.pos_weights.shape == (14,) and p.class_weights.shape == (14,) and np.all(p.pos_weights > 0)
     for kind in ("unknown_labels", "missing_files", "duplicate_rows", "corrupt_images"):
         assert kind in info["warnings"]

@@ -298,6 +298,10 @@ def _info(config, task, loaded, issues, kept, labels, split, split_info, cache, 
             **({NO_FINDING: sum(r.no_finding for r in recs)} if config.no_finding else {}),
         }
     lic = summarize_licenses([r.license for r in kept], [r.permissive for r in kept])
+    seen: dict[str, set] = {}
+    for r, k in zip(kept, split):
+        seen.setdefault(r.patient_id, set()).add(int(k))
+    split_info["patients_in_two_splits"] = sum(len(v) > 1 for v in seen.values())  # 0 by construction: checked
     info = {
         "format": PREPARED_FORMAT,
         "complete": False,
@@ -371,6 +375,7 @@ def describe(prepared: Prepared) -> str:
     for lbl in labels:
         lines.append(f"{lbl:<{width}} " + " ".join(f"{c[s]['labels'][lbl]:>8}" for s in SPLITS))
     lines.append(f"{'(no label)':<{width}} " + " ".join(f"{c[s]['no_label']:>8}" for s in SPLITS))
+    lines.append(f"patients in two splits: {info['split']['patients_in_two_splits']}")
     for extra in info.get("extra_columns", []):
         lines.append(f"{extra + ' (extra)':<{width}} " + " ".join(f"{c[s][extra]:>8}" for s in SPLITS))
     lic = info["licenses"]

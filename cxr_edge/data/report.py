@@ -283,7 +283,8 @@ def _facts(p: Prepared) -> list[str]:
         f"split: seed {sp['seed']}, fractions {sp['fractions']}, official test list: {sp['official_test']}, "
         f"patient sampling {sp['sample_fraction']}; {sp['groups']} patient groups; known duplicate groups "
         f"{sp.get('known_duplicate_groups_present', 0)}, exact duplicate groups found "
-        f"{sp.get('exact_duplicate_groups_found', 0)} (each kept in one split)",
+        f"{sp.get('exact_duplicate_groups_found', 0)} (each kept in one split); patients in two splits: "
+        f"<b>{sp['patients_in_two_splits']}</b>",
         f"licences: most restrictive <b>{html.escape(str(lic['most_restrictive']))}</b> "
         f"({lic['most_restrictive_level']}); {lic['non_permissive_images']} non-permissive images; "
         f"permissive only: {info['permissive_only']}",

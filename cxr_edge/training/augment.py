@@ -205,7 +205,11 @@ def photo_batch(pixels, config: AugmentConfig, rng):
     """Phone-photo simulation on a uint8 batch (N, S, S[, 3]) in numpy: each image with ``photo_prob``."""
     import numpy as np
 
-    from ..photosim import simulate_rectified
+    try:
+        from ..photosim import simulate_rectified
+    except ImportError as exc:  # the simulator is a separate device-side module
+        raise RecipeError(f"augment.photo_prob > 0 needs cxr_edge.photosim, which cannot be imported ({exc}). "
+                          "Set photo_prob to 0 or install a cxr-edge that ships it.") from exc
 
     out = np.array(pixels, copy=True)
     for i in range(len(out)):
