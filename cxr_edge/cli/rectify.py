@@ -1,0 +1,80 @@
+"""``cxr-edge rectify``: find the film in a phone photo and save it upright."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import click
+
+
+@click.command()
+@click.argument("photo", type=click.Path(path_type=str))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Where to write the upright film (PNG).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def rectify(photo, out, as_json):
+    """Find the X-ray film in PHOTO, straighten it and write it to --out as PNG.
+
+    PHOTO is a phone photo of a film on a lightbox, a window, a desk or a
+    monitor. The film's four corners are found, and the film is warped to an
+    upright rectangle with its own proportions. A grey digital image (a scan,
+    a DICOM export) has no film border to find: it is written unchanged.
+
+    When no film is found in a colour photo nothing is written and the exit
+    code is 2: take the photo again with all four corners of the film visible.
+
+    \b
+    Examples:
+      cxr-edge rectify IMG_2041.jpg --out film.png
+      cxr-edge rectify IMG_2041.jpg --out film.png --json
+    """
+    from ..errors import ImageError
+    from ..images import load_image
+    from ..rectify import rectify as rectify_film
+
+    image = load_image(photo, mode="RGB")
+    result = rectify_film(image)
+    if result.image is None:
+        raise ImageError(
+            f"{photo}: no X-ray film found ({result.detection.reason}). Take the photo again with the "
+            "whole film in view, all four corners visible, against a plain background such as a lightbox "
+            "or a window.", kind="no_film", path=photo)
+    film = result.image.convert("L") if result.passthrough else result.image
+    _save_png(film, out)
+    if as_json:
+        click.echo(json.dumps(dict(result.to_dict(), photo=photo, out=out)))
+    elif result.passthrough:
+        click.echo(f"{photo}: a digital image with no film border; written unchanged to {out} "
+                   f"({film.size[0]} x {film.size[1]}).")
+    else:
+        corners = "  ".join(f"{name} ({x:.1f}, {y:.1f})"
+                            for name, (x, y) in zip(("TL", "TR", "BR", "BL"), result.corners))
+        click.echo(f"{photo}: film found (confidence {result.detection.confidence:.2f}); corners {corners}")
+        click.echo(f"wrote {out} ({film.size[0]} x {film.size[1]})")
+
+
+def _save_png(image, path: str) -> None:
+    """Write a PNG atomically: a temporary file in the same folder, then a rename."""
+    from ..errors import ImageError
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ImageError(f"cannot write {path}: the folder {folder} does not exist. Create it first.",
+                         kind="unwritable", path=path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".rectify-", suffix=".png")
+    except OSError as exc:
+        raise ImageError(f"cannot write {path} ({exc.strerror or exc}). Choose a folder you can write to.",
+                         kind="unwritable", path=path) from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ImageError(f"cannot write {path} ({exc.strerror or exc}). Check the disk space and the "
+                         "file name.", kind="unwritable", path=path) from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,659 @@
+"""Phone-photo simulator: what a field worker's photo of an X-ray film looks like.
+
+No real phone photographs of films exist in the project's data, so photo
+robustness is trained and measured on simulated ones. Two entry points:
+
+* :func:`simulate_photo` renders a whole photo: the film on a lightbox, a
+  desk/wall, in a dark room or on a monitor, seen in perspective, with glare,
+  moiré, blur, vignetting, colour cast, sensor noise and JPEG. It returns the
+  photo and the film's true corners, so the rectifier can be measured.
+* :func:`simulate_rectified` is the training augmentation. The device
+  pipeline detects and rectifies the film *before* any model runs, so a model
+  never sees the background or the perspective; it sees the upright film with
+  what rectification cannot undo: glare, moiré, blur, noise, vignetting, JPEG,
+  a colour cast turned back to grey, the film's contrast on a lightbox, and a
+  small residual corner error (a sliver of background or a slightly cut edge).
+  Training on that, at the film's size, matches what the model sees in the
+  field and costs a few milliseconds instead of rendering a 1-megapixel photo.
+
+Every effect has its own strength, scaled by ``severity`` (0..1 or a name in
+:data:`SEVERITY_LEVELS`), and can be switched on or off with ``effects``. Each
+effect draws from its own random stream, so switching one effect off leaves
+every other effect of the same seed exactly as it was. numpy + Pillow only.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .rectify import apply_homography, homography
+
+log = logging.getLogger(__name__)
+
+SEVERITY_LEVELS = {"none": 0.0, "mild": 0.25, "moderate": 0.5, "severe": 0.85}
+BACKGROUNDS = ("lightbox", "desk", "dark", "monitor")
+
+PHOTO_EFFECTS = ("rotation", "perspective", "glare", "moire", "defocus", "motion_blur",
+                 "vignetting", "color_cast", "exposure", "noise", "jpeg")
+FILM_EFFECTS = ("corner_error", "film_contrast", "glare", "moire", "defocus", "motion_blur",
+                "vignetting", "color_cast", "exposure", "noise", "jpeg")
+
+# Chance that an effect occurs in one draw when ``effects`` is not given.
+# Moiré comes from photographing a screen: it is on for the monitor background only.
+PHOTO_EFFECT_PROBS = {
+    "rotation": 1.0, "perspective": 1.0, "glare": 0.4, "moire": 0.0, "defocus": 0.5,
+    "motion_blur": 0.25, "vignetting": 0.7, "color_cast": 0.8, "exposure": 0.5,
+    "noise": 1.0, "jpeg": 1.0,
+}
+MONITOR_MOIRE_PROB = 0.8
+FILM_EFFECT_PROBS = {
+    "corner_error": 1.0, "film_contrast": 0.8, "glare": 0.35, "moire": 0.15, "defocus": 0.5,
+    "motion_blur": 0.25, "vignetting": 0.6, "color_cast": 0.6, "exposure": 0.5,
+    "noise": 1.0, "jpeg": 0.9,
+}
+
+# Streams: one per component, spawned in this fixed order whatever is enabled.
+_STREAMS = ("geometry", "background", "plan") + tuple(dict.fromkeys(PHOTO_EFFECTS + FILM_EFFECTS))
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)   # ITU-R 601, as Pillow's convert('L')
+
+
+@dataclass(frozen=True)
+class SimulatedPhoto:
+    """A simulated phone photo and the film's true corners in it.
+
+    ``corners`` are (x, y) in continuous pixel coordinates of ``photo``
+    (pixel (0, 0) covers [0, 1) x [0, 1)), ordered TL, TR, BR, BL of the film
+    as it lies upright. ``effects`` maps each effect to the strength used
+    (0 = not applied).
+    """
+
+    photo: np.ndarray
+    corners: np.ndarray
+    background: str
+    severity: float
+    effects: dict = field(default_factory=dict)
+
+    def to_image(self) -> Image.Image:
+        return Image.fromarray(self.photo, "RGB")
+
+
+def resolve_severity(severity) -> float:
+    """A severity name (``mild``/``moderate``/``severe``/``none``) or a number in [0, 1], as a float."""
+    if isinstance(severity, str):
+        try:
+            return SEVERITY_LEVELS[severity]
+        except KeyError:
+            raise ValueError(
+                f"unknown severity {severity!r}; use a number in [0, 1] or one of "
+                f"{', '.join(SEVERITY_LEVELS)}") from None
+    value = float(severity)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"severity must be in [0, 1], got {value}")
+    return value
+
+
+def _as_rng(seed_or_rng) -> np.random.Generator:
+    if isinstance(seed_or_rng, np.random.Generator):
+        return seed_or_rng
+    return np.random.default_rng(seed_or_rng)
+
+
+def _streams(seed_or_rng) -> dict[str, np.random.Generator]:
+    """Independent generators per component, so toggling one effect leaves the others unchanged."""
+    children = _as_rng(seed_or_rng).spawn(len(_STREAMS))
+    return dict(zip(_STREAMS, children))
+
+
+def _plan(effects, defaults: Mapping[str, float], names: tuple, severity: float,
+          rng: np.random.Generator) -> dict[str, float]:
+    """Strength per effect: severity x a per-draw jitter in [0.5, 1], or 0 when the effect is off.
+
+    ``effects`` None = ``defaults`` probabilities; a collection of names = exactly
+    those, always; a mapping = name -> probability (unlisted names are off).
+    """
+    if effects is None:
+        probs = dict(defaults)
+    elif isinstance(effects, Mapping):
+        probs = {k: float(v) for k, v in effects.items()}
+    elif isinstance(effects, Iterable) and not isinstance(effects, str):
+        probs = {k: 1.0 for k in effects}
+    else:
+        raise ValueError(f"effects must be None, names or a name->probability mapping, got {effects!r}")
+    unknown = set(probs) - set(names)
+    if unknown:
+        raise ValueError(f"unknown effect(s) {sorted(unknown)}; valid: {', '.join(names)}")
+    draws = rng.random((len(names), 2))   # always drawn in full, so the plan of one effect
+    plan = {}                             # does not depend on the others
+    for (occur, jitter), name in zip(draws, names):
+        on = occur < probs.get(name, 0.0)
+        plan[name] = float(severity * (0.5 + 0.5 * jitter)) if on and severity > 0 else 0.0
+    return plan
+
+
+def _film_array(image) -> np.ndarray:
+    """The film as a float32 array in [0, 1] (grey)."""
+    if isinstance(image, Image.Image):
+        img = image if image.mode == "L" else image.convert("L")
+        arr = np.asarray(img)
+    else:
+        arr = np.asarray(image)
+        if arr.ndim == 3:
+            arr = arr[..., :3].astype(np.float32) @ _LUMA
+        if arr.ndim != 2:
+            raise ValueError(f"film must be a 2-D grey image or (H, W, 3), got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    return np.clip(arr.astype(np.float32) / 255.0, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- filters (float32)
+
+def box_blur(a: np.ndarray, radius: int, axis: int) -> np.ndarray:
+    """Mean over a window of 2*radius+1 pixels along ``axis`` (edges replicated), float32."""
+    r = int(radius)
+    if r <= 0:
+        return a
+    x = np.swapaxes(a, 0, axis)
+    pad = [(r + 1, r)] + [(0, 0)] * (x.ndim - 1)
+    c = np.cumsum(np.pad(x, pad, mode="edge"), axis=0, dtype=np.float32)
+    out = (c[2 * r + 1:] - c[:-2 * r - 1]) * np.float32(1.0 / (2 * r + 1))
+    return np.swapaxes(out, 0, axis)
+
+
+def _gauss_small(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Exact separable Gaussian for small sigmas (a few shifted adds per axis)."""
+    r = max(1, int(math.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k = (k / k.sum()).astype(np.float32)
+    out = a
+    for axis in (0, 1):
+        x = np.swapaxes(out, 0, axis)
+        p = np.pad(x, [(r, r)] + [(0, 0)] * (x.ndim - 1), mode="edge")
+        n = x.shape[0]
+        acc = p[0:n] * k[0]
+        for i in range(1, 2 * r + 1):
+            acc = acc + p[i:i + n] * k[i]
+        out = np.swapaxes(acc, 0, axis)
+    return out
+
+
+def gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of a 2-D or (H, W, C) float image.
+
+    Small sigmas (and small images) use the exact kernel; larger ones three box
+    blurs per axis, at a reduced size when sigma is large, which keeps a
+    1-megapixel blur to a few tens of milliseconds.
+    """
+    x = a.astype(np.float32, copy=False)
+    if sigma <= 0.3:
+        return x
+    if sigma < 2.0 or (sigma < 5.0 and a.shape[0] * a.shape[1] <= 300_000):
+        return _gauss_small(x, sigma)
+    h, w = a.shape[:2]
+    k = int(sigma // 2) if sigma >= 4 and a.ndim == 2 else 1
+    if k > 1:
+        x = np.asarray(Image.fromarray(x, "F").resize((max(1, w // k), max(1, h // k)), Image.BOX))
+    s = sigma / k
+    # three boxes of radius r have variance ((2r+1)^2 - 1) / 4 ~ sigma^2
+    r = max(1, int(round((math.sqrt(4 * s * s + 1) - 1) / 2)))
+    for axis in (0, 1):
+        for _ in range(3):
+            x = box_blur(x, r, axis)
+    if k > 1:
+        x = np.asarray(Image.fromarray(np.ascontiguousarray(x), "F").resize((w, h), Image.BILINEAR))
+    return x
+
+
+def motion_blur(a: np.ndarray, length: float, angle: float) -> np.ndarray:
+    """Average of the image shifted along a straight path of ``length`` px at ``angle`` radians."""
+    if length < 1:
+        return a
+    n = int(math.ceil(length)) + 1
+    offsets = np.linspace(-length / 2, length / 2, n)
+    pad = int(math.ceil(length / 2)) + 1
+    padded = np.pad(a, [(pad, pad), (pad, pad)] + [(0, 0)] * (a.ndim - 2), mode="edge")
+    h, w = a.shape[:2]
+    out = np.zeros(a.shape, np.float32)
+    for t in offsets:
+        dx, dy = int(round(t * math.cos(angle))), int(round(t * math.sin(angle)))
+        out += padded[pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+    return out * np.float32(1.0 / n)
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
+    """Low-frequency noise in about [-1, 1]: a coarse random grid upsampled bicubically."""
+    h, w = shape
+    gh = max(2, int(round(cells * h / max(h, w))) + 1)
+    gw = max(2, int(round(cells * w / max(h, w))) + 1)
+    grid = rng.standard_normal((gh, gw)).astype(np.float32)
+    return np.asarray(Image.fromarray(grid, "F").resize((w, h), Image.BICUBIC))
+
+
+# --------------------------------------------------------------------------- effects (shared)
+
+def _glare(shape, centers, size_px, strength, rng) -> np.ndarray:
+    """Additive specular blobs (elliptical Gaussians) whose peak saturates the sensor, plus a faint veil."""
+    h, w = shape
+    out = np.zeros(shape, np.float32)
+    for cx, cy in centers:
+        sigma = size_px * rng.uniform(0.04, 0.11) * (0.6 + 0.8 * strength)
+        aspect = rng.uniform(1.0, 2.5)
+        theta = rng.uniform(0, math.pi)
+        reach = 4.0 * sigma * aspect * 3           # the veil's extent; beyond it both terms are ~0
+        x0, x1 = int(max(0, cx - reach)), int(min(w, cx + reach + 1))
+        y0, y1 = int(max(0, cy - reach)), int(min(h, cy + reach + 1))
+        if x0 >= x1 or y0 >= y1:
+            continue
+        dx = (np.arange(x0, x1, dtype=np.float32) + 0.5 - cx)[None, :]
+        dy = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy)[:, None]
+        c, s = math.cos(theta), math.sin(theta)
+        u = (dx * c + dy * s) / (sigma * aspect)
+        v = (-dx * s + dy * c) / sigma
+        peak = 0.6 + 2.2 * strength
+        blob = peak * np.exp(-0.5 * (u * u + v * v))
+        # broad low veil: reflections wash out contrast around the hot spot
+        blob += 0.12 * strength * np.exp(-0.5 * (dx * dx + dy * dy) / (4.0 * sigma * aspect) ** 2)
+        out[y0:y1, x0:x1] += blob
+    return out
+
+
+def _moire_pattern(shape, period_px, rng) -> np.ndarray:
+    """An interference pattern: slightly curved bands, as a screen's pixel grid beats with the sensor's."""
+    h, w = shape
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    xx = np.arange(w, dtype=np.float32)[None, :]
+    theta = rng.uniform(0, math.pi)
+    k = 2 * math.pi / period_px
+    curv = rng.uniform(-1, 1) * k / max(h, w) * 0.5
+    cx, cy = w * rng.uniform(0.2, 0.8), h * rng.uniform(0.2, 0.8)
+    dx, dy = xx - cx, yy - cy
+    phase = k * (dx * math.cos(theta) + dy * math.sin(theta)) + curv * (dx * dx + dy * dy)
+    # a second, weaker beat at another angle gives the familiar crossed look
+    theta2 = theta + rng.uniform(0.3, 1.2)
+    phase2 = 1.7 * k * (dx * math.cos(theta2) + dy * math.sin(theta2))
+    return (0.75 * np.cos(phase) + 0.25 * np.cos(phase2)).astype(np.float32)
+
+
+def _vignette(shape, strength, rng) -> np.ndarray:
+    h, w = shape
+    cx = w * (0.5 + rng.uniform(-0.1, 0.1))
+    cy = h * (0.5 + rng.uniform(-0.1, 0.1))
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    xx = np.arange(w, dtype=np.float32)[None, :]
+    r2 = ((xx - cx) ** 2 + (yy - cy) ** 2) * np.float32(1.0 / (0.25 * (w * w + h * h)))
+    return (1.0 - 0.5 * strength * r2).astype(np.float32)
+
+
+def _cast_gains(strength, rng) -> np.ndarray:
+    """Per-channel white-balance gains (warm/cool and green/magenta), normalised to keep luma."""
+    temp = rng.uniform(-1, 1)
+    tint = rng.uniform(-1, 1)
+    g = np.array([1 + 0.35 * strength * temp, 1 + 0.15 * strength * tint,
+                  1 - 0.35 * strength * temp], np.float32)
+    return g / float(g @ _LUMA)
+
+
+def _noise(rng, shape, signal, read, shot) -> np.ndarray:
+    """Signal-dependent grey sensor noise, generated at half resolution (phone noise is correlated)."""
+    h, w = shape
+    n = rng.standard_normal((max(1, (h + 1) // 2), max(1, (w + 1) // 2)), dtype=np.float32)
+    # bilinear upsampling lowers the std; 1.6 brings it back to about 1
+    n = np.asarray(Image.fromarray(n, "F").resize((w, h), Image.BILINEAR)) * np.float32(1.6)
+    return n * np.sqrt(read * read + shot * np.clip(signal, 0, None))
+
+
+def _sensor_noise(rng, lum, read, shot) -> np.ndarray:
+    """RGB noise: a luminance part plus coarser chroma blotches, as a phone's denoiser leaves them."""
+    h, w = lum.shape
+    grey = _noise(rng, (h, w), lum, read, shot)
+    ch, cw = -(-h // 4), -(-w // 4)
+    chroma = rng.standard_normal((ch, cw, 3), dtype=np.float32) * np.float32(0.6 * read)
+    chroma = np.repeat(np.repeat(chroma, 4, axis=0), 4, axis=1)[:h, :w]
+    return grey[..., None] + chroma
+
+
+def _jpeg(arr_u8: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    mode = "RGB" if arr_u8.ndim == 3 else "L"
+    Image.fromarray(arr_u8, mode).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert(mode))
+
+
+def _to_u8(a: np.ndarray) -> np.ndarray:
+    return np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- the photo
+
+@dataclass
+class _Scene:
+    """Film-plane description of what is photographed, in film pixel units."""
+
+    kind: str
+    bg_level: float            # room / wall / desk brightness
+    bg_tint: np.ndarray
+    film_lo: float             # film brightness where the film image is black ...
+    film_hi: float             # ... and where it is white
+    film_tint: np.ndarray
+    frame: tuple | None = None  # (left, top, right, bottom) margins of a lightbox panel / screen
+    frame_level: float = 0.0
+    bezel: float = 0.0         # monitor bezel width beyond the screen
+    bezel_level: float = 0.0
+    grain: float = 0.0         # desk wood-grain amplitude
+    on_surface: bool = False   # film lies on the background: film_lo/hi are its transmission
+    banding: float = 0.0       # lightbox tube banding amplitude
+
+
+def _scene(kind: str, fw: int, fh: int, rng: np.random.Generator) -> _Scene:
+    u = rng.uniform
+    size = max(fw, fh)
+    if kind == "lightbox":
+        panel = u(0.95, 1.12)
+        margins = tuple(u(0.03, 0.3) * size for _ in range(4))
+        return _Scene(kind, bg_level=u(0.12, 0.4), bg_tint=np.array([1.05, 1.0, 0.92], np.float32),
+                      film_lo=panel * u(0.01, 0.06), film_hi=panel * u(0.55, 0.8),
+                      film_tint=np.array([0.97, 1.0, 1.06], np.float32),
+                      frame=margins, frame_level=panel, banding=u(0.0, 0.08))
+    if kind == "dark":
+        light = u(0.7, 1.0)
+        return _Scene(kind, bg_level=u(0.01, 0.06), bg_tint=np.array([1.05, 1.0, 0.95], np.float32),
+                      film_lo=light * u(0.12, 0.25), film_hi=light * u(0.8, 0.95),
+                      film_tint=np.array([1.0, 1.0, 1.02], np.float32))
+    if kind == "desk":
+        palette = [np.array([1.15, 0.97, 0.78], np.float32),   # wood
+                   np.array([1.0, 1.0, 1.0], np.float32),      # grey wall
+                   np.array([1.03, 1.0, 0.95], np.float32)]    # off-white
+        tint = palette[int(rng.integers(len(palette)))]
+        # film lying on the surface: the surface is seen through it (transmission squared)
+        return _Scene(kind, bg_level=u(0.35, 0.7), bg_tint=tint,
+                      film_lo=u(0.15, 0.3), film_hi=u(0.6, 0.8), film_tint=tint,
+                      grain=u(0.03, 0.1), on_surface=True)
+    if kind == "monitor":
+        white = u(0.8, 1.0)
+        margins = tuple(u(0.03, 0.25) * size for _ in range(4))
+        return _Scene(kind, bg_level=u(0.1, 0.4), bg_tint=np.array([1.05, 1.0, 0.93], np.float32),
+                      film_lo=u(0.02, 0.05), film_hi=white,
+                      film_tint=np.array([0.95, 1.0, 1.08], np.float32),
+                      frame=margins, frame_level=u(0.12, 0.3),
+                      bezel=u(0.02, 0.05) * size, bezel_level=u(0.02, 0.06))
+    raise ValueError(f"unknown background {kind!r}; valid: {', '.join(BACKGROUNDS)}")
+
+
+def _place_film(fw, fh, W, H, rot, tilt, fill, rng) -> np.ndarray:
+    """Photo corners (TL, TR, BR, BL) of the film: 3-D tilt + roll, pinhole projection, fitted to the frame."""
+    roll = math.radians(12.0) * rot * rng.uniform(-1, 1)
+    pitch = math.radians(30.0) * tilt * rng.uniform(-1, 1)
+    yaw = math.radians(30.0) * tilt * rng.uniform(-1, 1)
+    cr, sr = math.cos(roll), math.sin(roll)
+    cp, sp = math.cos(pitch), math.sin(pitch)
+    cy, sy = math.cos(yaw), math.sin(yaw)
+    rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    pts = np.array([[-fw / 2, -fh / 2, 0], [fw / 2, -fh / 2, 0], [fw / 2, fh / 2, 0],
+                    [-fw / 2, fh / 2, 0]], float)
+    p = pts @ (rz @ ry @ rx).T
+    dist = 1.6 * max(fw, fh)        # camera distance ~ a phone's field of view around the film
+    p[:, 2] += dist
+    proj = dist * p[:, :2] / p[:, 2:3]
+    lo, hi = proj.min(0), proj.max(0)
+    scale = fill * min(W / (hi[0] - lo[0]), H / (hi[1] - lo[1]))
+    proj = (proj - lo) * scale
+    span = proj.max(0)
+    margin = 0.01 * min(W, H)
+    slack = np.maximum(np.array([W, H]) - span - 2 * margin, 0)
+    return proj + margin + rng.uniform(0, 1, 2) * slack
+
+
+def _film_plane_coords(h_pf: np.ndarray, W: int, H: int):
+    """Film-plane coordinates (u, v) of every photo pixel centre, through ``h_pf`` (photo -> film)."""
+    m = (h_pf / h_pf[2, 2]).astype(np.float32)
+    x = np.arange(W, dtype=np.float32)[None, :] + np.float32(0.5)
+    y = np.arange(H, dtype=np.float32)[:, None] + np.float32(0.5)
+    den = m[2, 0] * x + m[2, 1] * y + m[2, 2]
+    u = (m[0, 0] * x + m[0, 1] * y + m[0, 2]) / den
+    v = (m[1, 0] * x + m[1, 1] * y + m[1, 2]) / den
+    return u, v
+
+
+def _rect_mask(u, v, rect, px_per_unit) -> np.ndarray:
+    """Anti-aliased mask of a film-plane rectangle (x0, y0, x1, y1) from film-plane coords u, v."""
+    x0, y0, x1, y1 = rect
+    d = np.minimum(np.minimum(u - x0, x1 - u), np.minimum(v - y0, y1 - v))
+    return np.clip(d * px_per_unit + 0.5, 0.0, 1.0)
+
+
+def simulate_photo(image, severity="moderate", seed_or_rng=None, *, effects=None, background=None,
+                   fill=None, long_side: int = 1280, aspect: float = 4 / 3,
+                   portrait: bool = True) -> SimulatedPhoto:
+    """Render a phone photo of ``image`` (a grey film) and return it with the film's true corners.
+
+    ``severity``: 0..1 or 'mild'/'moderate'/'severe'. ``seed_or_rng``: an int seed
+    (deterministic) or a ``numpy.random.Generator``. ``effects``: None (the
+    default mix, :data:`PHOTO_EFFECT_PROBS`), a collection of effect names to
+    apply always, or a name -> probability mapping; names in
+    :data:`PHOTO_EFFECTS`. ``background``: one of :data:`BACKGROUNDS` or None
+    (drawn). ``fill``: fraction of the frame the film spans, a number or a
+    (lo, hi) range; None draws "film smaller than the frame" (0.45-0.8) or
+    "nearly fills it" (0.85-0.97) with equal odds. The photo is RGB uint8 with
+    its longer side ``long_side`` px (``aspect`` = long/short).
+    """
+    sev = resolve_severity(severity)
+    film = _film_array(image)
+    fh, fw = film.shape
+    st = _streams(seed_or_rng)
+    g = st["geometry"]
+    kind = background or BACKGROUNDS[int(st["background"].integers(len(BACKGROUNDS)))]
+    if kind not in BACKGROUNDS:
+        raise ValueError(f"unknown background {kind!r}; valid: {', '.join(BACKGROUNDS)}")
+    defaults = dict(PHOTO_EFFECT_PROBS, moire=MONITOR_MOIRE_PROB if kind == "monitor" else 0.0)
+    plan = _plan(effects, defaults, PHOTO_EFFECTS, sev, st["plan"])
+
+    W, H = int(round(long_side / aspect)), int(long_side)
+    if not portrait:
+        W, H = H, W
+    if fill is None:
+        fill = g.uniform(0.45, 0.8) if g.random() < 0.5 else g.uniform(0.85, 0.97)
+    elif isinstance(fill, (tuple, list)):
+        fill = g.uniform(*fill)
+    corners = _place_film(fw, fh, W, H, plan["rotation"], plan["perspective"], float(fill), g)
+
+    # film plane -> photo, and every photo pixel centre back onto the film plane
+    film_rect = np.array([[0, 0], [fw, 0], [fw, fh], [0, fh]], float)
+    h_fp = homography(film_rect, corners)
+    u, v = _film_plane_coords(np.linalg.inv(h_fp), W, H)
+    px_per_unit = float(np.mean(np.linalg.norm(np.diff(np.vstack([corners, corners[:1]]), axis=0), axis=1))
+                        / np.mean([fw, fh, fw, fh]))
+
+    scene = _scene(kind, fw, fh, st["background"])
+    lum, lit, film_mask, screen_mask = _render_scene(scene, film, fw, fh, u, v, h_fp, px_per_unit,
+                                                     (H, W), st["background"])
+    film_px = float(np.linalg.norm(corners[2] - corners[0]) / math.sqrt(2))  # ~ film side in photo px
+
+    if plan["glare"]:
+        r = st["glare"]
+        n = 1 if plan["glare"] < 0.6 else 2
+        uv_c = np.column_stack([r.uniform(0.1, 0.9, n) * fw, r.uniform(0.1, 0.9, n) * fh])
+        centres = apply_homography(h_fp, uv_c)
+        lum = lum + _glare((H, W), centres, film_px, plan["glare"], r) * scene.film_hi * film_mask
+    if plan["exposure"]:
+        lum = lum * np.float32(2.0 ** (plan["exposure"] * st["exposure"].uniform(-1, 1)))
+    scale = long_side / 1280.0
+    if plan["defocus"]:
+        lum = gaussian_blur(lum, 4.5 * plan["defocus"] * scale)
+    if plan["motion_blur"]:
+        lum = motion_blur(lum, 16.0 * plan["motion_blur"] * scale, st["motion_blur"].uniform(0, math.pi))
+    if plan["vignetting"]:
+        lum = lum * _vignette((H, W), plan["vignetting"], st["vignetting"])
+    gains = _cast_gains(plan["color_cast"], st["color_cast"]) if plan["color_cast"] else 1.0
+    bg_tint = (scene.bg_tint * gains).astype(np.float32)
+    rgb = lum[..., None] * bg_tint + (lum * lit)[..., None] * ((scene.film_tint * gains) - bg_tint)
+    if plan["moire"]:
+        r = st["moire"]
+        pattern = _moire_pattern((H, W), r.uniform(5, 25) * scale, r) * screen_mask
+        amp = 0.3 * plan["moire"] * (1 + 0.5 * r.uniform(-1, 1, 3)).astype(np.float32)
+        rgb = rgb * (1 + pattern[..., None] * amp)
+    if plan["noise"]:
+        s = plan["noise"]
+        rgb = rgb + _sensor_noise(st["noise"], lum, (0.5 + 7 * s) / 255, 0.004 * s)
+    out = _to_u8(rgb)
+    if plan["jpeg"]:
+        out = _jpeg(out, round(95 - 65 * plan["jpeg"]))
+    return SimulatedPhoto(photo=out, corners=corners, background=kind, severity=sev, effects=plan)
+
+
+def _render_scene(scene: _Scene, film, fw, fh, u, v, h_fp, px_per_unit, shape, rng):
+    """The scene before camera effects: brightness, where the light's colour applies (film and
+    panel), the film's mask and the screen's mask (moiré lives there)."""
+    H, W = shape
+    size = max(fw, fh)
+    # room / wall / desk behind everything
+    bg = scene.bg_level * (1 + 0.25 * _smooth_noise(rng, shape, 6))
+    if scene.grain:
+        ang = rng.uniform(0, math.pi)
+        ys = np.arange(H, dtype=np.float32)[:, None]
+        xs = np.arange(W, dtype=np.float32)[None, :]
+        across = xs * math.cos(ang) + ys * math.sin(ang) + 25 * _smooth_noise(rng, shape, 5)
+        n = int(np.ceil(np.hypot(H, W))) + 200
+        profile = gaussian_blur(rng.standard_normal((1, n)).astype(np.float32), 4.0)[0]
+        profile = profile / (profile.std() + 1e-6)
+        bg = bg * (1 + scene.grain * np.interp(across + 100, np.arange(n), profile).astype(np.float32))
+    lum = bg.astype(np.float32)
+    lit = np.zeros((H, W), np.float32)          # 1 where the light colour is the panel's/film's
+    screen = None
+    light = 1.0
+    if scene.frame is not None:
+        ml, mt, mr, mb = scene.frame
+        panel = (-ml, -mt, fw + mr, fh + mb)
+        if scene.bezel:
+            b = scene.bezel
+            bezel_mask = _rect_mask(u, v, (panel[0] - b, panel[1] - b, panel[2] + b, panel[3] + b),
+                                    px_per_unit)
+            lum = lum + (scene.bezel_level - lum) * bezel_mask
+        screen = _rect_mask(u, v, panel, px_per_unit)
+        level = np.full((H, W), scene.frame_level, np.float32)
+        if scene.banding:
+            period = size * rng.uniform(0.3, 0.6)
+            level = level * (1 - scene.banding * np.cos(2 * math.pi * u / period) ** 2)
+        lum = lum + (level - lum) * screen
+        lit = screen
+        if scene.kind == "lightbox":
+            light = level / scene.frame_level
+    # the film: its grey value p becomes film_lo .. film_hi, lit by the panel behind it
+    t = Image.fromarray(film, "F").transform((W, H), Image.PERSPECTIVE, _coeffs(np.linalg.inv(h_fp)),
+                                             Image.BILINEAR)
+    film_lum = (scene.film_lo + (scene.film_hi - scene.film_lo) * np.asarray(t)) * light
+    m = _rect_mask(u, v, (0, 0, fw, fh), px_per_unit)
+    if scene.on_surface:
+        # light crosses the film twice (down and back up), plus a faint sheen off its surface
+        film_lum = lum * film_lum * film_lum + 0.03
+    else:
+        lit = np.maximum(lit, m)
+    lum = lum + (film_lum - lum) * m
+    return lum.astype(np.float32), lit, m, (screen if scene.kind == "monitor" else m)
+
+
+def _coeffs(h_out_to_in: np.ndarray) -> tuple:
+    """Pillow PERSPECTIVE coefficients from a 3x3 matrix mapping output to input coordinates."""
+    m = h_out_to_in / h_out_to_in[2, 2]
+    return tuple(float(x) for x in m.reshape(-1)[:8])
+
+
+# --------------------------------------------------------------------------- rectified film (training)
+
+def simulate_rectified(image, severity="moderate", rng=None, out_size=None, *,
+                       effects=None) -> np.ndarray:
+    """What a model sees after a field photo of ``image`` was detected and rectified: grey uint8.
+
+    The training augmentation. The device pipeline rectifies every photo
+    before the models run, so the model's input is the upright film carrying
+    only what rectification cannot remove: a residual corner error (a sliver
+    of lightbox/background or a slightly cut edge), the film's compressed
+    contrast, glare, moiré, defocus/motion blur, vignetting, a colour cast
+    turned back to grey, exposure, noise and JPEG. Simulating those at the
+    film's size keeps training matched to the field at a few ms per image.
+
+    ``out_size``: None (the film's size), an int (square) or (width, height).
+    ``effects``: as in :func:`simulate_photo`, names from :data:`FILM_EFFECTS`.
+    Severity 0 returns the film unchanged (byte-identical when ``out_size``
+    is the film's size).
+    """
+    sev = resolve_severity(severity)
+    film = _film_array(image)
+    fh, fw = film.shape
+    if out_size is None:
+        ow, oh = fw, fh
+    elif isinstance(out_size, (int, np.integer)):
+        ow = oh = int(out_size)
+    else:
+        ow, oh = (int(x) for x in out_size)
+    st = _streams(rng)
+    plan = _plan(effects, FILM_EFFECT_PROBS, FILM_EFFECTS, sev, st["plan"])
+    a = _residual_warp(film, (ow, oh), plan["corner_error"], st["corner_error"])
+    side = math.sqrt(ow * oh)
+
+    if plan["film_contrast"]:
+        r = st["film_contrast"]
+        lo = 0.15 * plan["film_contrast"] * r.random()
+        hi = 1.0 - 0.25 * plan["film_contrast"] * r.random()
+        a = lo + (hi - lo) * a
+    if plan["glare"]:
+        r = st["glare"]
+        n = 1 if plan["glare"] < 0.6 else 2
+        centres = np.column_stack([r.uniform(0.1, 0.9, n) * ow, r.uniform(0.1, 0.9, n) * oh])
+        a = a + _glare((oh, ow), centres, side, plan["glare"], r)
+    if plan["exposure"]:
+        a = a * np.float32(2.0 ** (0.7 * plan["exposure"] * st["exposure"].uniform(-1, 1)))
+    if plan["defocus"]:
+        a = gaussian_blur(a, 2.0 * plan["defocus"] * side / 256)
+    if plan["motion_blur"]:
+        a = motion_blur(a, 6.0 * plan["motion_blur"] * side / 256, st["motion_blur"].uniform(0, math.pi))
+    if plan["moire"]:
+        r = st["moire"]
+        a = a * (1 + 0.25 * plan["moire"] * _moire_pattern((oh, ow), r.uniform(3, 12) * side / 256, r))
+    if plan["vignetting"]:
+        a = a * _vignette((oh, ow), plan["vignetting"], st["vignetting"])
+    if plan["color_cast"]:
+        # a white-balance error on a grey film only shows where a channel clips
+        gains = _cast_gains(plan["color_cast"], st["color_cast"])
+        a = np.clip(a[..., None] * gains, 0, 1) @ _LUMA
+    if plan["noise"]:
+        s = plan["noise"]
+        a = a + _noise(st["noise"], (oh, ow), a, (0.3 + 4 * s) / 255, 0.0015 * s)
+    if sev == 0 and (ow, oh) == (fw, fh):
+        return np.asarray(image.convert("L") if isinstance(image, Image.Image) else _to_u8(film))
+    out = _to_u8(a)
+    if plan["jpeg"]:
+        out = _jpeg(out, round(95 - 55 * plan["jpeg"]))
+    return out
+
+
+def _residual_warp(film: np.ndarray, out_size, strength: float, rng) -> np.ndarray:
+    """Resample the film through slightly wrong corners, as a detector a few pixels off would."""
+    fh, fw = film.shape
+    ow, oh = out_size
+    if strength <= 0:
+        if (ow, oh) == (fw, fh):
+            return film
+        return np.asarray(Image.fromarray(film, "F").resize((ow, oh), Image.BILINEAR))
+    size = math.sqrt(fw * fh)
+    jitter = np.clip(rng.normal(0, 0.012 * size * strength, (4, 2)), -0.03 * size, 0.03 * size)
+    grow = rng.uniform(-0.015, 0.015) * size * strength   # a consistently loose or tight crop
+    base = np.array([[0, 0], [fw, 0], [fw, fh], [0, fh]], float)
+    outward = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float)
+    src = base + jitter + grow * outward
+    dst = np.array([[0, 0], [ow, 0], [ow, oh], [0, oh]], float)
+    fill = float(rng.choice([0.95, 0.04, 0.35], p=[0.4, 0.4, 0.2]))  # lightbox, dark room, desk
+    img = Image.fromarray(film, "F").transform((ow, oh), Image.PERSPECTIVE,
+                                               _coeffs(homography(dst, src)), Image.BILINEAR,
+                                               fillcolor=fill)
+    return np.asarray(img)

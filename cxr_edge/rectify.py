@@ -1,0 +1,715 @@
+"""Find the X-ray film in a phone photo and warp it upright; pass digital images through.
+
+How the film is found (numpy + Pillow only):
+
+1. A grey copy is made at two sizes: about 1024 px (refinement) and 320 px
+   (search), using Pillow's fast box ``reduce`` first, so a 12-MP photo costs
+   tens of milliseconds.
+2. At 320 px: smoothed Sobel gradients, thinned to edge pixels, vote in a
+   Hough accumulator (each pixel only near its own gradient angle). The
+   strongest ~30 straight lines are kept.
+3. Every pair of near-horizontal and pair of near-vertical lines forms a
+   candidate quadrilateral. Each side is scored by its *edge support*: the
+   fraction of its length where the image has an edge parallel to it
+   (cumulative sums along each line make this O(1) per side). Quads that are
+   too small, not convex, too skewed or far outside the frame are dropped.
+4. The best-supported quad is taken; if it holds another well-supported
+   quad and the band between them is plain (a lightbox panel's or a monitor
+   screen's margin around the film, perhaps running out of the frame on some
+   sides), the inner one is taken instead. If it sits inside a larger one
+   with dark plain bands on two opposite sides between them, those are the
+   film's own letterbox bars and the larger one is the film.
+5. Each side is refined at 1024 px: profiles across the side find the edge to
+   sub-pixel precision (with the side's own polarity, so the lightbox edge
+   next to the film's edge is not confused with it), a robust line is fitted,
+   and the corners are the lines' intersections, mapped to full resolution.
+
+Without a quad whose every side is supported, the answer is "no film found";
+it never guesses. A grey image with no film in it is a digital image and
+passes through untouched (``passthrough=True``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+log = logging.getLogger(__name__)
+
+WORK_SIZE = 320        # long side of the search image
+REFINE_SIZE = 1024     # long side of the refinement image
+
+
+# --------------------------------------------------------------------------- geometry
+
+def homography(src, dst) -> np.ndarray:
+    """The 3x3 matrix mapping four ``src`` points (x, y) onto four ``dst`` points."""
+    src = np.asarray(src, float)
+    dst = np.asarray(dst, float)
+    a = np.zeros((8, 8))
+    b = np.zeros(8)
+    for i, ((x, y), (u, v)) in enumerate(zip(src, dst)):
+        a[2 * i] = [x, y, 1, 0, 0, 0, -u * x, -u * y]
+        a[2 * i + 1] = [0, 0, 0, x, y, 1, -v * x, -v * y]
+        b[2 * i], b[2 * i + 1] = u, v
+    h = np.linalg.solve(a, b)
+    return np.append(h, 1.0).reshape(3, 3)
+
+
+def apply_homography(h: np.ndarray, pts) -> np.ndarray:
+    """Map (N, 2) points through a 3x3 homography."""
+    pts = np.asarray(pts, float)
+    p = pts @ h[:, :2].T + h[:, 2]
+    return p[:, :2] / p[:, 2:3]
+
+
+def perspective_coeffs(out_quad, in_quad) -> tuple:
+    """Pillow ``Image.PERSPECTIVE`` coefficients taking ``out_quad`` (output image) to ``in_quad`` (input)."""
+    h = homography(out_quad, in_quad)
+    return tuple(float(x) for x in (h / h[2, 2]).reshape(-1)[:8])
+
+
+def _quad_area(q: np.ndarray) -> np.ndarray:
+    """Shoelace area of (..., 4, 2) quads (positive for TL, TR, BR, BL in image coordinates)."""
+    x, y = q[..., 0], q[..., 1]
+    return 0.5 * (np.sum(x * np.roll(y, -1, -1), -1) - np.sum(y * np.roll(x, -1, -1), -1))
+
+
+def _intersect(n1, r1, n2, r2):
+    """Intersection of lines n1.p = r1 and n2.p = r2 (broadcasting); nan when parallel."""
+    det = n1[..., 0] * n2[..., 1] - n1[..., 1] * n2[..., 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = (r1 * n2[..., 1] - r2 * n1[..., 1]) / det
+        y = (n1[..., 0] * r2 - n2[..., 0] * r1) / det
+    return np.stack([x, y], -1)
+
+
+# --------------------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class FilmDetection:
+    """Where the film is. ``corners`` (4, 2) float (x, y) TL, TR, BR, BL in the input's pixel
+    coordinates, or None when ``found`` is False; ``reason`` says why not."""
+
+    found: bool
+    corners: np.ndarray | None
+    confidence: float
+    method: str
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return {"found": self.found, "confidence": round(float(self.confidence), 4),
+                "method": self.method, "reason": self.reason,
+                "corners": None if self.corners is None else np.round(self.corners, 2).tolist()}
+
+
+@dataclass(frozen=True)
+class RectifyResult:
+    """The upright film (``image``; None when no film was found in a photo) and how it was obtained.
+
+    ``passthrough`` is True when the input was already a digital grey image and
+    ``image`` is the input itself, pixels untouched.
+    """
+
+    image: Image.Image | None
+    found: bool
+    passthrough: bool
+    corners: np.ndarray | None
+    detection: FilmDetection
+
+    @property
+    def ok(self) -> bool:
+        """True when ``image`` is usable (a rectified film or a passed-through digital image)."""
+        return self.image is not None
+
+    def to_dict(self) -> dict:
+        d = {"found": self.found, "passthrough": self.passthrough,
+             "size": None if self.image is None else list(self.image.size)}
+        d.update({k: v for k, v in self.detection.to_dict().items() if k != "found"})
+        return d
+
+
+# --------------------------------------------------------------------------- image preparation
+
+def _to_pil(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image
+    arr = np.asarray(image)
+    if arr.ndim == 2 and arr.dtype == np.uint8:
+        return Image.fromarray(arr, "L")
+    if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.dtype == np.uint8:
+        return Image.fromarray(arr, "RGB" if arr.shape[2] == 3 else "RGBA")
+    if arr.ndim == 2:
+        return Image.fromarray(arr.astype(np.float32), "F")
+    raise ValueError(f"expected a PIL image or a (H, W) / (H, W, 3) uint8 array, got {arr.shape} {arr.dtype}")
+
+
+def _grey_u8(img: Image.Image) -> Image.Image:
+    """An 8-bit grey version of any Pillow mode (16-bit/float are min-max scaled)."""
+    if img.mode == "L":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img.convert("F") if img.mode != "F" else img, np.float32)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        return Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "P", "PA"):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(bg, img)
+    return img.convert("L")
+
+
+def _shrink(img: Image.Image, long_side: int) -> Image.Image:
+    """Downscale so the longer side is at most ``long_side``: one fast box ``reduce`` when the
+    image is at least twice that size (a 12-MP photo costs a few ms), else an antialiased resize."""
+    w, h = img.size
+    if max(w, h) <= long_side:
+        return img
+    k = -(-max(w, h) // long_side)
+    if k >= 2 and img.mode in ("L", "RGB", "RGBA", "I", "F"):
+        return img.reduce(k)
+    s = long_side / max(w, h)
+    return img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+
+
+def is_grayscale(image, tolerance: int = 3) -> bool:
+    """True when the image carries no colour: a grey mode, or RGB whose channels agree within
+    ``tolerance`` levels (JPEG chroma) on 99.9 % of pixels. Phone photos never do."""
+    img = _to_pil(image)
+    if img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+        return True
+    if img.mode == "P":
+        img = img.convert("RGB")
+    small = np.asarray(_shrink(img.convert("RGB") if img.mode != "RGB" else img, 512), np.int16)
+    spread = np.max(small, axis=2) - np.min(small, axis=2)
+    return float(np.percentile(spread, 99.9)) <= tolerance
+
+
+# --------------------------------------------------------------------------- search (work size)
+
+def _gradients(g: np.ndarray):
+    """Sobel gradients (per pixel, grey levels) of a float image, edges replicated."""
+    p = np.pad(g, 1, mode="edge")
+    gx = ((p[:-2, 2:] - p[:-2, :-2]) + 2 * (p[1:-1, 2:] - p[1:-1, :-2]) + (p[2:, 2:] - p[2:, :-2])) / 8
+    gy = ((p[2:, :-2] - p[:-2, :-2]) + 2 * (p[2:, 1:-1] - p[:-2, 1:-1]) + (p[2:, 2:] - p[:-2, 2:])) / 8
+    return gx, gy
+
+
+def _thin(mag, gx, gy) -> np.ndarray:
+    """Non-maximum suppression across the edge (Canny's thinning), 4 directions."""
+    ang = (np.degrees(np.arctan2(gy, gx)) + 180.0) % 180.0
+    q = ((ang + 22.5) // 45).astype(int) % 4   # 0: x, 1: diag /, 2: y, 3: diag \
+    p = np.pad(mag, 1)
+    c = p[1:-1, 1:-1]
+    nb = {0: (p[1:-1, :-2], p[1:-1, 2:]), 1: (p[:-2, :-2], p[2:, 2:]),
+          2: (p[:-2, 1:-1], p[2:, 1:-1]), 3: (p[:-2, 2:], p[2:, :-2])}
+    keep = np.zeros(mag.shape, bool)
+    for k, (a, b) in nb.items():
+        keep |= (q == k) & (c >= a) & (c >= b)
+    return keep
+
+
+@dataclass
+class _Lines:
+    normal: np.ndarray     # (L, 2) unit normals
+    rho: np.ndarray        # (L,)   n . p = rho
+    votes: np.ndarray
+
+
+def _hough(edges_y, edges_x, theta_px, shape, max_lines=30, min_votes=10) -> _Lines:
+    """Lines through edge pixels; each pixel votes for angles within 3 degrees of its own."""
+    h, w = shape
+    diag = int(math.ceil(math.hypot(h, w)))
+    nt = 180
+    thetas = np.deg2rad(np.arange(nt))
+    cos_t, sin_t = np.cos(thetas), np.sin(thetas)
+    base = np.round(np.degrees(theta_px)).astype(int)
+    acc = np.zeros(nt * (2 * diag + 1), np.int64)
+    xs, ys = edges_x + 0.5, edges_y + 0.5
+    for d in range(-3, 4):
+        t = (base + d) % nt
+        rho = np.round(xs * cos_t[t] + ys * sin_t[t]).astype(int) + diag
+        acc += np.bincount(t * (2 * diag + 1) + rho, minlength=acc.size)
+    acc = acc.reshape(nt, 2 * diag + 1).astype(np.float64)
+    # local maxima (5 x 5 neighbourhood, separable max filter), strongest first
+    mx = acc.copy()
+    for axis in (0, 1):
+        base_ = mx.copy()
+        for k in (1, 2):
+            mx = np.maximum(mx, np.roll(base_, k, axis))
+            mx = np.maximum(mx, np.roll(base_, -k, axis))
+    peaks = np.flatnonzero((acc == mx) & (acc >= min_votes))
+    peaks = peaks[np.argsort(-acc.ravel()[peaks], kind="stable")][:20 * max_lines]
+    normals, rhos, votes = [], [], []
+    for i in peaks:
+        t, r = divmod(int(i), 2 * diag + 1)
+        n = np.array([cos_t[t], sin_t[t]])
+        if any(_same_line(n, r - diag, m, q, w, h) for m, q in zip(normals, rhos)):
+            continue
+        votes.append(acc[t, r])
+        normals.append(n)
+        rhos.append(r - diag)
+        if len(rhos) >= max_lines:
+            break
+    return _Lines(np.array(normals, float).reshape(-1, 2), np.array(rhos, float), np.array(votes))
+
+
+def _same_line(n1, r1, n2, r2, w, h, tol=2.0) -> bool:
+    """Whether two lines stay within ``tol`` px of each other across the image (a duplicate peak)."""
+    if abs(float(n1 @ n2)) < math.cos(math.radians(6)):
+        return False
+    if n1 @ n2 < 0:
+        n2, r2 = -n2, -r2
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], float)
+    # the part of line 1 inside the image: project the image corners onto it
+    d = np.array([-n1[1], n1[0]])
+    ts = corners @ d
+    p = r1 * n1 + np.array([ts.min(), ts.max()])[:, None] * d
+    return bool(np.all(np.abs(p @ n2 - r2) <= tol))
+
+
+def _line_support(lines: _Lines, gx, gy, t_edge):
+    """Per line: sample positions along it and the cumulative count of supported samples."""
+    h, w = gx.shape
+    diag = int(math.ceil(math.hypot(h, w)))
+    ts = np.arange(-diag, diag + 1, dtype=float)
+    n = lines.normal[:, None, :]
+    d = np.stack([-lines.normal[:, 1], lines.normal[:, 0]], -1)[:, None, :]
+    p0 = lines.rho[:, None, None] * n
+    on = np.zeros((len(lines.rho), ts.size), bool)
+    for off in (-1.0, 0.0, 1.0):
+        p = p0 + ts[None, :, None] * d + off * n - 0.5
+        xi = np.round(p[..., 0]).astype(int)
+        yi = np.round(p[..., 1]).astype(int)
+        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        xi, yi = np.clip(xi, 0, w - 1), np.clip(yi, 0, h - 1)
+        gxs, gys = gx[yi, xi], gy[yi, xi]
+        along = np.abs(gxs * n[..., 0] + gys * n[..., 1])
+        # an edge parallel to the line (gradient within ~30 degrees of its normal)
+        on |= inside & (along >= t_edge) & (along >= 0.86 * np.hypot(gxs, gys))
+    cum = np.concatenate([np.zeros((on.shape[0], 1)), np.cumsum(on, axis=1)], axis=1)
+    return ts, cum
+
+
+def _segment_support(cum, ts0, i, ta, tb):
+    """Fraction of supported samples on line ``i`` between parameters ta and tb (arrays)."""
+    lo = np.clip(np.round(np.minimum(ta, tb) - ts0).astype(int), 0, cum.shape[1] - 1)
+    hi = np.clip(np.round(np.maximum(ta, tb) - ts0).astype(int), 0, cum.shape[1] - 1)
+    n = np.maximum(hi - lo, 1)
+    return (cum[i, hi] - cum[i, lo]) / n
+
+
+@dataclass
+class _Quads:
+    corners: np.ndarray    # (Q, 4, 2)
+    support: np.ndarray    # (Q, 4) top, right, bottom, left
+    score: np.ndarray
+    area: np.ndarray
+    lines: np.ndarray      # (Q, 4) line indices top, right, bottom, left
+
+
+def _quads(lines: _Lines, ts, cum, shape, min_area_frac) -> _Quads:
+    h, w = shape
+    nrm = lines.normal
+    horiz = np.abs(nrm[:, 1]) >= math.cos(math.radians(45))
+    hi_, vi_ = np.flatnonzero(horiz), np.flatnonzero(~horiz)
+    empty = _Quads(np.zeros((0, 4, 2)), np.zeros((0, 4)), np.zeros(0), np.zeros(0), np.zeros((0, 4), int))
+    if len(hi_) < 2 or len(vi_) < 2:
+        return empty
+    # positions: y of each horizontal line at the centre column, x of each vertical at the centre row
+    cx, cy = w / 2, h / 2
+    ypos = (lines.rho[hi_] - nrm[hi_, 0] * cx) / nrm[hi_, 1]
+    xpos = (lines.rho[vi_] - nrm[vi_, 1] * cy) / nrm[vi_, 0]
+    a, b = np.triu_indices(len(hi_), 1)
+    top = np.where(ypos[a] < ypos[b], hi_[a], hi_[b])
+    bot = np.where(ypos[a] < ypos[b], hi_[b], hi_[a])
+    c, d = np.triu_indices(len(vi_), 1)
+    left = np.where(xpos[c] < xpos[d], vi_[c], vi_[d])
+    right = np.where(xpos[c] < xpos[d], vi_[d], vi_[c])
+    T, L = np.meshgrid(np.arange(top.size), np.arange(left.size), indexing="ij")
+    t_, b_, l_, r_ = top[T.ravel()], bot[T.ravel()], left[L.ravel()], right[L.ravel()]
+
+    def X(i, j):
+        return _intersect(nrm[i], lines.rho[i], nrm[j], lines.rho[j])
+
+    q = np.stack([X(t_, l_), X(t_, r_), X(b_, r_), X(b_, l_)], 1)   # TL TR BR BL
+    ok = np.all(np.isfinite(q), axis=(1, 2))
+    q = np.where(np.isfinite(q), q, -1e6)
+    margin = 0.03 * max(h, w)
+    ok &= np.all((q[..., 0] > -margin) & (q[..., 0] < w + margin)
+                 & (q[..., 1] > -margin) & (q[..., 1] < h + margin), axis=1)
+    area = _quad_area(q)
+    ok &= area >= min_area_frac * h * w
+    e = np.roll(q, -1, axis=1) - q                       # edges TL->TR, TR->BR, BR->BL, BL->TL
+    lens = np.linalg.norm(e, axis=-1)
+    ok &= np.all(lens >= 0.2 * min(h, w), axis=1)
+    prev = np.roll(e, 1, axis=1)
+    cross = prev[..., 0] * e[..., 1] - prev[..., 1] * e[..., 0]   # > 0: a convex turn, clockwise in y-down
+    cosang = -np.sum(e * prev, -1) / (lens * np.roll(lens, 1, axis=1) + 1e-9)
+    ok &= np.all(cross > 0, axis=1) & np.all(np.abs(cosang) <= math.cos(math.radians(55)), axis=1)
+    ratio1 = np.minimum(lens[:, 0], lens[:, 2]) / np.maximum(lens[:, 0], lens[:, 2])
+    ratio2 = np.minimum(lens[:, 1], lens[:, 3]) / np.maximum(lens[:, 1], lens[:, 3])
+    ok &= (ratio1 >= 0.6) & (ratio2 >= 0.6)
+    aspect = (lens[:, 0] + lens[:, 2]) / (lens[:, 1] + lens[:, 3])
+    ok &= (aspect >= 0.4) & (aspect <= 2.5)
+    q, area = q[ok], area[ok]
+    idx = np.stack([t_, r_, b_, l_], 1)[ok]
+    if not len(q):
+        return empty
+    # support per side: parameter along the line of each end corner = d . p
+    ts0 = ts[0]
+    sup = np.zeros((len(q), 4))
+    ends = [(0, 1), (1, 2), (2, 3), (3, 0)]
+    for s, (i0, i1) in enumerate(ends):
+        li = idx[:, s]
+        dvec = np.stack([-nrm[li, 1], nrm[li, 0]], -1)
+        ta = np.sum(dvec * q[:, i0], -1)
+        tb = np.sum(dvec * q[:, i1], -1)
+        sup[:, s] = _segment_support(cum, ts0, li, ta, tb)
+    score = 0.5 * sup.min(1) + 0.5 * sup.mean(1)
+    return _Quads(q, sup, score, area, idx)
+
+
+def _side_gaps(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """How far each side (top, right, bottom, left) of the ``inner`` quad(s) (..., 4, 2) lies inside
+    the same side of ``outer``; negative where it pokes out. Returns (..., 4)."""
+    e = np.roll(outer, -1, axis=0) - outer
+    nrm = np.stack([e[:, 1], -e[:, 0]], -1) / (np.linalg.norm(e, axis=1, keepdims=True) + 1e-12)
+    # signed distance (outward positive) of each inner corner c from each outer side s
+    d = np.einsum("...ck,sk->...sc", inner, nrm) - np.sum(nrm * outer, -1)[:, None]
+    ends = np.stack([d[..., s, [s, (s + 1) % 4]] for s in range(4)], -2)   # the side's own corners
+    return -ends.max(-1)
+
+
+def _contains(outer: np.ndarray, inner: np.ndarray, tol: float) -> np.ndarray:
+    """Whether each inner quad's corners all lie inside ``outer`` (or within ``tol`` px outside)."""
+    e = np.roll(outer, -1, axis=0) - outer
+    nrm = np.stack([e[:, 1], -e[:, 0]], -1) / (np.linalg.norm(e, axis=1, keepdims=True) + 1e-12)
+    d = np.einsum("...ck,sk->...sc", inner, nrm) - np.sum(nrm * outer, -1)[:, None]
+    return np.all(d <= tol, axis=(-1, -2))
+
+
+def _offset_quad(q: np.ndarray, d: float) -> np.ndarray:
+    """The convex quad with every side moved ``d`` px inward (negative: outward)."""
+    lines = []
+    for s in range(4):
+        a, b = q[s], q[(s + 1) % 4]
+        e = b - a
+        nrm = np.array([e[1], -e[0]]) / (np.hypot(*e) + 1e-12)     # outward
+        lines.append((nrm, float(nrm @ a) - d))
+    out = np.array([_intersect(*lines[(c - 1) % 4], *lines[c]) for c in range(4)])
+    return np.where(np.isfinite(out), out, q)
+
+
+def _quad_mask(q: np.ndarray, shape) -> np.ndarray:
+    """Boolean mask of the pixels whose centres lie in the quad (rasterised by Pillow)."""
+    h, w = shape
+    m = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(m).polygon([tuple(p - 0.5) for p in q], fill=1)
+    return np.asarray(m, bool)
+
+
+def _band_stats(outer, inner, smooth: np.ndarray):
+    """Brightness quantiles of the band between two nested quads and of the inner quad's inside,
+    or None when either is too small to judge."""
+    ring = _quad_mask(_offset_quad(outer, 1.5), smooth.shape) & ~_quad_mask(_offset_quad(inner, -1.5),
+                                                                            smooth.shape)
+    core = _quad_mask(_offset_quad(inner, 2.5), smooth.shape)
+    if ring.sum() < 20 or core.sum() < 20:
+        return None
+    return _quantiles(smooth[ring], (25, 50, 75)), _quantiles(smooth[core], (2, 25, 75, 90))
+
+
+def _quantiles(values: np.ndarray, percents) -> np.ndarray:
+    """Percentiles of 8-bit values from their histogram (much faster than sorting)."""
+    hist = np.bincount(np.clip(values, 0, 255).astype(np.int64), minlength=256)
+    cdf = np.cumsum(hist) / hist.sum()
+    return np.searchsorted(cdf, np.asarray(percents) / 100.0).astype(float)
+
+
+def _band_kind(outer, inner, smooth: np.ndarray, max_ratio: float = 0.5) -> str:
+    """What the band between ``outer`` and the nested ``inner`` quad is.
+
+    'frame': a lightbox panel's or a screen's plain margin, so ``inner`` is the
+    film. 'bars': the film's own dark letterbox bars, two of about the same
+    width on opposite sides, so ``outer`` is the film. '' otherwise.
+
+    A plain band has an interquartile range of smoothed brightness at most
+    ``max_ratio`` of the inner quad's (quantiles ignore the blurred edge pixels
+    at its borders and fine noise/moiré). A frame around three or four sides
+    may have any brightness; on one or two sides only (the panel runs out of the
+    frame elsewhere) it must be plainer still (half that ratio: not a strip of
+    the film itself) and brighter than the film's blacks.
+    """
+    gaps = _side_gaps(outer, inner)
+    if gaps.min() < -4.0 or gaps.max() < 2.0:
+        return ""
+    stats = _band_stats(outer, inner, smooth)
+    if stats is None:
+        return ""
+    (r25, r50, r75), (c02, c25, c75, c90) = stats
+    sides = gaps >= 2.0
+    spread = (r75 - r25) / max(c75 - c25, 4.0)
+    if spread > max_ratio:
+        return ""
+    dark = r50 <= c02 + 0.08 * (c90 - c02)
+    if sides.sum() >= 3 or (not dark and spread <= max_ratio / 2):
+        return "frame"
+    # letterbox bars: two opposite bands of about the same width, nothing on the other sides
+    for a, b in ((0, 2), (1, 3)):
+        if dark and sides[a] and sides[b] and sides.sum() == 2:
+            if min(gaps[a], gaps[b]) >= 0.4 * max(gaps[a], gaps[b]):
+                return "bars"
+    return ""
+
+
+def _select(quads: _Quads, smooth: np.ndarray, min_score) -> int | None:
+    """Index of the film among the supported quads (see the module docstring, step 4)."""
+    good = np.flatnonzero((quads.score >= min_score) & (quads.support.min(1) >= 0.5 * min_score))
+    if not len(good):
+        return None
+    # near-identical quads (from near-duplicate lines) need judging once: keep the best of each
+    good = good[np.argsort(-quads.score[good], kind="stable")][:400]
+    keys = np.round(quads.corners[good].reshape(len(good), -1) / 4.0).astype(np.int64)
+    _, first = np.unique(keys, axis=0, return_index=True)
+    good = good[np.sort(first)]
+    top = quads.score[good].max()
+    best = good[quads.score[good] >= top - 0.01]
+    chosen = int(best[np.argmax(quads.area[best])])
+    for _ in range(4):                      # panel -> film, screen -> image
+        outer = quads.corners[chosen]
+        cand = good[(quads.area[good] < 0.97 * quads.area[chosen])
+                    & _contains(outer, quads.corners[good], 4.0)]
+        gaps = _side_gaps(outer, quads.corners[cand])
+        nested = cand[(gaps.min(1) >= -4.0) & (gaps.max(1) >= 2.0)]
+        if not len(nested):
+            break
+        # the next level in: the best supported nested quad behind a plain frame
+        nested = sorted(nested, key=lambda i: (-round(float(quads.score[i]), 2), -quads.area[i]))
+        inner = next((i for i in nested[:16]
+                      if _band_kind(outer, quads.corners[i], smooth) == "frame"), None)
+        if inner is None:
+            break
+        chosen = int(inner)
+    for _ in range(2):                      # letterboxed content -> the whole film
+        inner = quads.corners[chosen]
+        around = [int(i) for i in good if quads.area[i] > 1.03 * quads.area[chosen]
+                  and _contains(quads.corners[i], inner, 4.0)]
+        around.sort(key=lambda i: quads.area[i])
+        outer = next((i for i in around[:12]
+                      if _band_kind(quads.corners[i], inner, smooth) == "bars"), None)
+        if outer is None:
+            break
+        chosen = int(outer)
+    return chosen
+
+
+# --------------------------------------------------------------------------- refinement
+
+def _bilinear(a: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    h, w = a.shape
+    x = np.clip(x - 0.5, 0, w - 1.001)
+    y = np.clip(y - 0.5, 0, h - 1.001)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = x - x0, y - y0
+    return (a[y0, x0] * (1 - fx) * (1 - fy) + a[y0, x0 + 1] * fx * (1 - fy)
+            + a[y0 + 1, x0] * (1 - fx) * fy + a[y0 + 1, x0 + 1] * fx * fy)
+
+
+def _fit_line(pts: np.ndarray):
+    """Total-least-squares line (unit normal, rho) with two rounds of outlier rejection."""
+    keep = np.ones(len(pts), bool)
+    nrm, rho = None, None
+    for _ in range(3):
+        if keep.sum() < 6:
+            return None
+        c = pts[keep].mean(0)
+        _, vecs = np.linalg.eigh(np.cov((pts[keep] - c).T))
+        nrm = vecs[:, 0]                     # across the line: the direction of least spread
+        rho = float(nrm @ c)
+        res = np.abs(pts @ nrm - rho)
+        mad = np.median(res[keep]) * 1.4826
+        keep = res <= max(1.0, 3.0 * mad)
+    return nrm, rho
+
+
+def _refine(quad: np.ndarray, g: np.ndarray, radius: float, t_edge: float) -> np.ndarray:
+    """Sub-pixel corners: per side, the edge of the side's polarity nearest the coarse line, found
+    on profiles across the side, then a robust line fit and the lines' intersections."""
+    new_lines = []
+    centre = quad.mean(0)
+    for s in range(4):
+        a, b = quad[s], quad[(s + 1) % 4]
+        e = b - a
+        length = float(np.hypot(*e))
+        nrm = np.array([e[1], -e[0]]) / length
+        if nrm @ (a - centre) < 0:
+            nrm = -nrm                                   # outward
+        m = max(12, min(96, int(length / 6)))
+        f = np.linspace(0.06, 0.94, m)
+        base = a[None] + f[:, None] * e[None]
+        step = 0.5
+        offs = np.arange(-radius, radius + step, step)
+        px = base[:, None, 0] + offs[None, :] * nrm[0]
+        py = base[:, None, 1] + offs[None, :] * nrm[1]
+        prof = _bilinear(g, px, py)
+        deriv = np.gradient(prof, step, axis=1)
+        # polarity: which way the brightness steps where the coarse line crosses (a lightbox edge
+        # or a letterbox bar next to the film's edge steps the other way or lies further off)
+        near = np.abs(offs) <= 2.0
+        pol = np.sign(np.sum(deriv[:, near]))
+        dd = deriv * (pol if pol != 0 else 1.0)
+        # per profile: the local maximum nearest the coarse line among the strong ones
+        inner = np.zeros_like(dd, bool)
+        inner[:, 1:-1] = (dd[:, 1:-1] >= dd[:, :-2]) & (dd[:, 1:-1] >= dd[:, 2:])
+        strong = inner & (dd >= np.maximum(t_edge, 0.4 * dd.max(axis=1, keepdims=True)))
+        k = np.argmin(np.where(strong, np.abs(offs)[None, :], np.inf), axis=1)
+        peak = dd[np.arange(m), k]
+        valid = strong.any(axis=1) & (k > 0) & (k < len(offs) - 1)
+        kk = np.clip(k, 1, len(offs) - 2)
+        y0, y1, y2 = dd[np.arange(m), kk - 1], peak, dd[np.arange(m), kk + 1]
+        denom = y0 - 2 * y1 + y2
+        sub = np.where(np.abs(denom) > 1e-9, 0.5 * (y0 - y2) / np.where(denom == 0, 1, denom), 0.0)
+        pos = offs[kk] + np.clip(sub, -0.5, 0.5) * step
+        pts = base + pos[:, None] * nrm[None]
+        fit = _fit_line(pts[valid]) if valid.sum() >= 6 else None
+        if fit is None:
+            return quad
+        new_lines.append(fit)
+    out = np.zeros((4, 2))
+    for c in range(4):      # corner c joins side c-1 and side c
+        (n1, r1), (n2, r2) = new_lines[(c - 1) % 4], new_lines[c]
+        p = _intersect(n1, r1, n2, r2)
+        if not np.all(np.isfinite(p)) or np.hypot(*(p - quad[c])) > 3 * radius:
+            return quad
+        out[c] = p
+    return out
+
+
+# --------------------------------------------------------------------------- public API
+
+def find_film(image, *, min_area: float = 0.06, min_score: float = 0.75) -> FilmDetection:
+    """Locate the film in a photo: 4 corners (TL, TR, BR, BL, full-resolution pixel coordinates),
+    a confidence in [0, 1] and the method, or ``found=False`` with a reason.
+
+    ``image``: a PIL image or an (H, W[, 3]) uint8 array of any size. ``min_area``:
+    the smallest film, as a fraction of the photo. ``min_score``: the edge
+    support a quad needs (0..1) to count as found.
+    """
+    img = _to_pil(image)
+    W, H = img.size
+    if min(W, H) < 32:
+        return FilmDetection(False, None, 0.0, "hough-quad", "image too small to search")
+    med = _grey_u8(_shrink(img, REFINE_SIZE) if img.mode in ("L", "RGB", "RGBA") else
+                   _shrink(_grey_u8(img), REFINE_SIZE))
+    work = med.resize(_fit_size(med.size, WORK_SIZE), Image.BILINEAR) if max(med.size) > WORK_SIZE else med
+    g = np.asarray(work.filter(ImageFilter.GaussianBlur(1.5)), np.float32)
+    gx, gy = _gradients(g)
+    mag = np.hypot(gx, gy)
+    t_edge = max(1.5, 1.5 * float(np.median(mag)))
+    edges = _thin(mag, gx, gy) & (mag >= t_edge)
+    ey, ex = np.nonzero(edges)
+    h, w = g.shape
+    if len(ey) < 20:
+        return FilmDetection(False, None, 0.0, "hough-quad", "no edges: the image is flat")
+    theta = np.arctan2(gy[ey, ex], gx[ey, ex]) % math.pi
+    lines = _hough(ey, ex, theta, (h, w), max_lines=30, min_votes=max(10, 0.1 * min(h, w)))
+    ts, cum = _line_support(lines, gx, gy, t_edge)
+    quads = _quads(lines, ts, cum, (h, w), min_area)
+    if not len(quads.score):
+        return FilmDetection(False, None, 0.0, "hough-quad", "no four straight edges forming a film")
+    chosen = _select(quads, np.asarray(work.filter(ImageFilter.GaussianBlur(2.0))), min_score)
+    if chosen is None:
+        best = float(quads.score.max())
+        return FilmDetection(False, None, best, "hough-quad",
+                             f"no quadrilateral with all four edges visible (best edge support {best:.2f})")
+    quad = quads.corners[chosen]
+    # refine at the medium size, then map to full resolution
+    gm = np.asarray(med.filter(ImageFilter.GaussianBlur(1.0)), np.float32)
+    sx, sy = med.size[0] / w, med.size[1] / h
+    q = quad * [sx, sy]
+    q = _refine(q, gm, radius=3.0 * max(sx, sy) + 3.0, t_edge=t_edge)
+    q = _refine(q, gm, radius=3.0, t_edge=t_edge)
+    full = q * [W / med.size[0], H / med.size[1]]
+    return FilmDetection(True, full, float(quads.score[chosen]), "hough-quad")
+
+
+def _fit_size(size, long_side):
+    w, h = size
+    s = long_side / max(w, h)
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
+def _inset(corners: np.ndarray, size) -> float:
+    """How far inside the frame the quad's nearest corner lies, as a fraction of the longer side."""
+    W, H = size
+    c = np.asarray(corners)
+    return float(min(c[:, 0].min(), W - c[:, 0].max(), c[:, 1].min(), H - c[:, 1].max()) / max(W, H))
+
+
+def rectify(image, *, max_side: int = 1024, mode: str = "L", detection: FilmDetection | None = None,
+            allow_passthrough: bool = True, grey_inset: float = 0.025,
+            grey_confidence: float = 0.85) -> RectifyResult:
+    """Find the film and warp it upright, or pass a digital image through untouched.
+
+    * A film found in a photo: ``image`` is the film warped to a rectangle whose
+      sides match the film's measured sides (longer side at most ``max_side``),
+      in Pillow ``mode`` ('L' or 'RGB').
+    * A grey image (a digital CXR, a scan, a DICOM export) with no film clearly
+      inside it: ``passthrough=True`` and ``image`` is the input itself, pixels
+      untouched. "Clearly" = found with confidence >= ``grey_confidence`` and
+      every corner at least ``grey_inset`` of the longer side inside the frame;
+      a digital image's own borders and letterbox bars never qualify.
+    * No film in a colour photo: ``found=False``, ``image`` None. The caller
+      decides what to tell the user; nothing is guessed.
+
+    ``detection`` reuses an earlier :func:`find_film` result.
+    """
+    if mode not in ("L", "RGB"):
+        raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
+    img = _to_pil(image)
+    det = detection if detection is not None else find_film(img)
+    if allow_passthrough and is_grayscale(img):
+        photo_of_film = (det.found and det.confidence >= grey_confidence
+                         and _inset(det.corners, img.size) >= grey_inset)
+        if not photo_of_film:
+            return RectifyResult(img, False, True, None, det)
+    if not det.found:
+        return RectifyResult(None, False, False, None, det)
+    return RectifyResult(warp_film(img, det.corners, max_side=max_side, mode=mode), True, False,
+                         det.corners, det)
+
+
+def warp_film(image, corners, *, max_side: int = 1024, mode: str = "L",
+              size: tuple[int, int] | None = None) -> Image.Image:
+    """Warp the quad ``corners`` (TL, TR, BR, BL) of ``image`` to an upright rectangle.
+
+    The rectangle's sides are the quad's mean opposite side lengths (so the
+    film keeps its aspect ratio), scaled down to ``max_side``; ``size`` forces
+    (width, height). Large sources are box-reduced first so the warp does not
+    alias.
+    """
+    img = _to_pil(image)
+    q = np.asarray(corners, float)
+    e = np.roll(q, -1, axis=0) - q
+    lens = np.linalg.norm(e, axis=1)
+    fw, fh = (lens[0] + lens[2]) / 2, (lens[1] + lens[3]) / 2
+    if size is None:
+        s = min(1.0, max_side / max(fw, fh))
+        size = (max(1, round(fw * s)), max(1, round(fh * s)))
+    ow, oh = size
+    k = int(min(fw / ow, fh / oh))
+    src = img if img.mode in ("L", "RGB") else (_grey_u8(img) if mode == "L" else img.convert("RGB"))
+    if src.mode != mode:
+        src = src.convert(mode)
+    if k >= 2:
+        sw, sh = src.size
+        src = src.reduce(k)
+        q = q * [src.size[0] / sw, src.size[1] / sh]
+    out_quad = np.array([[0, 0], [ow, 0], [ow, oh], [0, oh]], float)
+    return src.transform((ow, oh), Image.PERSPECTIVE, perspective_coeffs(out_quad, q), Image.BICUBIC)
