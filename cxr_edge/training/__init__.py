@@ -1,0 +1,11 @@
+"""Workstation side: model building, quantization-aware training and TFLite conversion.
+
+Imports TensorFlow, tf-keras and tfmot only inside functions (through
+:mod:`cxr_edge.training.tf_env`), so importing this package is cheap.
+
+* :mod:`~cxr_edge.training.model`   ``build_model``, ``set_trainable``, ``feature_extractor``,
+  ``head_only_model``, ``with_feature_output``, ``head_weights``, ``calibrate_batchnorm``
+* :mod:`~cxr_edge.training.qat`     ``quantize_for_training``, ``is_qat_model``
+* :mod:`~cxr_edge.training.convert` ``convert``, ``output_roles``, ``roles_from_shapes``
+* :mod:`~cxr_edge.training.tf_env`  ``load`` -> ``(tf, keras)``, ``load_tfmot``
+"""
