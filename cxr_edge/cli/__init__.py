@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": ("cxr_edge.cli.predict", "predict", "Run the gate and classifiers on images (files or folders)."),
     "info": ("cxr_edge.cli.info", "info", "Show what a model pack is and how it was measured."),
     "data": ("cxr_edge.cli.data", "data", "Prepare a data set (patient-level splits + cache) and report on it."),
+    "evaluate": ("cxr_edge.cli.evaluate", "evaluate",
+                 "Metrics with CIs, subgroups, sources and phone photos for a pack or run on a prepared split."),
 }
 
 EXIT_INTERNAL = 70
