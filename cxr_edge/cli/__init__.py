@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("cxr_edge.cli.data", "data", "Prepare a data set (patient-level splits + cache) and report on it."),
     "evaluate": ("cxr_edge.cli.evaluate", "evaluate",
                  "Metrics with CIs, subgroups, sources and phone photos for a pack or run on a prepared split."),
+    "calibrate": ("cxr_edge.cli.calibrate", "calibrate",
+                  "Fit temperature and choose per-label thresholds (a named profile) into a pack."),
 }
 
 EXIT_INTERNAL = 70

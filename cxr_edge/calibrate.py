@@ -1,0 +1,210 @@
+"""Calibrate a model pack: a temperature per model and named threshold profiles, written atomically.
+
+For each prepared data folder given, the pack's model for that task runs on
+the chosen split through the device path (as ``cxr-edge predict`` runs it),
+then:
+
+1. a temperature is fitted to the raw outputs (:func:`~cxr_edge.calibration.fit_temperature`);
+2. per-label thresholds are chosen on the temperature-scaled probabilities by
+   a rule (:func:`~cxr_edge.calibration.choose_thresholds`: ``max-f1``,
+   ``youden``, ``sensitivity:0.90``, ``specificity:0.80``) and stored as a
+   named profile (``screening``, ``balanced``, ...); a pack holds several;
+3. profiles calibrated earlier at another temperature get their thresholds
+   mapped to the new one, so their decisions do not change;
+4. the pack's metadata is rewritten atomically
+   (:func:`~cxr_edge.pack.rewrite_metadata`). What was used — prepared data
+   (``data_sha256``), split, a fingerprint of its images, n, rule, ECE before
+   and after — is recorded in ``ModelMetadata.extras["posthoc_calibration"]``
+   (``ModelMetadata.calibration`` stays the int8 calibration-set record of
+   export), so ``cxr-edge evaluate`` can refuse to score a model on the very
+   images it was calibrated on.
+
+The test split is refused (calibrating on it leaks the test set into the
+thresholds) unless explicitly allowed, and so are images the model trained on.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .calibration import T_MAX, T_MIN, apply_temperature, choose_thresholds, fit_temperature, parse_rule
+from .data.prepared import Prepared, open_prepared
+from .errors import CxrEdgeError, DataError
+from .evaluate import (POSTHOC_KEY, Progress, check_leakage, model_outputs, open_pack_model, select_pack_model,
+                       split_fingerprint, task_ece)
+from .metadata import ModelMetadata, utc_now
+from .metrics import _jsonable, binary_stats
+
+log = logging.getLogger(__name__)
+
+_PROFILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+RARE_POSITIVES = 5   # fewer positives than this make a chosen threshold a guess
+
+
+def default_profile_name(rule) -> str:
+    """The profile name used when none is given: the rule's text, e.g. 'max-f1', 'sensitivity-0.9'."""
+    return str(parse_rule(rule)).replace(":", "-")
+
+
+def _check_profile(name: str) -> str:
+    if not _PROFILE.match(name):
+        raise CxrEdgeError(f"profile name {name!r} is not allowed; use 1-40 letters, digits, '_', '.' or '-' "
+                           "starting with a letter or digit, e.g. screening or balanced.")
+    return name
+
+
+def remap_threshold(t: float, t_from: float, t_to: float) -> float:
+    """The threshold at temperature ``t_to`` that makes the same sigmoid decisions as ``t`` at ``t_from``.
+
+    ``sigmoid(z / t_from) >= t``  <=>  ``z >= t_from * logit(t)``
+    <=>  ``sigmoid(z / t_to) >= sigmoid(t_from * logit(t) / t_to)``.
+    """
+    t = min(max(float(t), 1e-15), 1 - 1e-15)
+    z = math.log(t) - math.log1p(-t)
+    return float(0.5 * (1.0 + math.tanh(0.5 * z * t_from / t_to)))
+
+
+def _remap_profiles(meta: ModelMetadata, posthoc: dict, t_new: float, skip: str) -> dict:
+    """Re-express calibrated sigmoid profiles at the new temperature; returns {profile: old temperature}."""
+    remapped = {}
+    if not meta.activation == "sigmoid":
+        return remapped
+    for name, rec in (posthoc.get("profiles") or {}).items():
+        t_old = float(rec.get("temperature", meta.temperature))
+        if name == skip or name not in meta.thresholds or math.isclose(t_old, t_new, rel_tol=1e-9):
+            continue
+        meta.thresholds[name] = {lbl: remap_threshold(t, t_old, t_new) for lbl, t in meta.thresholds[name].items()}
+        rec.update(temperature=t_new, remapped_from_temperature=t_old)
+        remapped[name] = t_old
+    return remapped
+
+
+def _label_stats(spec, y, p, thresholds: dict) -> tuple[dict, list[str]]:
+    stats, warnings = {}, []
+    for j, label in enumerate(spec.labels):
+        n_pos = int(y[:, j].sum())
+        s = binary_stats(y[:, j], p[:, j], thresholds[label])
+        stats[label] = {"threshold": thresholds[label], "n_positive": n_pos, "n_negative": int(len(y) - n_pos),
+                        **{k: s[k] for k in ("sensitivity", "specificity", "precision", "f1")}}
+        if n_pos in (0, len(y)):
+            warnings.append(f"{label}: the split holds only {'negatives' if n_pos == 0 else 'positives'}; "
+                            f"kept the default threshold {spec.default_threshold:g}")
+        elif n_pos < RARE_POSITIVES:
+            warnings.append(f"{label}: only {n_pos} positive image(s): its threshold is a guess; calibrate on "
+                            "more data")
+    return stats, warnings
+
+
+def calibrate_model(pack_path, prepared: Prepared, *, split: str, rule, profile: str, make_default: bool,
+                    temperature: bool, allow_train_split: bool, threads: int, backend, progress) -> tuple:
+    """Calibrate the pack's model for ``prepared``'s task; returns (slot, new metadata, summary)."""
+    rule = parse_rule(rule)
+    model = open_pack_model(pack_path, prepared, threads=threads, backend=backend)
+    check_leakage(model, prepared, split, allow_train_split=allow_train_split, allow_calibration_split=True,
+                  purpose="calibrate")
+    spec = model.spec
+    raw, _, how = model_outputs(model, prepared, split, progress)
+    y = prepared.labels(split).astype(np.int64)
+    t_old = model.temperature
+    t_new = fit_temperature(raw, y, spec.activation) if temperature else t_old
+    at_bound = temperature and not T_MIN * 1.01 < t_new < T_MAX / 1.01
+    probs = apply_temperature(raw, t_new, spec.activation)
+    thresholds = choose_thresholds(spec, y, probs, rule)
+    stats, warnings = _label_stats(spec, y, probs, thresholds)
+    if at_bound:
+        warnings.append(f"the fitted temperature {t_new:.3g} is at the search bound [{T_MIN:g}, {T_MAX:g}]: the "
+                        "model's outputs barely depend on the image, or the split holds one class")
+    if not spec.multilabel:
+        warnings.append(f"{spec.name} is a softmax task: predict reports the most likely class; these one-vs-rest "
+                        "thresholds are stored for screening use")
+    ece = {"raw": task_ece(spec, y, raw), "before": task_ece(spec, y, apply_temperature(raw, t_old, spec.activation)),
+           "after": task_ece(spec, y, probs), "n_bins": 15}
+    data = {"prepared": str(prepared.path), "data_sha256": prepared.data_sha256, "task": prepared.task.name,
+            "split": split, "n": int(len(y)), "n_patients": int(len(np.unique(prepared.patients(split)))),
+            "images_sha256": split_fingerprint(prepared, split)}
+
+    pm = select_pack_model(_load(pack_path), prepared)
+    meta = dataclasses.replace(pm.metadata, thresholds=copy.deepcopy(pm.metadata.thresholds),
+                               extras=copy.deepcopy(pm.metadata.extras))
+    posthoc = meta.extras.setdefault(POSTHOC_KEY, {})
+    profiles = posthoc.setdefault("profiles", {})
+    remapped = _remap_profiles(meta, posthoc, t_new, skip=profile)
+    created = {"created": utc_now(), "toolkit_version": __version__}
+    if temperature:
+        posthoc["temperature"] = {"value": t_new, "previous": t_old, "data": data, "ece": ece, **created}
+    meta.temperature = t_new
+    meta.thresholds[profile] = thresholds
+    profiles[profile] = {"rule": str(rule), "temperature": t_new, "data": data, "per_label": stats, **created}
+    old_default = meta.default_profile
+    if make_default:
+        meta.default_profile, reason = profile, "--default"
+    elif old_default not in profiles:
+        meta.default_profile = profile
+        reason = f"the previous default {old_default!r} was never calibrated"
+    else:
+        reason = f"kept {old_default!r} (pass --default to switch)"
+    summary = {"task": spec.name, "slot": pm.slot, "file": pm.file, "data": dict(data, **how), "rule": str(rule),
+               "profile": profile, "default_profile": meta.default_profile,
+               "default_changed": meta.default_profile != old_default, "default_reason": reason,
+               "temperature": {"before": t_old, "after": t_new, "fitted": temperature}, "ece": ece,
+               "thresholds": stats, "remapped_profiles": remapped, "profiles": sorted(meta.thresholds),
+               "warnings": warnings}
+    return pm.slot, meta, summary
+
+
+def _load(pack_path):
+    from .pack import load_pack
+
+    return load_pack(pack_path)
+
+
+def calibrate(pack, data, *, split: str = "val", rule="max-f1", profile: str | None = None,
+              make_default: bool = False, temperature: bool = True, allow_test_split: bool = False,
+              allow_train_split: bool = False, dry_run: bool = False, threads: int = 1, backend: str | None = None,
+              progress: Progress | None = None) -> dict:
+    """Calibrate the pack's model for each prepared folder in ``data`` (a path or a list) and write the pack.
+
+    Returns a JSON-ready summary per slot. ``dry_run`` computes everything
+    and writes nothing. Raises :class:`~cxr_edge.errors.CxrEdgeError`
+    subclasses for what the user can fix.
+    """
+    rule = parse_rule(rule)
+    profile = _check_profile(profile or default_profile_name(rule))
+    if split == "test" and not allow_test_split:
+        raise DataError("refusing to calibrate on the test split: thresholds and temperature fitted on it make every "
+                        "later test result optimistic. Use --split val (the default), or --allow-test-split if this "
+                        "test split will never be used to report results.")
+    paths = [data] if isinstance(data, (str, Path, Prepared)) else list(data)
+    if not paths:
+        raise CxrEdgeError("no prepared data given: pass --data PREPARED (once per task to calibrate).")
+    pack_path = _load(pack).path
+    updates, models = {}, {}
+    for d in paths:
+        prepared = d if isinstance(d, Prepared) else open_prepared(d)
+        prepared._check_split(split)
+        if not len(prepared.table(split)):
+            raise DataError(f"split {split!r} of {prepared.path} holds no images; choose one of "
+                            f"{', '.join(prepared.splits)}.")
+        slot, meta, summary = calibrate_model(pack_path, prepared, split=split, rule=rule, profile=profile,
+                                              make_default=make_default, temperature=temperature,
+                                              allow_train_split=allow_train_split, threads=threads,
+                                              backend=backend, progress=progress)
+        if slot in updates:
+            raise CxrEdgeError(f"two --data folders are for the {slot} model ({models[slot]['data']['prepared']} and "
+                               f"{prepared.path}); give one per task.")
+        updates[slot], models[slot] = meta, summary
+    if not dry_run:
+        from .pack import rewrite_metadata
+
+        rewrite_metadata(pack_path, updates)
+        log.info("wrote calibration of %s into %s", ", ".join(updates), pack_path)
+    return _jsonable({"pack": str(pack_path), "written": not dry_run, "split": split, "rule": str(rule),
+                      "profile": profile, "models": models})

@@ -1,0 +1,118 @@
+"""cxr-edge calibrate: temperature lowers ECE, profiles land in the pack and predict applies them, refusals."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from test_evaluate import _root, cli, cxr4_48, informative_cxr4, small_prepared  # noqa: F401 (fixtures)
+
+from cxr_edge.calibrate import calibrate, remap_threshold
+from cxr_edge.calibration import apply_temperature
+from cxr_edge.errors import CxrEdgeError, DataError
+from cxr_edge.evaluate import evaluate
+from cxr_edge.pack import load_pack
+
+
+@pytest.fixture(scope="module")
+def nih_48(shared_data, tmp_path_factory):
+    return small_prepared(shared_data, _root(tmp_path_factory), "nih14", 48, 0.15)
+
+
+@pytest.fixture
+def overconfident(cxr4_48, tmp_path_factory, tmp_path):
+    """A writable copy of an informative cxr4 pack whose logits are 4x too large."""
+    pytest.importorskip("tensorflow")
+    pack, _ = informative_cxr4(cxr4_48, _root(tmp_path_factory), scale=4.0)
+    return shutil.copytree(pack, tmp_path / "pack")
+
+
+def test_calibration_lowers_ece_of_an_overconfident_model(cli, overconfident, cxr4_48):
+    before = evaluate(overconfident, cxr4_48, n_boot=0).result
+    res = cli("calibrate", overconfident, "--data", cxr4_48.path, "--json")
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout)["models"]["cxr4"]
+    assert m["temperature"]["after"] > 1.5 and m["ece"]["after"] < 0.7 * m["ece"]["before"]
+    assert m["data"]["split"] == "val" and m["data"]["data_sha256"] == cxr4_48.data_sha256
+    meta = load_pack(overconfident)["cxr4"].metadata
+    assert meta.temperature == m["temperature"]["after"]
+    record = meta.extras["posthoc_calibration"]
+    assert record["temperature"]["data"]["n"] == cxr4_48.info["counts"]["val"]["images"]
+    assert record["profiles"]["max-f1"]["rule"] == "max-f1" and meta.default_profile == "max-f1"
+    # on held-out test images the calibrated pack is better calibrated too, and its ranking is unchanged
+    after = evaluate(overconfident, cxr4_48, n_boot=0).result
+    assert after["calibration"]["ece"] < before["calibration"]["ece"]
+    assert after["metrics"]["mean_auroc"]["value"] == pytest.approx(before["metrics"]["mean_auroc"]["value"], abs=0.01)
+    # and evaluating on the split it was calibrated on is refused
+    with pytest.raises(DataError, match="refusing to evaluate on calibration data"):
+        evaluate(overconfident, cxr4_48, split="val", n_boot=0)
+
+
+def test_profiles_are_written_and_predict_applies_them(cli, tiny_pack, nih_48, shared_data, tmp_path):
+    pack = shutil.copytree(tiny_pack, tmp_path / "pack")
+    res = cli("calibrate", pack, "--data", nih_48.path, "--rule", "sensitivity:0.9", "--profile", "screening", "--json")
+    assert res.exit_code == 0, res.output
+    screening = json.loads(res.stdout)["models"]["nih14"]
+    for label, s in screening["thresholds"].items():   # the rule holds on the data it was fitted on
+        assert s["n_positive"] == 0 or s["sensitivity"] >= 0.9, label
+    assert screening["default_profile"] == "screening" and screening["default_changed"]   # 'default' was a placeholder
+    res = cli("calibrate", pack, "--data", nih_48.path, "--rule", "max-f1", "--profile", "balanced", "--default",
+              "--keep-temperature", "--json")
+    balanced = json.loads(res.stdout)["models"]["nih14"]
+    assert balanced["default_profile"] == "balanced" and balanced["temperature"]["fitted"] is False
+    assert balanced["profiles"] == ["balanced", "default", "screening"]
+
+    image = str(shared_data / "nih_cxr14" / "images" / "00000061_012.png")
+    for args, profile in (([], "balanced"), (["--profile", "screening"], "screening")):
+        res = cli("predict", "--pack", pack, "--json", *args, image)
+        out = json.loads(res.stdout.splitlines()[0])["nih14"]
+        expected = (balanced if profile == "balanced" else screening)["thresholds"]
+        assert out["profile"] == profile
+        assert out["thresholds"] == pytest.approx({k: v["threshold"] for k, v in expected.items()})
+        assert out["temperature"] == pytest.approx(screening["temperature"]["after"])
+    text = cli("calibrate", pack, "--data", nih_48.path, "--profile", "screening", "--dry-run").output
+    assert "ECE" in text and "sensitivity" in text and "Pneumonia" in text and "dry run: nothing written" in text
+
+
+def test_refitting_temperature_keeps_other_profiles_decisions(nih_48, tiny_pack, tmp_path):
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0.001, 0.999, (500, 3))
+    for t in (0.2, 0.5, 0.9):
+        for t_old, t_new in ((1.0, 2.5), (3.0, 0.7)):
+            before = apply_temperature(raw, t_old, "sigmoid") >= t
+            after = apply_temperature(raw, t_new, "sigmoid") >= remap_threshold(t, t_old, t_new)
+            assert (before == after).all()
+    pack = shutil.copytree(tiny_pack, tmp_path / "pack")
+    calibrate(pack, nih_48, rule="youden", profile="a", temperature=False)
+    first = load_pack(pack)["nih14"].metadata.thresholds["a"]
+    out = calibrate(pack, nih_48, rule="max-f1", profile="b")["models"]["nih14"]
+    meta = load_pack(pack)["nih14"].metadata
+    assert out["remapped_profiles"] == {"a": 1.0}
+    t_new = meta.temperature
+    assert meta.thresholds["a"] == pytest.approx({k: remap_threshold(v, 1.0, t_new) for k, v in first.items()})
+    assert meta.extras["posthoc_calibration"]["profiles"]["a"]["temperature"] == t_new
+
+
+def test_refusals_and_clean_errors(cli, tiny_pack, cxr4_48, nih_48, tmp_path, tmp_path_factory):
+    pack = shutil.copytree(tiny_pack, tmp_path / "pack")
+    before = {p.name: p.read_bytes() for p in pack.iterdir()}
+    cases = [
+        (("--data", cxr4_48.path, "--split", "test"), "refusing to calibrate on the test split"),
+        (("--data", cxr4_48.path, "--rule", "sensitivity:2"), "unknown threshold rule"),
+        (("--data", cxr4_48.path, "--profile", "bad name!"), "profile name 'bad name!' is not allowed"),
+        (("--data", cxr4_48.path, "--data", cxr4_48.path), "two --data folders are for the cxr4 model"),
+        (("--data", tmp_path), "not a prepared data folder"),
+    ]
+    for args, message in cases:
+        res = cli("calibrate", pack, *args)
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, (args, res.output)
+    res = cli("calibrate", pack, "--data", cxr4_48.path, "--dry-run", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["written"] is False
+    assert {p.name: p.read_bytes() for p in pack.iterdir()} == before   # nothing written by any of these
+    pytest.importorskip("tensorflow")
+    informative = informative_cxr4(cxr4_48, _root(tmp_path_factory))[0]
+    with pytest.raises(CxrEdgeError, match="refusing to calibrate on training images"):
+        calibrate(informative, cxr4_48, split="train", dry_run=True)
+    out = calibrate(pack, nih_48, split="test", allow_test_split=True, dry_run=True)
+    assert out["models"]["nih14"]["data"]["split"] == "test"
+
