@@ -1,0 +1,487 @@
+"""The case store: every analysed film a field worker keeps, on the device, offline.
+
+One SQLite database (``cases.sqlite`` in the app's user data directory) in WAL
+mode with ``synchronous=FULL``. A case is saved in ONE transaction (the case
+row with its results and thumbnail, and the film in its own table), so killing
+the app mid-save leaves either the whole case or none of it, and never touches
+earlier cases. The schema carries a version (``PRAGMA user_version``); opening
+an older database migrates it in a transaction, and a database written by a
+newer cxr-edge is refused rather than damaged.
+
+Schema history:
+
+* v1: ``cases`` (results as JSON, quality verdicts, source name) and
+  ``films`` (the analysed film as PNG, with its sha256).
+* v2: thumbnails and provenance (model pack name, threshold profile) on each
+  case, and an index on the creation time; v1 databases get their thumbnails
+  made from their films during the migration.
+
+Nothing here opens a network connection; exports go to a folder on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from .errors import DataError
+from .images import load_image
+from .report_html import write_bytes_atomic, write_text_atomic
+from .tasks import get_task
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "cases.sqlite"
+SCHEMA_VERSION = 2
+THUMBNAIL_SIZE = 160
+
+
+class CaseStoreError(DataError):
+    """A case database that cannot be opened, read or written."""
+
+
+# --------------------------------------------------------------------------- schema and migrations
+
+
+def _v1(conn: sqlite3.Connection) -> None:
+    conn.execute("""CREATE TABLE cases (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        uid TEXT NOT NULL UNIQUE,
+        created TEXT NOT NULL,
+        status TEXT NOT NULL,
+        summary TEXT NOT NULL DEFAULT '',
+        result_json TEXT NOT NULL,
+        quality_json TEXT NOT NULL DEFAULT '[]',
+        source TEXT NOT NULL DEFAULT '',
+        note TEXT NOT NULL DEFAULT '')""")
+    conn.execute("""CREATE TABLE films (
+        case_id INTEGER PRIMARY KEY REFERENCES cases(id) ON DELETE CASCADE,
+        png BLOB NOT NULL,
+        sha256 TEXT NOT NULL)""")
+
+
+def _v2(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE cases ADD COLUMN pack_name TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE cases ADD COLUMN profile TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE cases ADD COLUMN thumbnail BLOB")
+    conn.execute("CREATE INDEX cases_created ON cases(created)")
+    rows = conn.execute("SELECT case_id, png FROM films").fetchall()
+    for case_id, png in rows:
+        try:
+            thumb = make_thumbnail(load_image(bytes(png), mode="L"))
+        except Exception as exc:  # one unreadable film must not block the upgrade of all the others
+            log.warning("case %s: no thumbnail made during migration (%s)", case_id, exc)
+            continue
+        conn.execute("UPDATE cases SET thumbnail = ? WHERE id = ?", (thumb, case_id))
+
+
+#: MIGRATIONS[i] takes a database from version i to version i + 1.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class Case:
+    """One saved case. ``result`` is the prediction as saved (``Prediction.to_dict()`` made JSON-safe)."""
+
+    id: int
+    uid: str
+    created: str
+    status: str
+    summary: str
+    result: dict
+    quality: list[dict] = field(default_factory=list)
+    source: str = ""
+    note: str = ""
+    pack_name: str = ""
+    profile: str = ""
+    thumbnail: bytes | None = None
+
+    @property
+    def created_local(self) -> str:
+        """The creation time in the device's time zone, to the minute, for lists."""
+        try:
+            return datetime.fromisoformat(self.created).astimezone().strftime("%Y-%m-%d %H:%M")
+        except ValueError:
+            return self.created
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    csv_path: Path
+    count: int
+    images_dir: Path | None = None
+
+
+_CASE_COLUMNS = ("id", "uid", "created", "status", "summary", "result_json", "quality_json", "source", "note",
+                 "pack_name", "profile", "thumbnail")
+
+
+def _row_to_case(row) -> Case:
+    d = dict(zip(_CASE_COLUMNS, row))
+    return Case(id=d["id"], uid=d["uid"], created=d["created"], status=d["status"], summary=d["summary"],
+                result=json.loads(d["result_json"]), quality=json.loads(d["quality_json"]), source=d["source"],
+                note=d["note"], pack_name=d["pack_name"], profile=d["profile"],
+                thumbnail=bytes(d["thumbnail"]) if d["thumbnail"] is not None else None)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def make_thumbnail(image: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
+    """A small PNG of ``image`` (longest side ``size``) for case lists."""
+    thumb = image.convert("L") if image.mode not in ("L", "RGB") else image.copy()
+    thumb.thumbnail((size, size), Image.LANCZOS)
+    return _png(thumb, optimize=True)
+
+
+def _png(image: Image.Image, optimize: bool = False) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=optimize)
+    return buf.getvalue()
+
+
+def jsonable(obj, _path: str = ""):
+    """A JSON-safe copy of a prediction dict: numpy scalars become numbers, small arrays lists.
+
+    Large arrays (feature maps, say) are left out: they can be recomputed from
+    the film and would make every case row heavy. Their keys are listed under
+    ``"omitted"`` so a reader knows they existed.
+    """
+    omitted: list[str] = []
+
+    def walk(value, path):
+        if isinstance(value, dict):
+            out = {}
+            for k, v in value.items():
+                converted = walk(v, f"{path}.{k}" if path else str(k))
+                if converted is not _DROP:
+                    out[str(k)] = converted
+            return _DROP if value and not out else out  # a table of omitted arrays goes entirely
+        if isinstance(value, (list, tuple)):
+            return [x for x in (walk(v, f"{path}[{i}]") for i, v in enumerate(value)) if x is not _DROP]
+        if isinstance(value, np.ndarray):
+            if value.size <= 64:
+                return value.tolist()
+            omitted.append(path)
+            return _DROP
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        if isinstance(value, Path):
+            return str(value)
+        omitted.append(path)
+        return _DROP
+
+    out = walk(obj, _path)
+    if omitted and isinstance(out, dict):
+        out["omitted"] = sorted(set(out.get("omitted", [])) | set(omitted))
+    return out
+
+
+_DROP = object()
+
+
+def summarize(result: dict) -> str:
+    """A one-line summary of a saved result for lists and CSV files."""
+    status = result.get("status")
+    if status == "rejected":
+        return "Not a chest X-ray"
+    if status == "error":
+        return "Could not be analysed"
+    parts = []
+    cxr4 = result.get("cxr4") or {}
+    if cxr4.get("top"):
+        parts.append(f"{cxr4['top']} {cxr4['probabilities'][cxr4['top']]:.2f}")
+    nih = result.get("nih14")
+    if nih is not None:
+        parts.append("findings: " + (", ".join(nih.get("positive") or []) or "none above threshold"))
+    return "; ".join(parts) or "analysed"
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _quality_dicts(quality) -> list[dict]:
+    out = []
+    for q in quality or ():
+        if isinstance(q, dict):
+            out.append(jsonable(q))
+        else:  # a QualityCheck-like object: name, score, verdict, message
+            out.append(jsonable({k: getattr(q, k, None) for k in ("name", "score", "verdict", "message")}))
+    return out
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class CaseStore:
+    """The cases saved on this device. Safe to share between the UI thread and a worker thread.
+
+    ``CaseStore(folder)`` opens (or creates) ``folder/cases.sqlite``; a path
+    ending in ``.sqlite``/``.db`` names the database file itself.
+    """
+
+    def __init__(self, location):
+        location = Path(location)
+        self.path = location if location.suffix in (".sqlite", ".db") else location / DB_NAME
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CaseStoreError(f"cannot create the case folder {self.path.parent} ({exc}); "
+                                 "check the app's storage permission and free space") from exc
+        self._lock = threading.RLock()
+        self._conn = self._connect()
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # ----------------------------------------------------------------- opening
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+            conn.execute("PRAGMA busy_timeout = 10000")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            conn.execute("PRAGMA synchronous = FULL")  # a phone can lose power: a saved case must stay saved
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:
+            raise CaseStoreError(
+                f"{self.path} is not a readable case database ({exc}). Move the file aside (do not delete it: "
+                "it may hold cases) and restart; a new, empty case store will be created."
+            ) from exc
+        if mode.lower() != "wal":
+            log.warning("%s: WAL journal not available (got %s); saves are still atomic", self.path, mode)
+        return conn
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self, target: int = SCHEMA_VERSION) -> None:
+        with self._lock:
+            current = self.schema_version
+            if current > SCHEMA_VERSION:
+                raise CaseStoreError(
+                    f"{self.path} was written by a newer cxr-edge (case schema {current}; this version knows up to "
+                    f"{SCHEMA_VERSION}). Update the app; the cases are left untouched."
+                )
+            for version in range(current, target):
+                with self._transaction() as conn:
+                    if int(conn.execute("PRAGMA user_version").fetchone()[0]) != version:
+                        continue  # another process migrated it meanwhile
+                    log.info("%s: migrating the case schema from v%d to v%d", self.path, version, version + 1)
+                    MIGRATIONS[version](conn)
+                    conn.execute(f"PRAGMA user_version = {version + 1}")
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error: a write happens whole or not at all."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.DatabaseError as exc:
+                raise CaseStoreError(f"{self.path}: cannot write ({exc}); check free space and try again") from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ----------------------------------------------------------------- writing
+
+    def save(self, result, film: Image.Image, *, quality=(), source: str = "", pack_name: str = "",
+             profile: str = "", note: str = "") -> Case:
+        """Save one analysed film atomically and return the stored case.
+
+        ``result`` is a :class:`~cxr_edge.pipeline.Prediction` or its ``to_dict()``;
+        ``film`` the image the models saw; ``quality`` the quality checks shown
+        to the user (``QualityCheck`` objects or dicts).
+        """
+        d = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+        d.pop("heatmaps", None)  # display-only maps: recomputable from the film, and heavy at film size
+        d = jsonable(d)
+        film_png = _png(film if film.mode in ("L", "RGB") else film.convert("L"))
+        thumb = make_thumbnail(film)
+        profile = profile or (d.get("nih14") or d.get("cxr4") or {}).get("profile", "")
+        row = {"uid": uuid.uuid4().hex, "created": _utc_now(), "status": str(d.get("status", "ok")),
+               "summary": summarize(d), "result_json": json.dumps(d, sort_keys=True),
+               "quality_json": json.dumps(_quality_dicts(quality)), "source": source, "note": note,
+               "pack_name": pack_name, "profile": profile, "thumbnail": thumb}
+        with self._transaction() as conn:
+            cur = conn.execute(f"INSERT INTO cases ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                               tuple(row.values()))
+            case_id = cur.lastrowid
+            self._insert_film(conn, case_id, film_png)
+        log.info("saved case %d (%s)", case_id, row["summary"])
+        return self.get(case_id)
+
+    def _insert_film(self, conn, case_id: int, png: bytes) -> None:
+        conn.execute("INSERT INTO films (case_id, png, sha256) VALUES (?, ?, ?)",
+                     (case_id, png, hashlib.sha256(png).hexdigest()))
+
+    def delete(self, case_id: int) -> bool:
+        """Delete a case and its film; True when it existed."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM films WHERE case_id = ?", (case_id,))
+            return conn.execute("DELETE FROM cases WHERE id = ?", (case_id,)).rowcount > 0
+
+    # ----------------------------------------------------------------- reading
+
+    def list(self, limit: int | None = None, offset: int = 0) -> list[Case]:
+        """Saved cases, newest first."""
+        sql = f"SELECT {', '.join(_CASE_COLUMNS)} FROM cases ORDER BY created DESC, id DESC"
+        args: tuple = ()
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args = (int(limit), int(offset))
+        with self._lock:
+            return [_row_to_case(r) for r in self._conn.execute(sql, args).fetchall()]
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM cases").fetchone()[0])
+
+    def get(self, case_id: int) -> Case:
+        with self._lock:
+            row = self._conn.execute(f"SELECT {', '.join(_CASE_COLUMNS)} FROM cases WHERE id = ?",
+                                     (case_id,)).fetchone()
+        if row is None:
+            raise CaseStoreError(f"case {case_id} is not in {self.path} (it may have been deleted)")
+        return _row_to_case(row)
+
+    def film_png(self, case_id: int) -> bytes:
+        """The film's PNG bytes, verified against the sha256 saved with it."""
+        with self._lock:
+            row = self._conn.execute("SELECT png, sha256 FROM films WHERE case_id = ?", (case_id,)).fetchone()
+        if row is None:
+            raise CaseStoreError(f"case {case_id} has no film in {self.path}")
+        png = bytes(row[0])
+        if hashlib.sha256(png).hexdigest() != row[1]:
+            raise CaseStoreError(f"the film of case {case_id} is damaged (checksum mismatch); export what is left "
+                                 "and report it")
+        return png
+
+    def film(self, case_id: int) -> Image.Image:
+        return load_image(self.film_png(case_id), mode="L")
+
+    def check(self) -> list[str]:
+        """SQLite's integrity check plus case/film pairing; an empty list means healthy."""
+        with self._lock:
+            problems = [r[0] for r in self._conn.execute("PRAGMA integrity_check").fetchall() if r[0] != "ok"]
+            problems += [f"case {r[0]} has no film" for r in self._conn.execute(
+                "SELECT id FROM cases WHERE id NOT IN (SELECT case_id FROM films)")]
+            problems += [f"film of missing case {r[0]}" for r in self._conn.execute(
+                "SELECT case_id FROM films WHERE case_id NOT IN (SELECT id FROM cases)")]
+        return problems
+
+    # ----------------------------------------------------------------- export
+
+    def export_csv(self, folder, *, images: bool = False, case_ids=None) -> ExportResult:
+        """Write the cases (all, or ``case_ids``) as a CSV file in ``folder``; with ``images``, their films as PNG.
+
+        Files are written atomically; the CSV is named ``cxr-cases-<UTC time>.csv``
+        and the images go into a folder of the same name.
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise CaseStoreError(f"export folder {folder} does not exist; pick an existing folder")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        stem = f"cxr-cases-{stamp}"
+        cases = self.list()
+        if case_ids is not None:
+            wanted = set(case_ids)
+            cases = [c for c in cases if c.id in wanted]
+        images_dir = folder / f"{stem}-images" if images else None
+        rows = []
+        try:
+            if images_dir is not None:
+                images_dir.mkdir(exist_ok=True)
+            for case in cases:
+                image_file = ""
+                if images_dir is not None:
+                    image_file = f"{images_dir.name}/case-{case.id}-{case.uid[:8]}.png"
+                    write_bytes_atomic(folder / image_file, self.film_png(case.id))
+                rows.append(_csv_row(case, image_file))
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=csv_columns(), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            path = folder / f"{stem}.csv"
+            write_text_atomic(path, buf.getvalue())
+        except OSError as exc:
+            raise CaseStoreError(f"cannot write the export to {folder} ({exc}); pick a folder this app may write "
+                                 "to and check free space") from exc
+        log.info("exported %d case(s) to %s", len(rows), path)
+        return ExportResult(path, len(rows), images_dir)
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def csv_columns() -> list[str]:
+    cxr4 = [f"cxr4:{lbl}" for lbl in get_task("cxr4").labels]
+    nih = [f"nih:{lbl}" for lbl in get_task("nih14").labels]
+    return (["case_id", "uid", "created", "status", "summary", "source", "pack", "profile", "gate_score",
+             "gate_threshold", "cxr4_top"] + cxr4 + ["nih_task", "nih_findings"] + nih
+            + ["warnings", "quality", "image_file", "note"])
+
+
+def _text(value: str) -> str:
+    """Free text for a spreadsheet cell: a leading = + - @ would run as a formula in Excel/LibreOffice."""
+    value = str(value or "")
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _csv_row(case: Case, image_file: str) -> dict:
+    r = case.result
+    gate = r.get("gate") or {}
+    cxr4 = r.get("cxr4") or {}
+    nih = r.get("nih14") or {}
+    row = {"case_id": case.id, "uid": case.uid, "created": case.created, "status": case.status,
+           "summary": _text(case.summary), "source": _text(case.source), "pack": _text(case.pack_name),
+           "profile": _text(case.profile), "gate_score": gate.get("score", ""),
+           "gate_threshold": gate.get("threshold", ""), "cxr4_top": cxr4.get("top", ""),
+           "nih_task": nih.get("task", ""), "nih_findings": ";".join(nih.get("positive") or []),
+           "warnings": _text(" | ".join(r.get("warnings") or [])),
+           "quality": ";".join(f"{q.get('name')}:{q.get('verdict')}" for q in case.quality),
+           "image_file": image_file, "note": _text(case.note)}
+    for lbl, p in (cxr4.get("probabilities") or {}).items():
+        row[f"cxr4:{lbl}"] = p
+    for lbl, p in (nih.get("probabilities") or {}).items():
+        row[f"nih:{lbl}"] = p
+    return row
