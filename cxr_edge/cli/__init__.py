@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                  "Metrics with CIs, subgroups, sources and phone photos for a pack or run on a prepared split."),
     "calibrate": ("cxr_edge.cli.calibrate", "calibrate",
                   "Fit temperature and choose per-label thresholds (a named profile) into a pack."),
+    "app": ("cxr_edge.cli.app", "app", "Start the Kivy field app (photo or file -> check -> result -> history)."),
 }
 
 EXIT_INTERNAL = 70

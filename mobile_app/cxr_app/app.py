@@ -1,0 +1,389 @@
+"""The controller behind the screens, the Kivy App, and ``main()``.
+
+The flow: Home → Capture (camera or file) → Check (rectified film + quality
+verdicts) → Result (gate, cxr4, findings, heatmaps, warnings) → saved in
+History. Everything slow runs on one worker thread; results come back on the
+main thread. Nothing here opens a network connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kivy.app import App
+
+from cxr_edge.cases import CaseStore
+from cxr_edge.config import resolve_pack
+from cxr_edge.errors import CxrEdgeError, ImageError
+from cxr_edge.images import load_image
+from cxr_edge.pack import load_pack
+from cxr_edge.pipeline import Pipeline
+from cxr_edge.quality import check_quality
+from cxr_edge.rectify import rectify
+
+from . import android
+from .camera import CameraFacade
+from .imaging import to_texture
+from .screens import Root
+from .settings import AppSettings
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+APP_DIR = Path(__file__).resolve().parents[1]
+#: a pack shipped inside the APK (buildozer copies mobile_app/pack into the app)
+APP_PACK = APP_DIR / "pack"
+
+
+@dataclass
+class Draft:
+    """The case being made: what was opened, what the checks said, what the models said."""
+
+    name: str
+    photo: object = None
+    rect: object = None
+    checks: list = field(default_factory=list)
+    prediction: object = None
+    case: object = None
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def film(self):
+        return self.rect.image if self.rect is not None else None
+
+
+class Controller:
+    """Owns the services (pipeline, case store, camera, worker, settings) and moves between screens."""
+
+    def __init__(self, data_dir, *, pack=None, threads: int | None = None, camera: CameraFacade | None = None):
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = AppSettings.load(self.data_dir / "settings.json")
+        self.pack_flag = pack
+        self.threads_flag = threads
+        self.camera = camera or CameraFacade()
+        self.worker = Worker()
+        self.pipeline: Pipeline | None = None
+        self.pack_origin = ""
+        self.pack_error = ""
+        self.draft: Draft | None = None
+        self.timings: list[dict] = []
+        self.root = Root(self)
+        self.store: CaseStore | None = None
+        self.store_error = ""
+        try:
+            self.store = CaseStore(self.data_dir)
+        except CxrEdgeError as exc:
+            self.store_error = str(exc)
+        self.reload_pipeline()
+
+    # ----------------------------------------------------------------- navigation
+
+    def screen(self, name: str):
+        return self.root.get_screen(name)
+
+    def go(self, name: str) -> None:
+        self.root.current = name
+
+    def go_home(self) -> None:
+        self.worker.drop("case")
+        self.go("home")
+
+    def new_case(self) -> None:
+        self.worker.drop("case")
+        self.draft = None
+        if self.root.current == "capture":  # "Retake" from Capture itself: start over
+            self.screen("capture").start()
+        self.go("capture")
+
+    def show_history(self) -> None:
+        self.refresh_history()
+        self.go("history")
+
+    def show_settings(self) -> None:
+        self.go("settings")
+
+    # ----------------------------------------------------------------- model pack
+
+    @property
+    def threads(self) -> int:
+        return self.threads_flag or self.settings.threads
+
+    def pack_path(self) -> tuple[Path, str]:
+        if self.pack_flag:
+            return Path(self.pack_flag), "--pack"
+        if self.settings.pack:
+            return Path(self.settings.pack), "settings"
+        if (APP_PACK / "manifest.json").is_file():
+            return APP_PACK, "bundled with the app"
+        return resolve_pack(None)
+
+    def reload_pipeline(self) -> None:
+        self.pipeline, self.pack_error = None, ""
+        self._home_text("Loading the model pack...")
+
+        def build():
+            path, origin = self.pack_path()
+            profile = self.settings.profile or None
+            pack = load_pack(path)
+            if profile and not any(profile in m.metadata.thresholds for m in pack.models.values()):
+                return Pipeline(pack, threads=self.threads), origin, (
+                    f"Threshold profile '{profile}' is not in this pack; its default thresholds are used. "
+                    "Choose a profile in Settings.")
+            return Pipeline(pack, threads=self.threads, profile=profile), origin, ""
+
+        self.worker.submit(build, self._pipeline_ready, self._pipeline_failed, key="pipeline")
+
+    def _pipeline_ready(self, built) -> None:
+        self.pipeline, self.pack_origin, note = built
+        log.info("model pack %s loaded from %s (%s)", self.pipeline.pack.name, self.pipeline.pack.path,
+                 self.pack_origin)
+        if note:
+            self.settings.profile = ""
+        self._home_text(self._pack_line() + (f"\n{note}" if note else ""))
+        settings = self.screen("settings")
+        if self.root.current == "settings":
+            settings.load()
+        settings.message = note or "Model pack loaded."
+
+    def _pipeline_failed(self, exc: Exception) -> None:
+        self.pack_error = _message(exc)
+        log.warning("no model pack: %s", self.pack_error)
+        self._home_text(f"No model pack: {self.pack_error}\nOpen Settings to choose one.")
+        self.screen("settings").message = self.pack_error
+
+    def _pack_line(self) -> str:
+        p = self.pipeline
+        info = p.describe()
+        profile = self.settings.profile or "pack default"
+        return (f"Model pack: {p.pack.name} ({self.pack_origin}), {len(p.models)} models, thresholds: {profile}, "
+                f"{info['threads']} thread(s)")
+
+    def _home_text(self, text_: str) -> None:
+        extra = f"\nCase store unavailable: {self.store_error}" if self.store_error else ""
+        self.screen("home").pack_text = text_ + extra
+
+    def pack_in_use(self) -> str:
+        try:
+            path, origin = self.pack_path()
+        except CxrEdgeError:
+            return "no pack found"
+        return f"in use: {path} ({origin})"
+
+    def pack_profiles(self) -> list[str]:
+        if self.pipeline is None:
+            return []
+        return sorted({name for m in self.pipeline.models.values() for name in m.metadata.thresholds})
+
+    def pack_summary(self) -> str:
+        if self.pipeline is None:
+            return self.pack_error or "Loading..."
+        pack = self.pipeline.pack
+        models = ", ".join(f"{slot}: {m.spec.name} {m.spec.input.size} px" for slot, m in self.pipeline.models.items())
+        info = self.pipeline.describe()
+        return (f"{pack.name} - {pack.path}\n{models}\ncreated {pack.manifest.get('created', '?')}, "
+                f"licence {pack.manifest.get('license', '?')}\n{info['backend']} {info['backend_version']}")
+
+    def apply_settings(self, *, pack: str, profile: str, threads: int) -> None:
+        if pack != self.settings.pack:
+            self.pack_flag = None  # the user's choice in the app wins over the launch flag from now on
+        self.threads_flag = None
+        self.settings.pack, self.settings.profile, self.settings.threads = pack, profile, threads
+        self.settings.save()
+        self.reload_pipeline()
+
+    # ----------------------------------------------------------------- capture and check
+
+    def request_camera(self, callback) -> None:
+        android.request_camera(callback)
+
+    def picker_start_dir(self) -> Path:
+        android.request_storage()  # Android: ask to read shared pictures when the picker is first needed
+        last = Path(self.settings.last_dir) if self.settings.last_dir else None
+        return last if last is not None and last.is_dir() else android.pictures_dir()
+
+    def export_start_dir(self) -> Path:
+        last = Path(self.settings.export_dir) if self.settings.export_dir else None
+        return last if last is not None and last.is_dir() else android.export_dir(self.data_dir)
+
+    def remember_dir(self, folder: Path) -> None:
+        self.settings.last_dir = str(folder)
+        self.settings.save()
+
+    def open_image(self, source, name: str) -> None:
+        """Decode, rectify and check an image (path, bytes or PIL image) on the worker; show it on Check."""
+        self.draft = draft = Draft(name)
+        check = self.screen("check")
+        check.busy("Finding the film...")
+        self.go("check")
+
+        def prepare():
+            photo = load_image(source, mode="RGB")
+            rect = rectify(photo)
+            # a digital image passed through has no photo around it: no tilt or colour cast to judge
+            checks = (check_quality(rect.image, photo=None if rect.passthrough else photo, corners=rect.corners)
+                      if rect.ok else [])
+            return photo, rect, checks
+
+        def ready(out):
+            draft.photo, draft.rect, draft.checks = out
+            check.show(*out)
+
+        def failed(exc):
+            if isinstance(exc, ImageError):
+                self.go("capture")
+                self.screen("capture").message = f"Could not open {name}: {exc}"
+            else:
+                check.failed(_message(exc))
+
+        self.worker.submit(prepare, ready, failed, key="case")
+
+    # ----------------------------------------------------------------- result
+
+    def continue_to_result(self) -> None:
+        draft = self.draft
+        result = self.screen("result")
+        if draft is None or draft.film is None:
+            return
+        t0 = time.perf_counter()
+        result.busy("Running the models...")
+        self.go("result")
+        if self.pipeline is None:
+            result.failed(f"The model pack is not loaded. {self.pack_error or 'Wait a moment and try again.'}")
+            return
+        pipeline, film = self.pipeline, draft.film
+
+        def done(pred):
+            draft.prediction = pred
+            heatmaps = pred.extras.get("heatmaps") or {}
+            result.show(pred.to_dict(), film, heatmaps=heatmaps,
+                        heatmap_note="" if heatmaps else "This model pack gives no heatmaps.")
+            draft.timings["continue_to_result_s"] = time.perf_counter() - t0
+            draft.timings["models_ms"] = pred.timings_ms.get("total")
+            self.timings.append(dict(draft.timings))
+            log.info("continue -> result: %.3f s", draft.timings["continue_to_result_s"])
+            if pred.status == "ok":
+                self.save_case(draft)
+            elif pred.status == "rejected":
+                result.saved("Not saved: the image is not a chest X-ray.")
+
+        self.worker.submit(lambda: pipeline.predict(film, name=draft.name), done,
+                           lambda exc: result.failed(_message(exc)), key="case")
+
+    def save_case(self, draft: Draft) -> None:
+        result = self.screen("result")
+        if self.store is None:
+            result.saved(f"Not saved: {self.store_error}")
+            return
+        result.saved("Saving...")
+        pack_name = self.pipeline.pack.name if self.pipeline else ""
+
+        def save():
+            return self.store.save(draft.prediction, draft.film, quality=draft.checks, source=draft.name,
+                                   pack_name=pack_name, profile=self.settings.profile)
+
+        def saved(case):
+            draft.case = case
+            if self.draft is draft and self.root.current == "result":
+                result.saved(f"Saved as case #{case.id}.")
+            elif self.root.current == "history":  # the user went there before the save finished
+                self.refresh_history()
+
+        def failed(exc):
+            result.saved(f"NOT saved: {_message(exc)}")
+
+        self.worker.submit(save, saved, failed)  # no key: nothing supersedes a save
+
+    # ----------------------------------------------------------------- history
+
+    def refresh_history(self, message: str = "") -> None:
+        history = self.screen("history")
+        if self.store is None:
+            history.refresh([], f"Case store unavailable: {self.store_error}")
+            return
+        history.refresh(self.store.list(), message)
+
+    def case_thumbnail(self, case):
+        if not case.thumbnail:
+            return None
+        try:
+            return to_texture(load_image(case.thumbnail, mode="L"))
+        except ImageError as exc:
+            log.warning("case %s: thumbnail unreadable (%s)", case.id, exc)
+            return None
+
+    def open_case(self, case_id: int) -> None:
+        result = self.screen("result")
+        try:
+            case = self.store.get(case_id)
+            film = self.store.film(case_id)
+        except CxrEdgeError as exc:
+            self.refresh_history(_message(exc))
+            return
+        self.draft = None
+        result.show(case.result, film, heatmap_note="Heatmaps are not kept with saved cases.")
+        result.title = f"Case #{case.id}"
+        result.saved(f"Saved {case.created_local}; {case.source}")
+        self.go("result")
+
+    def delete_case(self, case_id: int) -> None:
+        try:
+            self.store.delete(case_id)
+        except CxrEdgeError as exc:
+            self.refresh_history(_message(exc))
+            return
+        self.refresh_history(f"Case #{case_id} deleted.")
+
+    def export_cases(self, folder: Path, *, images: bool) -> None:
+        history = self.screen("history")
+        history.message = "Exporting..."
+        self.settings.export_dir = str(folder)
+        self.settings.save()
+
+        def done(res):
+            extra = f" and the images in {res.images_dir.name}" if res.images_dir else ""
+            history.message = f"Exported {res.count} case(s) to {res.csv_path}{extra}."
+
+        self.worker.submit(lambda: self.store.export_csv(folder, images=images), done,
+                           lambda exc: setattr(history, "message", f"Export failed: {_message(exc)}"), key="export")
+
+    def shutdown(self) -> None:
+        self.camera.close()
+        self.worker.shutdown()
+        if self.store is not None:
+            self.store.close()
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, CxrEdgeError):
+        return str(exc)
+    log.error("unexpected error", exc_info=exc)
+    return f"Internal error ({type(exc).__name__}: {exc}). Please report it."
+
+
+class CxrEdgeApp(App):
+    title = "cxr-edge"
+
+    def __init__(self, *, pack=None, threads: int | None = None, data_dir=None, **kw):
+        super().__init__(**kw)
+        self._pack, self._threads, self._data_dir = pack, threads, data_dir
+        self.controller: Controller | None = None
+
+    def build(self):
+        self.controller = Controller(self._data_dir or self.user_data_dir, pack=self._pack, threads=self._threads)
+        return self.controller.root
+
+    def on_pause(self):  # Android: keep the app alive when the camera app or the file picker comes up
+        return True
+
+    def on_stop(self):
+        if self.controller is not None:
+            self.controller.shutdown()
+
+
+def main(pack=None, threads: int | None = None, data_dir=None) -> None:
+    """Run the app (desktop or Android)."""
+    CxrEdgeApp(pack=pack, threads=threads, data_dir=data_dir).run()
