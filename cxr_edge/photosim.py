@@ -25,7 +25,6 @@ every other effect of the same seed exactly as it was. numpy + Pillow only.
 from __future__ import annotations
 
 import io
-import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +34,6 @@ from PIL import Image
 
 from .rectify import apply_homography, homography
 
-log = logging.getLogger(__name__)
 
 SEVERITY_LEVELS = {"none": 0.0, "mild": 0.25, "moderate": 0.5, "severe": 0.85}
 BACKGROUNDS = ("lightbox", "desk", "dark", "monitor")
@@ -59,7 +57,7 @@ FILM_EFFECT_PROBS = {
     "noise": 1.0, "jpeg": 0.9,
 }
 
-# Streams: one per component, spawned in this fixed order whatever is enabled.
+# Random streams, one per component; a stream's index here seeds its generator.
 _STREAMS = ("geometry", "background", "plan") + tuple(dict.fromkeys(PHOTO_EFFECTS + FILM_EFFECTS))
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)   # ITU-R 601, as Pillow's convert('L')
@@ -106,10 +104,18 @@ def _as_rng(seed_or_rng) -> np.random.Generator:
     return np.random.default_rng(seed_or_rng)
 
 
-def _streams(seed_or_rng) -> dict[str, np.random.Generator]:
-    """Independent generators per component, so toggling one effect leaves the others unchanged."""
-    children = _as_rng(seed_or_rng).spawn(len(_STREAMS))
-    return dict(zip(_STREAMS, children))
+class _Streams:
+    """Independent generators per component, made on first use from one draw of the caller's
+    seed or generator, so switching one effect off leaves every other effect unchanged."""
+
+    def __init__(self, seed_or_rng):
+        self._entropy = int(_as_rng(seed_or_rng).integers(2 ** 63))
+        self._made: dict[str, np.random.Generator] = {}
+
+    def __getitem__(self, name: str) -> np.random.Generator:
+        if name not in self._made:
+            self._made[name] = np.random.default_rng([self._entropy, _STREAMS.index(name)])
+        return self._made[name]
 
 
 def _plan(effects, defaults: Mapping[str, float], names: tuple, severity: float,
@@ -138,33 +144,45 @@ def _plan(effects, defaults: Mapping[str, float], names: tuple, severity: float,
     return plan
 
 
+def _film_u8(image) -> np.ndarray:
+    """The film as a 2-D uint8 grey array (RGB is turned to grey with Pillow's luma weights)."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image if image.mode == "L" else image.convert("L"))
+    arr = np.asarray(image)
+    if arr.ndim == 3:
+        arr = arr[..., :3].astype(np.float32) @ _LUMA
+    if arr.ndim != 2:
+        raise ValueError(f"film must be a 2-D grey image or (H, W, 3), got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.asarray(arr, np.float32) + 0.5, 0, 255).astype(np.uint8)
+    return arr
+
+
 def _film_array(image) -> np.ndarray:
     """The film as a float32 array in [0, 1] (grey)."""
-    if isinstance(image, Image.Image):
-        img = image if image.mode == "L" else image.convert("L")
-        arr = np.asarray(img)
-    else:
-        arr = np.asarray(image)
-        if arr.ndim == 3:
-            arr = arr[..., :3].astype(np.float32) @ _LUMA
-        if arr.ndim != 2:
-            raise ValueError(f"film must be a 2-D grey image or (H, W, 3), got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    return np.clip(arr.astype(np.float32) / 255.0, 0.0, 1.0)
+    return _film_u8(image).astype(np.float32) * np.float32(1 / 255)
 
 
 # --------------------------------------------------------------------------- filters (float32)
 
-def box_blur(a: np.ndarray, radius: int, axis: int) -> np.ndarray:
-    """Mean over a window of 2*radius+1 pixels along ``axis`` (edges replicated), float32."""
-    r = int(radius)
-    if r <= 0:
+def box_blur(a: np.ndarray, radius: float, axis: int) -> np.ndarray:
+    """Mean over a window of 2*radius+1 pixels along ``axis`` (edges replicated), float32.
+
+    A fractional radius blends the two nearest integer windows, so blur strength
+    varies smoothly with the radius.
+    """
+    r = int(math.floor(radius))
+    frac = float(radius) - r
+    if r <= 0 and frac <= 0:
         return a
     x = np.swapaxes(a, 0, axis)
-    pad = [(r + 1, r)] + [(0, 0)] * (x.ndim - 1)
+    pad = [(r + 2, r + 1)] + [(0, 0)] * (x.ndim - 1)
     c = np.cumsum(np.pad(x, pad, mode="edge"), axis=0, dtype=np.float32)
-    out = (c[2 * r + 1:] - c[:-2 * r - 1]) * np.float32(1.0 / (2 * r + 1))
+    n = x.shape[0]
+    out = (c[2 * r + 2:2 * r + 2 + n] - c[1:1 + n]) * np.float32(1.0 / (2 * r + 1))
+    if frac > 0:
+        wider = (c[2 * r + 3:2 * r + 3 + n] - c[0:n]) * np.float32(1.0 / (2 * r + 3))
+        out = out * np.float32(1 - frac) + wider * np.float32(frac)
     return np.swapaxes(out, 0, axis)
 
 
@@ -188,22 +206,22 @@ def _gauss_small(a: np.ndarray, sigma: float) -> np.ndarray:
 def gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur of a 2-D or (H, W, C) float image.
 
-    Small sigmas (and small images) use the exact kernel; larger ones three box
-    blurs per axis, at a reduced size when sigma is large, which keeps a
-    1-megapixel blur to a few tens of milliseconds.
+    Small sigmas use the exact kernel; larger ones three box blurs per axis,
+    at a reduced size when sigma is large, which keeps a 1-megapixel blur to a
+    few tens of milliseconds.
     """
     x = a.astype(np.float32, copy=False)
     if sigma <= 0.3:
         return x
-    if sigma < 2.0 or (sigma < 5.0 and a.shape[0] * a.shape[1] <= 300_000):
+    if sigma < 1.5:
         return _gauss_small(x, sigma)
     h, w = a.shape[:2]
     k = int(sigma // 2) if sigma >= 4 and a.ndim == 2 else 1
     if k > 1:
-        x = np.asarray(Image.fromarray(x, "F").resize((max(1, w // k), max(1, h // k)), Image.BOX))
+        x = np.asarray(Image.fromarray(x, "F").resize((max(1, w // k), max(1, h // k)), Image.BILINEAR))
     s = sigma / k
-    # three boxes of radius r have variance ((2r+1)^2 - 1) / 4 ~ sigma^2
-    r = max(1, int(round((math.sqrt(4 * s * s + 1) - 1) / 2)))
+    # three boxes of radius r have variance ((2r+1)^2 - 1) / 4 = sigma^2
+    r = (math.sqrt(4 * s * s + 1) - 1) / 2
     for axis in (0, 1):
         for _ in range(3):
             x = box_blur(x, r, axis)
@@ -240,28 +258,33 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) 
 # --------------------------------------------------------------------------- effects (shared)
 
 def _glare(shape, centers, size_px, strength, rng) -> np.ndarray:
-    """Additive specular blobs (elliptical Gaussians) whose peak saturates the sensor, plus a faint veil."""
+    """Additive specular blobs (elliptical Gaussians) whose peak saturates the sensor, plus a faint
+    broad veil around each (reflections wash out contrast around the hot spot)."""
     h, w = shape
     out = np.zeros(shape, np.float32)
+    xs = np.arange(w, dtype=np.float32) + np.float32(0.5)
+    ys = np.arange(h, dtype=np.float32) + np.float32(0.5)
     for cx, cy in centers:
         sigma = size_px * rng.uniform(0.04, 0.11) * (0.6 + 0.8 * strength)
         aspect = rng.uniform(1.0, 2.5)
         theta = rng.uniform(0, math.pi)
-        reach = 4.0 * sigma * aspect * 3           # the veil's extent; beyond it both terms are ~0
+        peak = np.float32(0.6 + 2.2 * strength)
+        # the veil is isotropic, so separable: an outer product of two 1-D Gaussians
+        vs = 4.0 * sigma * aspect
+        gx = np.exp(-0.5 * ((xs - cx) / vs) ** 2).astype(np.float32)
+        gy = np.exp(-0.5 * ((ys - cy) / vs) ** 2).astype(np.float32)
+        out += np.float32(0.12 * strength) * gy[:, None] * gx[None, :]
+        reach = 4.0 * sigma * aspect                   # the blob is ~0 beyond 4 sigma of its long axis
         x0, x1 = int(max(0, cx - reach)), int(min(w, cx + reach + 1))
         y0, y1 = int(max(0, cy - reach)), int(min(h, cy + reach + 1))
         if x0 >= x1 or y0 >= y1:
             continue
-        dx = (np.arange(x0, x1, dtype=np.float32) + 0.5 - cx)[None, :]
-        dy = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy)[:, None]
+        dx = (xs[x0:x1] - cx)[None, :]
+        dy = (ys[y0:y1] - cy)[:, None]
         c, s = math.cos(theta), math.sin(theta)
-        u = (dx * c + dy * s) / (sigma * aspect)
-        v = (-dx * s + dy * c) / sigma
-        peak = 0.6 + 2.2 * strength
-        blob = peak * np.exp(-0.5 * (u * u + v * v))
-        # broad low veil: reflections wash out contrast around the hot spot
-        blob += 0.12 * strength * np.exp(-0.5 * (dx * dx + dy * dy) / (4.0 * sigma * aspect) ** 2)
-        out[y0:y1, x0:x1] += blob
+        u = (dx * c + dy * s) * np.float32(1 / (sigma * aspect))
+        v = (dy * c - dx * s) * np.float32(1 / sigma)
+        out[y0:y1, x0:x1] += peak * np.exp(-0.5 * (u * u + v * v))
     return out
 
 
@@ -450,7 +473,7 @@ def simulate_photo(image, severity="moderate", seed_or_rng=None, *, effects=None
     sev = resolve_severity(severity)
     film = _film_array(image)
     fh, fw = film.shape
-    st = _streams(seed_or_rng)
+    st = _Streams(seed_or_rng)
     g = st["geometry"]
     kind = background or BACKGROUNDS[int(st["background"].integers(len(BACKGROUNDS)))]
     if kind not in BACKGROUNDS:
@@ -588,7 +611,7 @@ def simulate_rectified(image, severity="moderate", rng=None, out_size=None, *,
     is the film's size).
     """
     sev = resolve_severity(severity)
-    film = _film_array(image)
+    film = _film_u8(image)
     fh, fw = film.shape
     if out_size is None:
         ow, oh = fw, fh
@@ -596,8 +619,10 @@ def simulate_rectified(image, severity="moderate", rng=None, out_size=None, *,
         ow = oh = int(out_size)
     else:
         ow, oh = (int(x) for x in out_size)
-    st = _streams(rng)
+    st = _Streams(rng)
     plan = _plan(effects, FILM_EFFECT_PROBS, FILM_EFFECTS, sev, st["plan"])
+    if not any(plan.values()) and (ow, oh) == (fw, fh):
+        return film.copy()
     a = _residual_warp(film, (ow, oh), plan["corner_error"], st["corner_error"])
     side = math.sqrt(ow * oh)
 
@@ -629,22 +654,22 @@ def simulate_rectified(image, severity="moderate", rng=None, out_size=None, *,
     if plan["noise"]:
         s = plan["noise"]
         a = a + _noise(st["noise"], (oh, ow), a, (0.3 + 4 * s) / 255, 0.0015 * s)
-    if sev == 0 and (ow, oh) == (fw, fh):
-        return np.asarray(image.convert("L") if isinstance(image, Image.Image) else _to_u8(film))
     out = _to_u8(a)
     if plan["jpeg"]:
         out = _jpeg(out, round(95 - 55 * plan["jpeg"]))
     return out
 
 
-def _residual_warp(film: np.ndarray, out_size, strength: float, rng) -> np.ndarray:
-    """Resample the film through slightly wrong corners, as a detector a few pixels off would."""
-    fh, fw = film.shape
+def _residual_warp(film_u8: np.ndarray, out_size, strength: float, rng) -> np.ndarray:
+    """Resample the film through slightly wrong corners, as a detector a few pixels off would.
+    Returns float32 in [0, 1]."""
+    fh, fw = film_u8.shape
     ow, oh = out_size
+    img = Image.fromarray(film_u8, "L")
     if strength <= 0:
-        if (ow, oh) == (fw, fh):
-            return film
-        return np.asarray(Image.fromarray(film, "F").resize((ow, oh), Image.BILINEAR))
+        if (ow, oh) != (fw, fh):
+            img = img.resize((ow, oh), Image.BILINEAR)
+        return np.asarray(img, np.float32) * np.float32(1 / 255)
     size = math.sqrt(fw * fh)
     jitter = np.clip(rng.normal(0, 0.012 * size * strength, (4, 2)), -0.03 * size, 0.03 * size)
     grow = rng.uniform(-0.015, 0.015) * size * strength   # a consistently loose or tight crop
@@ -652,8 +677,7 @@ def _residual_warp(film: np.ndarray, out_size, strength: float, rng) -> np.ndarr
     outward = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float)
     src = base + jitter + grow * outward
     dst = np.array([[0, 0], [ow, 0], [ow, oh], [0, oh]], float)
-    fill = float(rng.choice([0.95, 0.04, 0.35], p=[0.4, 0.4, 0.2]))  # lightbox, dark room, desk
-    img = Image.fromarray(film, "F").transform((ow, oh), Image.PERSPECTIVE,
-                                               _coeffs(homography(dst, src)), Image.BILINEAR,
-                                               fillcolor=fill)
-    return np.asarray(img)
+    fill = int(rng.choice([242, 10, 90], p=[0.4, 0.4, 0.2]))      # lightbox, dark room, desk
+    img = img.transform((ow, oh), Image.PERSPECTIVE, _coeffs(homography(dst, src)), Image.BILINEAR,
+                        fillcolor=fill)
+    return np.asarray(img, np.float32) * np.float32(1 / 255)

@@ -52,7 +52,7 @@ def test_same_seed_same_photo_other_seed_other_photo():
 def test_corners_lie_on_the_film(background):
     """Just inside each returned corner is film, just outside is background."""
     film = np.full((256, 200), 128, np.uint8)   # uniform mid-grey film: brighter than a dark room
-    res = photo(film, ["rotation", "perspective"], background="dark", seed=11)
+    res = photo(film, ["rotation", "perspective"], background="dark", seed=11, fill=0.6)
     h, w, _ = res.photo.shape
     assert res.photo.shape == (SIDE, round(SIDE * 3 / 4), 3) and res.photo.dtype == np.uint8
     q = res.corners
