@@ -138,3 +138,14 @@ def test_main_py_is_the_apps_entry_point():
     from cxr_app.app import CxrEdgeApp, main
 
     assert module.main is main and CxrEdgeApp().name == "cxredge"  # the user data folder is named after it
+
+
+def test_no_app_module_imports_a_network_library():
+    import ast
+
+    network = {"socket", "urllib", "http", "requests", "ssl", "ftplib", "smtplib", "websocket", "asyncio"}
+    for path in (Path(__file__).resolve().parents[1] / "mobile_app").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not names & network, f"{path} imports {names & network}"
