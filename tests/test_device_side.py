@@ -9,6 +9,7 @@ from pathlib import Path
 import cxr_edge
 
 WORKSTATION = {"training", "data"}  # subpackages that may import TensorFlow (inside their own modules)
+ANDROID_ONLY = {"android_tflite"}   # imports pyjnius: fails off Android by design (backend selection skips it)
 
 BLOCKER = """
 import sys, importlib.abc
@@ -23,7 +24,8 @@ sys.meta_path.insert(0, Block())
 
 def device_modules() -> list[str]:
     root = Path(cxr_edge.__file__).parent
-    names = [f"cxr_edge.{m.name}" for m in pkgutil.iter_modules([str(root)]) if m.name not in WORKSTATION]
+    names = [f"cxr_edge.{m.name}" for m in pkgutil.iter_modules([str(root)])
+             if m.name not in WORKSTATION | ANDROID_ONLY]
     names += [f"cxr_edge.cli.{m.name}" for m in pkgutil.iter_modules([str(root / "cli")])]
     return sorted(n for n in names if n != "cxr_edge.cli")
 
