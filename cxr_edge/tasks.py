@@ -109,8 +109,14 @@ class TaskSpec:
 
     @property
     def family(self) -> str:
-        """The pipeline slot this task fills: 'gate', 'cxr4' or 'nih14' (the nih13 variant fills 'nih14' too)."""
-        return "nih14" if self.name.startswith("nih") else self.name
+        """The pipeline slot this task fills: 'gate', 'cxr4' or 'nih14'.
+
+        Variants fill their family's slot: nih13 the 'nih14' slot, cxr3 (no Tuberculosis, for packs
+        trained on permissively licensed images only) the 'cxr4' slot.
+        """
+        if self.name.startswith("nih"):
+            return "nih14"
+        return "cxr4" if self.name.startswith("cxr") else self.name
 
     def with_input(self, **changes) -> "TaskSpec":
         """A copy with a different input spec (a recipe may train at another size)."""
@@ -162,6 +168,15 @@ register(TaskSpec(
     name="cxr4",
     question="COVID-19, Normal, Pneumonia or Tuberculosis?",
     labels=("COVID-19", "Normal", "Pneumonia", "Tuberculosis"),
+    activation="softmax",
+    primary_metric="macro_f1",
+    metrics=("macro_f1", "accuracy", "auroc"),
+))
+
+register(TaskSpec(
+    name="cxr3",
+    question="COVID-19, Normal or Pneumonia? (no Tuberculosis: no permissively licensed TB images exist here)",
+    labels=("COVID-19", "Normal", "Pneumonia"),
     activation="softmax",
     primary_metric="macro_f1",
     metrics=("macro_f1", "accuracy", "auroc"),

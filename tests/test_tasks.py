@@ -5,7 +5,7 @@ from cxr_edge.tasks import InputSpec, Int8Tolerance, get_task, task_names
 
 
 def test_registry_has_the_three_models_and_the_13_label_variant():
-    assert task_names() == ["cxr4", "gate", "nih13", "nih14"]
+    assert task_names() == ["cxr3", "cxr4", "gate", "nih13", "nih14"]
     assert get_task("cxr4").labels == ("COVID-19", "Normal", "Pneumonia", "Tuberculosis")
     assert get_task("nih14").num_labels == 14
     assert get_task("nih13").labels == tuple(l for l in get_task("nih14").labels if l != "Pleural_Thickening")
@@ -13,6 +13,7 @@ def test_registry_has_the_three_models_and_the_13_label_variant():
 
 def test_heads_and_losses_match():
     assert get_task("cxr4").activation == "softmax" and get_task("cxr4").loss == "categorical_crossentropy"
+    assert get_task("cxr3").activation == "softmax"
     for name in ("gate", "nih14", "nih13"):
         assert get_task(name).loss == "binary_crossentropy" and get_task(name).multilabel
     assert get_task("nih14").primary_metric == "mean_auroc"
@@ -20,8 +21,10 @@ def test_heads_and_losses_match():
     assert get_task("gate").primary_metric == "auroc"
 
 
-def test_nih13_fills_the_nih14_slot():
+def test_variants_fill_their_family_slot():
     assert get_task("nih13").family == get_task("nih14").family == "nih14"
+    assert get_task("cxr3").family == get_task("cxr4").family == "cxr4"
+    assert get_task("cxr3").labels == get_task("cxr4").labels[:3]
 
 
 def test_unknown_task_lists_valid_names():
