@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                  "Metrics with CIs, subgroups, sources and phone photos for a pack or run on a prepared split."),
     "calibrate": ("cxr_edge.cli.calibrate", "calibrate",
                   "Fit temperature and choose per-label thresholds (a named profile) into a pack."),
+    "export": ("cxr_edge.cli.export", "export",
+               "Convert a run to int8, check it against the float model, write it into a model pack."),
     "calibration": ("cxr_edge.cli.calibration", "calibration",
                     "Build/verify calibration-set manifests (the representative images int8 export uses)."),
     "app": ("cxr_edge.cli.app", "app", "Start the Kivy field app (photo or file -> check -> result -> history)."),

@@ -46,8 +46,11 @@ def format_description(desc: dict, origin: str = "") -> str:
                   f"  temperature  {m.get('temperature', 1.0):g}   profiles: "
                   + ", ".join(f"{p}{' (default)' if p == m.get('default_profile') else ''}" for p in m["thresholds"])]
         cal = m.get("calibration") or {}
-        if cal:
-            lines.append(f"  calibration  {cal.get('n', '?')} images, sha256 {str(cal.get('sha256', '?'))[:16]}…")
+        if cal.get("used") is False:
+            lines.append(f"  calibration  none used ({cal.get('note', 'no calibration set')})")
+        elif cal:
+            lines.append(f"  calibration  {cal.get('n', '?')} images, sha256 {str(cal.get('sha256', '?'))[:16]}…"
+                         + (f" ({cal['split']} split)" if cal.get("split") else ""))
         lines += _metric_lines(m.get("metrics") or {})
     return "\n".join(lines)
 
@@ -63,6 +66,34 @@ def _metric_lines(metrics: dict) -> list[str]:
             d = delta.get(key)
             out.append(f"    {key:<14} float {flt[key]:.4f}  int8 {q[key]:.4f}" + (f"  Δ {d:+.4f}" if d is not None else ""))
     for key in ("agreement", "max_abs_diff", "mean_abs_diff"):
-        if key in metrics:
+        if isinstance(metrics.get(key), (int, float)):
             out.append(f"    {key:<14} {metrics[key]:.4f}")
+    per_label = delta.get("per_label_auroc") or {}
+    known = {k: v for k, v in per_label.items() if isinstance(v, (int, float))}
+    if known:
+        worst = min(known, key=known.get)
+        out.append(f"    per-label AUROC Δ from {known[worst]:+.4f} ({worst}) to {max(known.values()):+.4f}")
+    out += _check_lines(metrics)
+    return out
+
+
+def _check_lines(metrics: dict) -> list[str]:
+    """What the export check allowed, which checks failed, and the candidates export compared."""
+    out = []
+    checks = metrics.get("checks") or []
+    allowed = {}
+    for c in checks:
+        name = c["metric"] if c.get("label") is None else "per-label auroc"
+        allowed[name] = f"≥ {c['allowed_min']:g}" if "allowed_min" in c else f"drop ≤ {c['allowed']:g}"
+    if allowed:
+        out.append("    allowed        " + ", ".join(f"{k} {v}" for k, v in allowed.items()))
+    for c in checks:
+        if not c.get("passed", True):
+            out.append(f"    FAILED         {c['metric']}{'[' + c['label'] + ']' if c.get('label') else ''}")
+    cands = metrics.get("candidates") or {}
+    if len(cands) > 1 or (cands and metrics.get("source")):
+        out.append("    candidates     " + "; ".join(
+            f"{s} {'passed' if c.get('passed') else 'failed'} (agreement {c['agreement']:.4f})"
+            if isinstance(c.get("agreement"), (int, float)) else s for s, c in cands.items())
+            + (f" -> kept {metrics['source']}" if metrics.get("source") else ""))
     return out

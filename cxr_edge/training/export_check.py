@@ -1,0 +1,298 @@
+"""Export policies and the float-vs-int8 check: what export measures, what it allows, what it says on failure.
+
+A policy is one JSON file per task in ``export/`` (see ``export/README.md``)::
+
+    {"format": "cxr-edge-export-policy", "format_version": 1, "task": "cxr4",
+     "quantization": {"mode": "int8", "io_dtype": "uint8", "per_channel": true, "from": "auto"},
+     "calibration": {"manifest": "../calibration_data/cxr4.csv", "min_size": 100, "recommended_size": 300},
+     "check": {"split": "val", "tolerance": {"accuracy": 0.005, "macro_f1": 0.02, "agreement": 0.98}}}
+
+Relative paths are relative to the policy file. The tolerance names the
+:class:`cxr_edge.tasks.Int8Tolerance` fields the task is checked on (:func:`checked_keys`), and
+every one of them must be given: a medical export never falls back to a default it did not state.
+
+What is checked (drops are float − int8; improvements never fail):
+
+* softmax tasks (cxr4): top-1 accuracy, macro-F1, top-1 agreement;
+* one-label sigmoid tasks (gate): accuracy at the default threshold, AUROC (``mean_auroc``
+  tolerance), decision agreement;
+* multi-label sigmoid tasks (nih14): mean AUROC, every label's AUROC (``label_auroc``), decision
+  agreement over all label decisions.
+
+numpy only (the metrics are :mod:`cxr_edge.metrics`); no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import RecipeError
+from ..metrics import agreement, task_metrics
+from ..tasks import Int8Tolerance, TaskSpec, get_task
+
+POLICY_FORMAT = "cxr-edge-export-policy"
+POLICY_FORMAT_VERSION = 1
+SOURCES = ("auto", "qat", "float")
+CHECK_SPLITS = ("val", "test")
+VARIANTS = ("float16", "dynamic", "float32")
+SCALARS = ("accuracy", "auroc", "mean_auroc", "macro_f1")   # the summary numbers with a delta
+DELTA_DEFINITION = "int8 - float (negative: int8 is lower); checks compare the drop float - int8"
+
+
+def checked_keys(spec: TaskSpec) -> tuple[str, ...]:
+    """The Int8Tolerance fields a task is checked on."""
+    if not spec.multilabel:
+        return ("accuracy", "macro_f1", "agreement")
+    if spec.num_labels == 1:
+        return ("accuracy", "mean_auroc", "agreement")
+    return ("mean_auroc", "label_auroc", "agreement")
+
+
+@dataclass(frozen=True)
+class ExportPolicy:
+    """A parsed export policy (paths resolved)."""
+
+    task: str
+    tolerance: Int8Tolerance
+    io_dtype: str = "uint8"
+    per_channel: bool = True
+    source: str = "auto"
+    calibration: Path | None = None
+    min_calibration: int = 100
+    recommended_calibration: int = 300
+    split: str = "val"
+    path: Path | None = None
+    raw: dict = field(default_factory=dict, compare=False)
+
+    def with_overrides(self, **changes) -> "ExportPolicy":
+        """A copy with command-line overrides (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path) if self.path else None, "task": self.task, "mode": "int8",
+                "io_dtype": self.io_dtype, "per_channel": self.per_channel, "from": self.source,
+                "calibration": str(self.calibration) if self.calibration else None,
+                "min_calibration": self.min_calibration, "recommended_calibration": self.recommended_calibration,
+                "split": self.split, "tolerance": self.tolerance.to_dict()}
+
+
+def _need(d: dict, key: str, where: str):
+    if key not in d:
+        raise RecipeError(f"{where}: missing {key!r}; see export/README.md for the policy format")
+    return d[key]
+
+
+def parse_policy(data: dict, *, path: Path | None = None) -> ExportPolicy:
+    """Check and parse a policy dict; every problem is a RecipeError naming the key and the fix."""
+    where = f"export policy {path}" if path else "export policy"
+    if data.get("format") != POLICY_FORMAT or data.get("format_version", 0) > POLICY_FORMAT_VERSION:
+        raise RecipeError(f"{where} is not a cxr-edge export policy (format {data.get('format')!r} "
+                          f"v{data.get('format_version')}; expected {POLICY_FORMAT!r} v{POLICY_FORMAT_VERSION})")
+    spec = get_task(_need(data, "task", where))
+    quant = data.get("quantization", {})
+    if quant.get("mode", "int8") != "int8":
+        raise RecipeError(f"{where}: quantization.mode must be 'int8' (packs hold full-integer models); "
+                          f"float16/dynamic variants are asked for with --variant")
+    io_dtype = quant.get("io_dtype", "uint8")
+    if io_dtype not in ("uint8", "int8"):
+        raise RecipeError(f"{where}: quantization.io_dtype {io_dtype!r}; valid: uint8, int8")
+    source = quant.get("from", "auto")
+    if source not in SOURCES:
+        raise RecipeError(f"{where}: quantization.from {source!r}; valid: {', '.join(SOURCES)}")
+    cal = data.get("calibration", {})
+    manifest = cal.get("manifest")
+    if manifest:
+        manifest = Path(manifest)
+        if not manifest.is_absolute() and path is not None:
+            manifest = (path.parent / manifest).resolve()
+    min_n, rec_n = int(_need(cal, "min_size", where)), int(_need(cal, "recommended_size", where))
+    if not 1 <= min_n <= rec_n:
+        raise RecipeError(f"{where}: calibration sizes must satisfy 1 <= min_size <= recommended_size "
+                          f"(got {min_n}, {rec_n})")
+    check = _need(data, "check", where)
+    split = check.get("split", "val")
+    if split not in CHECK_SPLITS:
+        raise RecipeError(f"{where}: check.split {split!r}; valid: {', '.join(CHECK_SPLITS)} (never train: a "
+                          f"model agrees with itself on its training images more than anywhere else)")
+    tolerance = _parse_tolerance(spec, _need(check, "tolerance", where), where)
+    return ExportPolicy(spec.name, tolerance, io_dtype, bool(quant.get("per_channel", True)), source,
+                        manifest, min_n, rec_n, split, path, data)
+
+
+def _parse_tolerance(spec: TaskSpec, tol: dict, where: str) -> Int8Tolerance:
+    missing = [k for k in checked_keys(spec) if k not in tol]
+    if missing:
+        raise RecipeError(f"{where}: check.tolerance lacks {missing}, which task {spec.name} is checked on "
+                          f"(it needs {list(checked_keys(spec))}); state every allowed delta explicitly")
+    try:
+        parsed = Int8Tolerance.from_dict({k: float(v) for k, v in tol.items()})
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"{where}: check.tolerance: {exc}") from exc
+    for key, value in parsed.to_dict().items():
+        if not math.isfinite(value) or not -1.0 <= value <= 1.0:
+            raise RecipeError(f"{where}: tolerance {key}={value} must be a number in [-1, 1]")
+    return parsed
+
+
+def load_policy(path) -> ExportPolicy:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"export policy {path} does not exist; the shipped ones are export/gate.json, "
+                          "export/cxr4.json and export/nih14.json") from None
+    except (OSError, ValueError) as exc:
+        raise RecipeError(f"export policy {path} cannot be read ({exc})") from exc
+    return parse_policy(data, path=path.resolve())
+
+
+def default_policy_path(spec: TaskSpec) -> Path:
+    """``export/<task>.json`` (else ``export/<family>.json``) under the working directory, then the repository."""
+    roots = [Path.cwd() / "export", Path(__file__).resolve().parents[2] / "export"]
+    for root in roots:
+        for name in dict.fromkeys((spec.name, spec.family)):
+            if (root / f"{name}.json").is_file():
+                return root / f"{name}.json"
+    raise RecipeError(f"no export policy for task {spec.name}: looked for {spec.name}.json in "
+                      f"{', '.join(str(r) for r in roots)}. Pass --policy export/{spec.family}.json")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def summarize(spec: TaskSpec, y, probs) -> dict:
+    """The numbers export compares, from :func:`cxr_edge.metrics.task_metrics` (no bootstrap)."""
+    m = task_metrics(spec, y, probs, n_resamples=0)
+    out = {"accuracy": m["accuracy"]["value"]}
+    if "auroc" in m:       # one-label sigmoid: its AUROC is the mean AUROC
+        out["auroc"] = m["auroc"]["value"]
+    else:
+        out["mean_auroc"] = m["mean_auroc"]["value"]
+    if "macro_f1" in m:
+        out["macro_f1"] = m["macro_f1"]["value"]
+        out["confusion_matrix"] = m["confusion_matrix"]["counts"]
+    if spec.num_labels > 1:
+        out["per_label_auroc"] = {lbl: d["auroc"] for lbl, d in m["per_label"].items()}
+    out["n_positive"] = {lbl: d["n_positive"] for lbl, d in m["per_label"].items()}
+    return out
+
+
+def _delta(a, b):
+    return None if a is None or b is None else b - a
+
+
+def _feature_correlation(features) -> float | None:
+    if features is None or any(f is None for f in features):
+        return None
+    a, b = (np.asarray(f, np.float64).ravel() for f in features)
+    if a.std() == 0 or b.std() == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _check(metric, label, flt, q, allowed) -> dict:
+    drop = None if flt is None or q is None else flt - q
+    return {"metric": metric, "label": label, "float": flt, "int8": q, "drop": drop, "allowed": allowed,
+            "passed": drop is None or drop <= allowed + 1e-12}
+
+
+def compare(spec: TaskSpec, y, probs_float, probs_int8, tolerance: Int8Tolerance, *, features=None) -> dict:
+    """Measure the int8 model against the float model on the same images and apply ``tolerance``.
+
+    ``features``: optional ``(float, int8)`` pooled feature arrays; their correlation says whether
+    drift starts in the backbone (low) or only at the head (high). JSON-ready result.
+    """
+    flt, q = summarize(spec, y, probs_float), summarize(spec, y, probs_int8)
+    agree = agreement(spec, probs_float, probs_int8)
+    delta = {k: _delta(flt[k], q[k]) for k in SCALARS if k in flt}
+    if "per_label_auroc" in flt:
+        delta["per_label_auroc"] = {lbl: _delta(flt["per_label_auroc"][lbl], q["per_label_auroc"][lbl])
+                                    for lbl in spec.labels}
+    checks = []
+    for key in checked_keys(spec):
+        if key == "agreement":
+            checks.append({"metric": "agreement", "label": None, "value": agree["agreement"],
+                           "allowed_min": tolerance.agreement,
+                           "passed": agree["agreement"] is not None and agree["agreement"] >= tolerance.agreement})
+        elif key == "label_auroc":
+            for lbl in spec.labels:
+                row = _check("auroc", lbl, flt["per_label_auroc"][lbl], q["per_label_auroc"][lbl],
+                             tolerance.label_auroc)
+                checks.append(dict(row, n_positive=flt["n_positive"][lbl]))
+        else:
+            metric = "auroc" if key == "mean_auroc" and "auroc" in flt else key
+            checks.append(_check(metric, None, flt[metric], q[metric], getattr(tolerance, key)))
+    return {"n": int(len(np.asarray(probs_float))), "float": flt, "int8": q, "delta": delta,
+            "delta_definition": DELTA_DEFINITION, "agreement": agree["agreement"], "agreement_kind": agree["kind"],
+            "agreement_per_label": agree.get("per_label"), "max_abs_diff": agree["max_abs_diff"],
+            "mean_abs_diff": agree["mean_abs_diff"], "feature_correlation": _feature_correlation(features),
+            "tolerance": tolerance.to_dict(), "checks": checks, "passed": all(c["passed"] for c in checks)}
+
+
+def describe_failure(check: dict) -> str:
+    """One line naming the metric (and label), the measured delta and what was allowed."""
+    if check["metric"] == "agreement":
+        return (f"agreement {check['value']:.4f} is below the required {check['allowed_min']:.4f} "
+                f"(float and int8 decide differently on {100 * (1 - check['value']):.1f}% of decisions)")
+    name = check["metric"] + (f"[{check['label']}]" if check["label"] else "")
+    extra = f", {check['n_positive']} positive image(s)" if check.get("n_positive") is not None else ""
+    change = f"dropped by {check['drop']:.4f}" if check["drop"] > 0 else f"changed by {-check['drop']:+.4f}"
+    return (f"{name} {change} (float {check['float']:.4f} -> int8 {check['int8']:.4f}{extra}); "
+            f"allowed drop {check['allowed']:.4f}")
+
+
+def failures(result: dict) -> list[str]:
+    return [describe_failure(c) for c in result["checks"] if not c["passed"]]
+
+
+def _qat_fixes(qat_keras: dict | None, result: dict) -> list[str]:
+    """QAT: tell a QAT model that itself lost accuracy from a conversion that lost it."""
+    fixes = []
+    agree = (qat_keras or {}).get("int8_agreement_with_qat_keras")
+    if qat_keras and agree is not None and agree >= result["tolerance"]["agreement"]:
+        own = ", ".join(f"{k} {qat_keras['metrics'][k]:.4f}" for k in SCALARS
+                        if isinstance(qat_keras["metrics"].get(k), float))
+        fixes.append(f"the QAT Keras model itself is off ({own}) while its int8 conversion matches it "
+                     f"(agreement {agree:.4f}): fix the QAT fine-tuning, not the conversion: calibrate the "
+                     "fake-quant ranges on training batches before fine-tuning, keep BatchNormalization frozen, "
+                     "train more steps at a low learning rate, and keep the best QAT epoch on validation")
+    else:
+        fixes.append("more QAT fine-tuning (more epochs or steps at a low learning rate) so the fake-quant "
+                     "ranges settle, or QAT from a better float checkpoint")
+    fixes.append("compare with post-training quantization: --from auto builds both and keeps the better")
+    return fixes
+
+
+def likely_fixes(result: dict, *, source: str, calibration_n: int | None, recommended_n: int,
+                 per_channel: bool, split_n: int, qat_keras: dict | None = None) -> list[str]:
+    """What is most likely to bring an int8 model within tolerance, given how it failed."""
+    fixes = []
+    corr = result.get("feature_correlation")
+    if source == "ptq":
+        fixes.append("quantization-aware training instead of post-training quantization: run `cxr-edge qat RUN_DIR`, "
+                     "then export with --from qat (or --from auto to keep the better of the two)")
+        if calibration_n is not None and calibration_n < 2 * recommended_n:
+            fixes.append(f"more calibration data: the set has {calibration_n} images; build a larger one "
+                         f"(cxr-edge calibration build PREPARED --n {max(2 * recommended_n, 500)}) covering "
+                         "every class")
+        if not per_channel:
+            fixes.append("per-channel weight quantization (quantization.per_channel: true): per-tensor "
+                         "destroys MobileNetV2's depthwise features")
+    else:
+        fixes += _qat_fixes(qat_keras, result)
+    if corr is not None and corr < 0.95:
+        fixes.append(f"the pooled features of int8 and float correlate only {corr:.3f}: the drift starts in the "
+                     "backbone, not at the head" + ("; QAT is the fix that addresses this" if source == "ptq" else ""))
+    small = [c for c in result["checks"] if not c["passed"] and c.get("n_positive") is not None
+             and c["n_positive"] < 10]
+    if small or split_n < 200:
+        fixes.append(f"a larger check split: {split_n} images"
+                     + (f", and {', '.join(c['label'] + ' has ' + str(c['n_positive']) for c in small)} positive "
+                        "image(s), so one swapped rank moves that AUROC by a lot" if small else "")
+                     + "; the check measures real loss only as well as the split allows")
+    return fixes
