@@ -1,15 +1,39 @@
-"""The gate → classifiers pipeline: one image in, one typed result out.
+"""The pipeline: one image in, one typed result out: film → gate → classifiers (+ guards, heatmaps).
 
-The gate runs first. An image it rejects gets a plain "rejected: not a chest
-X-ray" result and the classifiers never see it. Accepted images go through
-``cxr4`` and the NIH model; thresholds of the chosen profile are applied and
-the pack's temperature rescales probabilities. An image that cannot be read
-gets an ``error`` result; it never stops a batch.
+1. **Film.** A colour photo (or a large grey image) is searched for the X-ray
+   film, which is warped upright (:mod:`cxr_edge.rectify`) and checked for
+   blur, glare, exposure, pixels, tilt and colour cast
+   (:mod:`cxr_edge.quality`; thresholds from the pack, else the defaults). A
+   digital image passes through untouched; a grey image smaller than
+   ``GREY_SEARCH_MIN_SIDE`` is digital without a search (it pays nothing for
+   the photo path). A photo with no film in it gets an ``error`` result of
+   kind ``no_film``. ``rectify=False`` skips all of this.
+2. **Gate.** An image the gate rejects gets a plain "rejected: not a chest
+   X-ray" result and the classifiers never see it.
+3. **Classifiers.** Accepted images go through ``cxr4`` and the NIH model;
+   the pack's temperature rescales probabilities and the chosen profile's
+   thresholds apply. Optional test-time augmentation (:mod:`cxr_edge.tta`)
+   averages a few views.
+4. **Guards and explanations.** Models with OOD statistics score how
+   unusual the image's features are (:mod:`cxr_edge.ood`): far outside gives
+   a warning even when the gate accepted. With ``heatmaps`` each reported
+   finding gets a class activation map (:mod:`cxr_edge.cam`) in
+   ``Prediction.heatmaps`` (never in the JSON).
+
+Quality verdicts never stop a prediction by default: every check that does
+not pass becomes a warning with its actionable message, and a failed one also
+says the result may be unreliable. A field worker who cannot retake the photo
+still gets an answer, flagged. ``on_poor_photo='skip'`` turns a failed check
+into an ``error`` result of kind ``poor_photo`` instead.
+
+An image that cannot be read gets an ``error`` result; it never stops a batch.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,18 +41,32 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from PIL import Image
 
+from . import cam
+from . import ood as _ood
+from . import tta as _tta
 from .errors import CxrEdgeError, ImageError, PackError
 from .images import load_image
 from .interpreter import TFLiteModel
 from .metadata import ModelMetadata
 from .pack import ModelPack, PackModel, load_pack
 from .preprocess import fit_to_square, normalize
+from .quality import QualityCheck, QualitySpec, advice, check_quality, check_resolution, overall_verdict
 from .tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
 DISCLAIMER = "Decision support only, not a diagnosis: a clinician must review every image."
+#: JPEG photos decode (Pillow draft) with both sides at least this: a 12-MP 4:3 photo at 1/4 scale,
+#: 1008 x 756, which is what the film finder works at anyway (it refines at 1024 px).
+PHOTO_MIN_SIDE = 720
+#: Grey images whose longer side is below this are digital images: no film search (it costs ~70 ms).
+GREY_SEARCH_MIN_SIDE = 512
+QUALITY_KEY = "quality_spec"     # where a pack stores its QualitySpec (manifest 'extra' or model extras)
+POOR_PHOTO = ("The photo failed a quality check, so this result may be unreliable: take the photo again "
+              "if you can.")
+_GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
 @dataclass
@@ -61,7 +99,15 @@ class TaskResult:
 
 @dataclass
 class Prediction:
-    """The result for one image: ``status`` is 'ok', 'rejected' or 'error'."""
+    """The result for one image: ``status`` is 'ok', 'rejected' or 'error'.
+
+    ``rectify`` says how the film was obtained (None when rectification was
+    off), ``quality`` holds the photo's quality checks (None for a digital
+    image), ``ood`` the OOD scores per model, ``tta`` the views used.
+    ``heatmaps`` ({name: uint8 HxW over the film}) and ``film`` (the image
+    the models saw) are kept only when heatmaps were asked for, and never go
+    into :meth:`to_dict`.
+    """
 
     file: str
     status: str = "ok"
@@ -73,6 +119,12 @@ class Prediction:
     warnings: list[str] = field(default_factory=list)
     extras: dict = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    rectify: dict | None = None
+    quality: list[QualityCheck] | None = None
+    ood: dict | None = None
+    tta: dict | None = None
+    heatmaps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    film: Image.Image | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         out = {"file": self.file, "status": self.status,
@@ -80,9 +132,24 @@ class Prediction:
                "cxr4": self.cxr4.to_dict() if self.cxr4 else None,
                "nih14": self.nih14.to_dict() if self.nih14 else None,
                "error": self.error, "message": self.message, "warnings": self.warnings,
-               "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()}}
+               "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+               "rectify": self.rectify,
+               "quality": None if self.quality is None else {
+                   "verdict": overall_verdict(self.quality), "checks": [c.to_dict() for c in self.quality]},
+               "ood": self.ood, "tta": self.tta}
         out.update(self.extras)
         return out
+
+
+@dataclass
+class Film:
+    """An image ready for the models: the film (a rectified photo or a digital image, mode 'L'),
+    how it was obtained (``rectify``, None when rectification was off) and the photo's quality checks."""
+
+    image: Image.Image
+    rectify: dict | None = None
+    quality: list[QualityCheck] | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,8 +175,12 @@ class LoadedModel:
 
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run one preprocessed input; returns {role: output without batch axis}."""
+        return {role: out[0] for role, out in self.infer_batch(x[None]).items()}
+
+    def infer_batch(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a batch (N, S, S, C); returns {role: output with the batch axis}."""
         outputs = self.model.run(x)
-        return {role: outputs[i][0] for role, i in self.metadata.outputs.items() if i < len(outputs)}
+        return {role: outputs[i] for role, i in self.metadata.outputs.items() if i < len(outputs)}
 
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
         t = self.metadata.temperature
@@ -119,12 +190,47 @@ class LoadedModel:
 
         return apply_temperature(raw[None], t, self.spec.activation)[0]
 
+    @property
+    def head(self) -> cam.Head | None:
+        """The head weights for heatmaps, or None when the model carries none."""
+        if not hasattr(self, "_head"):
+            self._head = cam.head_of(self)
+        return self._head
+
+    @property
+    def ood_stats(self) -> _ood.OODStats | None:
+        """The fitted OOD statistics, or None."""
+        if not hasattr(self, "_ood"):
+            self._ood = _ood.stats_of(self)
+        return self._ood
+
+
+@dataclass
+class _Run:
+    """One model's outputs on one image: probabilities (after temperature, averaged over views) and
+    the first view's raw probabilities and feature map."""
+
+    probs: np.ndarray
+    raw: np.ndarray
+    features: np.ndarray | None
+
 
 class Pipeline:
-    """Runs a pack on images. Build once, call :meth:`predict` many times (models load once)."""
+    """Runs a pack on images. Build once, call :meth:`predict` many times (models load once).
+
+    ``rectify``: find and straighten films in photos, with quality checks
+    (module docstring). ``heatmaps``: class activation maps of the reported
+    findings. ``tta``: test-time augmentation (True or a
+    :class:`~cxr_edge.tta.TTAConfig`). ``ood``: score images with the pack's
+    OOD statistics where it has them. ``quality_spec``: overrides the pack's
+    thresholds. ``on_poor_photo``: 'predict' (warn) or 'skip' (an error
+    result) when a quality check fails.
+    """
 
     def __init__(self, pack: ModelPack | str | Path, *, threads: int = 1, profile: str | None = None,
-                 backend: str | None = None, gate_first: bool = True):
+                 backend: str | None = None, gate_first: bool = True, rectify: bool = True,
+                 heatmaps: bool = False, tta: bool | _tta.TTAConfig = False, ood: bool = True,
+                 quality_spec: QualitySpec | None = None, on_poor_photo: str = "predict"):
         self.pack = pack if isinstance(pack, ModelPack) else load_pack(pack)
         self.profile = profile
         self.gate_first = gate_first
@@ -133,20 +239,95 @@ class Pipeline:
         if profile is not None and not any(profile in m.metadata.thresholds for m in self.models.values()):
             # fail now, not on the first image; the message lists the profiles that exist
             next(iter(self.models.values())).metadata.threshold_profile(profile)
+        if on_poor_photo not in ("predict", "skip"):
+            raise ValueError(f"on_poor_photo must be 'predict' or 'skip', got {on_poor_photo!r}")
         # Decode large JPEGs only as big as the largest model input needs.
         self.decode_size = max(m.spec.input.size for m in self.models.values())
+        self.rectify = rectify
+        self.heatmaps = heatmaps
+        self.tta = (tta if isinstance(tta, _tta.TTAConfig) else _tta.TTAConfig()) if tta else None
+        self.ood = ood
+        self.on_poor_photo = on_poor_photo
+        self.quality_spec = quality_spec or pack_quality_spec(self.pack)
+        if heatmaps:
+            self._check_heads()
+
+    def _check_heads(self) -> None:
+        missing = [s for s in ("cxr4", "nih14") if s in self.models and self.models[s].head is None]
+        if missing and len(missing) == len([s for s in ("cxr4", "nih14") if s in self.models]):
+            raise PackError(f"{self.pack.path}: its models carry no head weights (head.npz) or no 'features' "
+                            "output, so no heatmaps can be made. Re-export them with cxr-edge export, or drop "
+                            "--heatmap.")
+        for slot in missing:
+            log.warning("%s: the %s model has no head weights; it gets no heatmaps", self.pack.path, slot)
 
     def describe(self) -> dict:
         first = next(iter(self.models.values())).model
         return {"pack": str(self.pack.path), "backend": first.backend, "backend_version": first.backend_version,
                 "delegate": first.delegate, "threads": first.threads,
-                "models": {s: m.spec.name for s, m in self.models.items()}}
+                "models": {s: m.spec.name for s, m in self.models.items()},
+                "rectify": self.rectify, "tta": self.tta is not None, "heatmaps": self.heatmaps,
+                "ood": {s: m.ood_stats is not None for s, m in self.models.items()} if self.ood else False}
 
     # ------------------------------------------------------------------ stages
 
     def load(self, source, name: str | None = None):
-        """Decode an image once for all models (raises ImageError)."""
+        """Decode an image once for all models, as grey, without the photo path (raises ImageError)."""
         return load_image(source, mode="L", min_size=self.decode_size)
+
+    def film(self, source, name: str | None = None, *, rectify: bool | None = None) -> Film:
+        """Decode an image and, for a photo, find, straighten and check the film (raises ImageError;
+        kind 'no_film' for a photo without a film)."""
+        t0 = time.perf_counter()
+        if not (self.rectify if rectify is None else rectify):
+            img = self.load(source)
+            return Film(img, None, None, {"decode": (time.perf_counter() - t0) * 1e3})
+        name = name or _name(source)
+        if _is_stream(source):
+            source = source.read()
+        colour, size = _peek(source)
+        if not colour and (size is None or max(size) < GREY_SEARCH_MIN_SIDE):
+            img = self.load(source)    # a small grey image or a DICOM file: digital, nothing to search
+            return Film(img, _digital(searched=False), None, {"decode": (time.perf_counter() - t0) * 1e3})
+        big = size is None or max(size) >= GREY_SEARCH_MIN_SIDE
+        img = load_image(source, mode="RGB" if colour else "L", min_size=PHOTO_MIN_SIDE if big else self.decode_size)
+        timings = {"decode": (time.perf_counter() - t0) * 1e3}
+        if size is None:
+            size = img.size
+        elif (size[0] > size[1]) != (img.size[0] > img.size[1]):
+            size = size[::-1]          # EXIF orientation turned the photo
+        return self._film_from(img, tuple(size), name, timings)
+
+    def _film_from(self, img: Image.Image, size, name: str, timings: dict) -> Film:
+        from .rectify import is_grayscale, rectify
+
+        t0 = time.perf_counter()
+        if img.mode == "RGB" and is_grayscale(img):
+            img = img.convert("L")     # a grey image stored as RGB: judged as the grey image it is
+        if img.mode == "L" and max(img.size) < GREY_SEARCH_MIN_SIDE:
+            timings["rectify"] = (time.perf_counter() - t0) * 1e3
+            return Film(img, _digital(searched=False), None, timings)
+        r = rectify(img, mode="L", allow_passthrough=img.mode == "L")
+        timings["rectify"] = (time.perf_counter() - t0) * 1e3
+        if r.passthrough:
+            return Film(r.image, _digital(searched=True), None, timings)
+        if not r.found:
+            raise ImageError(f"{name}: no X-ray film found in the photo ({r.detection.reason}). Take the photo again "
+                             "with the whole film in view and all four corners visible, against a lightbox or a "
+                             "bright window; or pass --no-rectify to use the image as it is.",
+                             kind="no_film", path=name)
+        t1 = time.perf_counter()
+        scale = max(size) / max(img.size)    # decoded at reduced size: corners back to the photo's pixels
+        corners = r.corners * scale
+        checks = check_quality(r.image, photo=img if img.mode == "RGB" else None, corners=r.corners,
+                               spec=self.quality_spec)
+        if scale != 1:   # "pixels on the film" counts the photo's pixels, not the reduced decode's
+            checks = [check_resolution(corners=corners, spec=self.quality_spec) if c.name == "resolution" else c
+                      for c in checks]
+        timings["quality"] = (time.perf_counter() - t1) * 1e3
+        info = dict(r.to_dict(), photo=True, corners=np.round(corners, 2).tolist(), photo_size=list(size),
+                    searched_at=list(img.size))
+        return Film(r.image, info, checks, timings)
 
     def prepare(self, image) -> dict[str, np.ndarray]:
         """Model inputs for every slot from one decoded image (sizes may differ per model)."""
@@ -159,29 +340,54 @@ class Pipeline:
             inputs[slot] = cache[key]
         return inputs
 
-    def classify(self, inputs: dict[str, np.ndarray], pred: Prediction) -> Prediction:
-        """Run the gate, then (if it accepts) the classifiers, filling ``pred``."""
+    def classify(self, inputs: dict[str, np.ndarray], pred: Prediction, *, film_size=None,
+                 heatmaps: bool | None = None) -> Prediction:
+        """Run the gate, then (if it accepts) the classifiers, filling ``pred``; then the OOD guard and,
+        with ``heatmaps`` and ``film_size`` (w, h), the heatmaps."""
+        runs: dict[str, _Run] = {}
         if "gate" in self.models:
             t0 = time.perf_counter()
             gate = self.models["gate"]
-            score = float(gate.probabilities(gate.infer(inputs["gate"])["probs"])[0])
+            runs["gate"] = self._run(gate, inputs["gate"])
+            score = float(runs["gate"].probs[0])
             threshold = float(self._thresholds(gate)[1].get(gate.spec.labels[0], gate.spec.default_threshold))
             pred.gate = GateResult(score, threshold, score >= threshold)
             pred.timings_ms["gate"] = (time.perf_counter() - t0) * 1e3
             if not pred.gate.accepted and self.gate_first:
                 pred.status = "rejected"
                 pred.message = f"rejected: not a chest X-ray (score {score:.2f} < {threshold:.2f})"
+                self._ood(runs, pred)
                 return pred
         for slot in ("cxr4", "nih14"):
             if slot in self.models:
                 t0 = time.perf_counter()
-                setattr(pred, slot, self._task_result(self.models[slot], inputs[slot]))
+                runs[slot] = self._run(self.models[slot], inputs[slot])
+                setattr(pred, slot, self._task_result(self.models[slot], runs[slot].probs))
                 pred.timings_ms[slot] = (time.perf_counter() - t0) * 1e3
+        if self.tta is not None:
+            pred.tta = {s: self._view_names(self.models[s]) for s in runs}
+        self._ood(runs, pred)
+        if (self.heatmaps if heatmaps is None else heatmaps) and film_size is not None:
+            t0 = time.perf_counter()
+            pred.heatmaps = self._heatmaps(runs, pred, film_size)
+            pred.timings_ms["heatmaps"] = (time.perf_counter() - t0) * 1e3
         pred.message = _summary(pred)
         return pred
 
-    def _task_result(self, m: LoadedModel, x: np.ndarray) -> TaskResult:
-        probs = m.probabilities(m.infer(x)["probs"])
+    def _view_names(self, m: LoadedModel) -> list[str]:
+        return self.tta.view_names(_tta.uses_flip(self.tta, m.metadata.training))
+
+    def _run(self, m: LoadedModel, x: np.ndarray) -> _Run:
+        if self.tta is None:
+            outs = m.infer(x)
+            return _Run(m.probabilities(outs["probs"]), outs["probs"], outs.get("features"))
+        flip = _tta.uses_flip(self.tta, m.metadata.training)
+        outs = m.infer_batch(_tta.views(x, self.tta, fill=float(m.spec.input.offset), flip=flip))
+        probs = np.mean([m.probabilities(p) for p in outs["probs"]], axis=0)
+        feats = outs.get("features")
+        return _Run(probs, outs["probs"][0], None if feats is None else feats[0])
+
+    def _task_result(self, m: LoadedModel, probs: np.ndarray) -> TaskResult:
         profile, thresholds = self._thresholds(m)
         labels = m.spec.labels
         top = labels[int(np.argmax(probs))]
@@ -199,52 +405,152 @@ class Pipeline:
         name = self.profile if self.profile in m.metadata.thresholds else m.metadata.default_profile
         return name, m.metadata.threshold_profile(name)
 
+    def _ood(self, runs: dict[str, _Run], pred: Prediction) -> None:
+        if not self.ood:
+            return
+        t0 = time.perf_counter()
+        scores = {}
+        for slot, run in runs.items():
+            stats = self.models[slot].ood_stats
+            if stats is None or run.features is None:
+                continue
+            score = float(stats.score(_ood.pooled(run.features)))
+            scores[slot] = {"score": round(score, 3), "threshold": round(stats.threshold, 3),
+                            "unusual": score > stats.threshold}
+            if score > stats.threshold and pred.status == "ok":
+                pred.warnings.append(_ood.WARNING.format(slot=slot, score=score, threshold=stats.threshold))
+        if scores:
+            pred.ood = scores
+            pred.timings_ms["ood"] = (time.perf_counter() - t0) * 1e3
+
+    def _heatmaps(self, runs: dict[str, _Run], pred: Prediction, film_size) -> dict[str, np.ndarray]:
+        maps: dict[str, np.ndarray] = {}
+        for slot in ("cxr4", "nih14"):
+            result, m = getattr(pred, slot), self.models.get(slot)
+            if result is None or m.head is None or runs[slot].features is None:
+                continue
+            names = [result.top] if m.spec.activation == "softmax" else result.positive
+            # the same label can be reported by both models (Pneumonia): the second gets the task's name
+            wanted = {(lbl if lbl not in maps else f"{lbl} ({slot})"): m.spec.labels.index(lbl) for lbl in names}
+            maps.update(cam.heatmaps(runs[slot].features, m.head, m.spec.input, wanted, film_size,
+                                     probs=runs[slot].raw))
+        return maps
+
     # ------------------------------------------------------------------ entry points
 
-    def predict(self, source, name: str | None = None) -> Prediction:
-        """Predict one image (path, bytes, PIL image or array). Unreadable input gives an 'error' result."""
+    def predict(self, source, name: str | None = None, *, rectify: bool | None = None,
+                heatmaps: bool | None = None) -> Prediction:
+        """Predict one image (path, bytes, PIL image or array). Unreadable input gives an 'error' result.
+
+        ``rectify`` / ``heatmaps`` override the pipeline's settings for this call (the app passes
+        ``rectify=False`` for a film it has already straightened).
+        """
         name = name or (str(source) if isinstance(source, (str, Path)) else "<image>")
-        t0 = time.perf_counter()
         try:
-            image = self.load(source)
-            inputs = self.prepare(image)
+            film = self.film(source, name, rectify=rectify)
+            t0 = time.perf_counter()
+            inputs = self.prepare(film.image)
+            film.timings_ms["preprocess"] = (time.perf_counter() - t0) * 1e3
         except ImageError as exc:
             return _error(name, exc)
-        pred = Prediction(file=name)
-        pred.timings_ms["decode"] = (time.perf_counter() - t0) * 1e3
-        pred = self.classify(inputs, pred)
-        pred.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
+        return self._finish_one(name, film, inputs, heatmaps)
+
+    def _finish_one(self, name: str, film: Film, inputs, heatmaps: bool | None) -> Prediction:
+        t0 = time.perf_counter()
+        pred = Prediction(file=name, timings_ms=dict(film.timings_ms), rectify=film.rectify, quality=film.quality)
+        if film.quality:
+            pred.warnings += advice(film.quality)
+            if overall_verdict(film.quality) == "fail":
+                if self.on_poor_photo == "skip":
+                    pred.status = "error"
+                    pred.error = {"kind": "poor_photo", "message": " ".join(advice(film.quality))}
+                    pred.message = f"error: the photo failed a quality check; {pred.error['message']}"
+                    return pred
+                pred.warnings.insert(0, POOR_PHOTO)
+        want_maps = self.heatmaps if heatmaps is None else heatmaps
+        pred = self.classify(inputs, pred, film_size=film.image.size, heatmaps=want_maps)
+        if want_maps:
+            pred.film = film.image
+        pred.timings_ms["total"] = sum(film.timings_ms.values()) + (time.perf_counter() - t0) * 1e3
         return pred
 
     def predict_many(self, sources: Iterable, *, workers: int = 2) -> Iterator[Prediction]:
-        """Predict many images in order; decoding and preprocessing run ahead in ``workers`` threads."""
+        """Predict many images in order; decoding, rectification and preprocessing run ahead in ``workers``
+        threads."""
         sources = list(sources)
 
         def decode(src):
-            t0 = time.perf_counter()
             try:
-                return self.prepare(self.load(src)), None, (time.perf_counter() - t0) * 1e3
+                film = self.film(src, str(src))
+                t0 = time.perf_counter()
+                inputs = self.prepare(film.image)
+                film.timings_ms["preprocess"] = (time.perf_counter() - t0) * 1e3
+                return film, inputs, None
             except ImageError as exc:
-                return None, exc, 0.0
+                return None, None, exc
 
         if workers <= 0:
-            results = map(decode, sources)
-            yield from self._finish(sources, results)
+            yield from self._finish(sources, map(decode, sources))
             return
         with ThreadPoolExecutor(max_workers=workers) as pool:
             yield from self._finish(sources, pool.map(decode, sources))
 
     def _finish(self, sources, results) -> Iterator[Prediction]:
-        for src, (inputs, exc, decode_ms) in zip(sources, results):
-            name = str(src)
-            if exc is not None:
-                yield _error(name, exc)
-                continue
-            t0 = time.perf_counter()
-            pred = Prediction(file=name, timings_ms={"decode": decode_ms})
-            pred = self.classify(inputs, pred)
-            pred.timings_ms["total"] = decode_ms + (time.perf_counter() - t0) * 1e3
-            yield pred
+        for src, (film, inputs, exc) in zip(sources, results):
+            yield _error(str(src), exc) if exc is not None else self._finish_one(str(src), film, inputs, None)
+
+
+def pack_quality_spec(pack: ModelPack) -> QualitySpec:
+    """The pack's quality thresholds (manifest ``extra['quality_spec']``, else the first model's
+    ``extras['quality_spec']``), else the defaults."""
+    found = [(f"{pack.path}/manifest.json extra", (pack.manifest.get("extra") or {}).get(QUALITY_KEY))]
+    found += [(f"{pack.path} {s} model extras", m.metadata.extras.get(QUALITY_KEY)) for s, m in pack.models.items()]
+    for where, d in found:
+        if d:
+            try:
+                return QualitySpec.from_dict(d)
+            except (ValueError, TypeError) as exc:
+                raise PackError(f"{where}: {QUALITY_KEY} is invalid ({exc}); fix or re-export the pack") from exc
+    return QualitySpec()
+
+
+def _digital(*, searched: bool) -> dict:
+    return {"photo": False, "passthrough": True, "searched": searched}
+
+
+def _name(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return getattr(source, "name", None) or "<image>"
+
+
+def _is_stream(source) -> bool:
+    return hasattr(source, "read") and not isinstance(source, (Image.Image, np.ndarray, bytes, str, os.PathLike))
+
+
+def _peek(source) -> tuple[bool, tuple[int, int] | None]:
+    """(colour?, (width, height) as stored) without decoding the pixels. (False, None) for DICOM (never
+    a phone photo); (True, None) when unknown (then the image is decoded in colour and judged from its
+    pixels, or load_image raises the right ImageError)."""
+    if isinstance(source, Image.Image):
+        return source.mode not in _GREY_MODES, source.size
+    if isinstance(source, np.ndarray):
+        return source.ndim == 3 and source.shape[-1] >= 3, (int(source.shape[1]), int(source.shape[0]))
+    try:
+        fp = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
+        with Image.open(fp) as im:     # reads the header only
+            return im.mode not in _GREY_MODES, im.size
+    except Exception:   # missing, damaged, DICOM...
+        pass
+    if isinstance(source, bytes):
+        return (source[128:132] != b"DICM"), None
+    try:
+        with open(source, "rb") as fh:
+            head = fh.read(132)
+    except (OSError, TypeError):
+        return True, None
+    is_dicom = head[128:132] == b"DICM" or os.fspath(source).lower().endswith((".dcm", ".dicom"))
+    return (not is_dicom), None
 
 
 def _error(name: str, exc: CxrEdgeError) -> Prediction:

@@ -203,9 +203,11 @@ class TestFlow(AppTest):
 
         result = self.analyse()
         self.shoot("04-result", "Result", "Chest X-ray: yes", *CXR4_LABELS,
-                   "Findings above the 'default' thresholds", "This model pack gives no heatmaps.", DISCLAIMER)
+                   "Findings above the 'default' thresholds", DISCLAIMER)
         assert result.saved_text == "Saved as case #1."
-        assert result.heatmap_toggle.disabled  # nothing to toggle without heatmaps
+        # the tiny pack carries head.npz: real class activation maps from the int8 features, cxr4's answer first
+        assert not result.heatmap_toggle.disabled and result.heatmap_choice.text == ctl.draft.prediction.cxr4.top
+        assert "heatmaps" not in ctl.store.get(1).result
         bars = {w.label: w.value for w in result.walk() if type(w).__name__ == "ProbBar"}
         assert bars == pytest.approx(ctl.draft.prediction.cxr4.probabilities, abs=1e-4)  # to_dict rounds
 
@@ -284,10 +286,11 @@ class TestFlow(AppTest):
         predict = ctl.pipeline.predict
         warning = "Unusual image for this model (OOD score 9.1, limit 5.0): read the result with care."
 
-        def with_extras(*a, **k):  # what issue 7's heatmaps and OOD guard will add to a Prediction
+        def with_extras(*a, **k):  # heatmaps as Prediction.heatmaps carries them, and an OOD warning
+            assert k.get("rectify") is False and k.get("heatmaps") is True  # the film is rectified already
             pred = predict(*a, **k)
             ramp = np.tile(np.linspace(0, 255, 7).astype(np.uint8), (7, 1))
-            pred.extras["heatmaps"] = {pred.cxr4.top: ramp, "Effusion": ramp.T.copy()}
+            pred.heatmaps = {pred.cxr4.top: ramp, "Effusion": ramp.T.copy()}
             pred.warnings.append(warning)
             return pred
 

@@ -1,4 +1,6 @@
-"""The app's parts on their own: worker delivery, settings, camera frames, heatmap overlay (in the Kivy child process)."""
+"""The app's parts on their own: worker delivery, settings, camera frames (in the Kivy child process).
+
+The heatmap overlay the Result screen draws is :func:`cxr_edge.cam.overlay`, tested in tests/test_cam.py."""
 
 import os
 import tempfile
@@ -105,18 +107,6 @@ def test_camera_frames_come_out_upright():
     plain = Texture.create(size=(12, 8), colorfmt="rgba")  # uploaded bottom row first
     plain.blit_buffer(img.transpose(Image.Transpose.FLIP_TOP_BOTTOM).convert("RGBA").tobytes(), colorfmt="rgba")
     assert np.array_equal(np.asarray(texture_to_image(plain)), np.asarray(img))
-
-
-def test_heatmap_overlay_colours_only_where_the_map_is_hot():
-    from cxr_app.imaging import overlay
-
-    film = Image.new("L", (40, 20), 128)
-    heat = np.zeros((2, 4), np.uint8)
-    heat[:, 3] = 255  # the right quarter is hot
-    out = np.asarray(overlay(film, heat)).astype(int)
-    assert out.shape == (20, 40, 3)
-    assert np.all(out[:, :10] == 128)  # cold: the film unchanged
-    assert out[10, 39, 0] > 128 + 40 and out[10, 39, 2] < 128  # hot: red
 
 
 def test_android_only_code_stays_out_of_the_way_on_a_desktop():

@@ -83,3 +83,14 @@ def test_temperature_from_the_pack_is_applied(tiny_pack, tmp_path, cxr):
     after = Pipeline(pack).predict(cxr).cxr4.probabilities
     assert np.std(list(after.values())) < np.std(list(before.values()))  # softer, same ranking
     assert max(after, key=after.get) == max(before, key=before.get)
+
+
+def test_json_keys_are_stable_and_carry_no_arrays(pipeline, cxr):
+    import json
+
+    d = pipeline.predict(cxr).to_dict()
+    assert list(d) == ["file", "status", "gate", "cxr4", "nih14", "error", "message", "warnings", "timings_ms",
+                       "rectify", "quality", "ood", "tta"]
+    assert d["rectify"] == {"photo": False, "passthrough": True, "searched": False}   # a digital image
+    assert d["quality"] is None and d["tta"] is None
+    assert json.loads(json.dumps(d)) == d

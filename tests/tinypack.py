@@ -70,16 +70,31 @@ def output_roles(model_bytes: bytes, num_labels: int) -> dict[str, int]:
     return roles
 
 
+def head_npz(model) -> tuple[bytes, dict]:
+    """``head.npz`` (keys ``kernel`` (F, L), ``bias`` (L,)) of the model's head Dense, and its ``extras['head']``
+    record: the same member and keys ``cxr-edge export`` embeds, for class activation maps."""
+    import io
+
+    kernel, bias = model.get_layer("probs").get_weights()
+    buf = io.BytesIO()
+    np.savez(buf, kernel=kernel.astype(np.float32), bias=bias.astype(np.float32))
+    return buf.getvalue(), {"file": "head.npz", "kernel_shape": list(kernel.shape), "bias_shape": list(bias.shape),
+                            "features_output": "features"}
+
+
 def tiny_models(sizes=None) -> dict[str, tuple[bytes, md.ModelMetadata]]:
-    """slot -> (model bytes with metadata, metadata) for gate, cxr4 and nih14."""
+    """slot -> (model bytes with metadata and head.npz, metadata) for gate, cxr4 and nih14."""
     out = {}
     for slot, size in (sizes or TINY_SIZES).items():
         spec = get_task(slot).with_input(size=size)
-        raw = convert_int8(tiny_keras_model(slot, size), size)
+        keras_model = tiny_keras_model(slot, size)
+        raw = convert_int8(keras_model, size)
+        head, head_info = head_npz(keras_model)
         meta = md.ModelMetadata.for_task(spec, output_roles(raw, spec.num_labels),
                                          quantization={"mode": "int8", "io_dtype": "uint8", "source": "ptq"},
-                                         training={"note": "tiny test model with random weights"})
-        out[slot] = (md.embed(raw, meta), meta)
+                                         training={"note": "tiny test model with random weights"},
+                                         extras={"head": head_info})
+        out[slot] = (md.embed(raw, meta, files={"head.npz": head}), meta)
     return out
 
 

@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "calibration": ("cxr_edge.cli.calibration", "calibration",
                     "Build/verify calibration-set manifests (the representative images int8 export uses)."),
     "app": ("cxr_edge.cli.app", "app", "Start the Kivy field app (photo or file -> check -> result -> history)."),
+    "rectify": ("cxr_edge.cli.rectify", "rectify", "Find the X-ray film in a phone photo and save it upright."),
+    "ood": ("cxr_edge.cli.ood", "ood", "Fit the out-of-distribution guard (unusual-image statistics) into a pack."),
 }
 
 EXIT_INTERNAL = 70

@@ -23,13 +23,42 @@ EXIT_SOME_FAILED = 1
 @click.option("--profile", default=None, help="Threshold profile stored in the pack (e.g. screening, balanced).")
 @click.option("--backend", default=None, type=click.Choice(["ai-edge-litert", "tflite-runtime", "tf.lite", "tflite-java"]),
               help="Force an interpreter backend (default: the first that is installed).")
-def predict(images, pack, as_json, threads, workers, profile, backend):
+@click.option("--no-rectify", "no_rectify", is_flag=True,
+              help="Use every image as it is: no film search, no straightening, no photo quality checks.")
+@click.option("--heatmap", "heatmap_dir", default=None, type=click.Path(file_okay=False, path_type=str),
+              help="Write a heatmap overlay PNG per reported finding into this folder (see below).")
+@click.option("--tta", is_flag=True,
+              help="Test-time augmentation: average each model over a few shifted/zoomed views (about 4x the "
+                   "model time; flips only for models trained with flips).")
+@click.option("--no-ood", "no_ood", is_flag=True, help="Do not score how unusual an image is for the models.")
+@click.option("--on-poor-photo", "on_poor_photo", default="predict", show_default=True,
+              type=click.Choice(["predict", "skip"]),
+              help="When a photo fails a quality check: predict anyway with warnings, or skip it (an error entry).")
+def predict(images, pack, as_json, threads, workers, profile, backend, no_rectify, heatmap_dir, tta, no_ood,
+            on_poor_photo):
     """Predict IMAGES (files or folders; folders are searched recursively).
+
+    Phone photos of films: the film is found, straightened and checked for
+    blur, glare, exposure, pixels, tilt and colour cast. Each check that does
+    not pass becomes a warning saying what to do; the models still run (use
+    --on-poor-photo skip to skip failed photos). A photo in which no film is
+    found gets an error entry ("no_film"). Digital images pass through
+    untouched.
 
     The gate model runs first: an image that is not a chest X-ray is reported
     as rejected and the classifiers do not run on it. Accepted images get the
     4-class answer (COVID-19 / Normal / Pneumonia / Tuberculosis) and the NIH
-    findings above the pack's thresholds.
+    findings above the pack's thresholds. Where the pack has OOD statistics,
+    an image whose features are far from the training images is flagged
+    "unusual for this model", even when the gate accepted it.
+
+    Heatmaps (--heatmap DIR) show where on the film the evidence for each
+    reported finding came from (class activation maps). They can show that the
+    model looked at the lungs and not at a marker, a tube or a glare spot.
+    They cannot show that a finding is present, or outline a lesion: the map
+    is coarse (7 x 7 cells over the film), each map is scaled to its own
+    maximum (a weak result looks as hot as a strong one), and a hot spot may
+    be a shortcut the model learned. Read the film.
 
     One bad file does not stop a batch: it gets an error entry, and the exit
     code is 1 when any image failed (2 for a bad pack or option).
@@ -37,15 +66,17 @@ def predict(images, pack, as_json, threads, workers, profile, backend):
     \b
     Examples:
       cxr-edge predict film.jpg
-      cxr-edge predict scans/ --json > results.jsonl
-      cxr-edge predict a.png b.dcm --pack my_pack --profile screening
+      cxr-edge predict IMG_2041.jpg --heatmap maps/ --json
+      cxr-edge predict scans/ --json --no-rectify > results.jsonl
+      cxr-edge predict a.png b.dcm --pack my_pack --profile screening --tta
     """
     from ..config import resolve_pack
     from ..images import iter_image_files
     from ..pipeline import DISCLAIMER, Pipeline
 
     pack_path, origin = resolve_pack(pack)
-    pipeline = Pipeline(pack_path, threads=threads, profile=profile, backend=backend)
+    pipeline = Pipeline(pack_path, threads=threads, profile=profile, backend=backend, rectify=not no_rectify,
+                        heatmaps=heatmap_dir is not None, tta=tta, ood=not no_ood, on_poor_photo=on_poor_photo)
     files = list(iter_image_files(images))
     if not files:
         raise click.UsageError("no image files found in the given folders "
@@ -55,6 +86,7 @@ def predict(images, pack, as_json, threads, workers, profile, backend):
         click.echo(f"pack: {pack_path} ({origin}); {info['backend']} {info['backend_version']}, "
                    f"{threads} thread(s)", err=True)
     failed = 0
+    taken: set = set()
     show_progress = not as_json and len(files) > 20 and sys.stderr.isatty()
     results = pipeline.predict_many(files, workers=workers)
     if show_progress:
@@ -62,6 +94,13 @@ def predict(images, pack, as_json, threads, workers, profile, backend):
     with (results if show_progress else nullcontext(results)) as stream:
         for pred in stream:
             failed += pred.status == "error"
+            if heatmap_dir is not None and pred.heatmaps:
+                from pathlib import Path
+
+                from ..cam import write_overlays
+
+                pred.extras["heatmaps"] = write_overlays(pred.film, pred.heatmaps, heatmap_dir,
+                                                         Path(pred.file).stem, taken)
             if as_json:
                 click.echo(json.dumps(pred.to_dict()))
             else:
@@ -69,7 +108,7 @@ def predict(images, pack, as_json, threads, workers, profile, backend):
     if not as_json:
         click.echo(DISCLAIMER, err=True)
         if failed:
-            click.echo(f"{failed} of {len(files)} image(s) could not be read.", err=True)
+            click.echo(f"{failed} of {len(files)} image(s) could not be analysed (see their ERROR lines).", err=True)
     if failed:
         sys.exit(EXIT_SOME_FAILED)
 
@@ -90,4 +129,6 @@ def _line(pred) -> str:
         parts.append(f"{pred.nih14.task}: {found or 'no finding above threshold'}")
     for w in pred.warnings:
         parts.append(f"WARNING {w}")
+    for label, path in (pred.extras.get("heatmaps") or {}).items():
+        parts.append(f"heatmap {label}: {path}")
     return f"{pred.file}: " + " | ".join(parts)

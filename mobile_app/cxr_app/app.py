@@ -258,7 +258,7 @@ class Controller:
 
         def done(pred):
             draft.prediction = pred
-            heatmaps = pred.extras.get("heatmaps") or {}
+            heatmaps = pred.heatmaps   # uint8 maps over the film (cxr_edge.cam); never stored with the case
             result.show(pred.to_dict(), film, heatmaps=heatmaps,
                         heatmap_note="" if heatmaps else "This model pack gives no heatmaps.")
             draft.timings["continue_to_result_s"] = time.perf_counter() - t0
@@ -270,7 +270,8 @@ class Controller:
             elif pred.status == "rejected":
                 result.saved("Not saved: the image is not a chest X-ray.")
 
-        self.worker.submit(lambda: pipeline.predict(film, name=draft.name), done,
+        # the film is already found, straightened and checked on the Check screen: no second rectification
+        self.worker.submit(lambda: pipeline.predict(film, name=draft.name, rectify=False, heatmaps=True), done,
                            lambda exc: result.failed(_message(exc)), key="case")
 
     def save_case(self, draft: Draft) -> None:

@@ -25,10 +25,11 @@ from kivy.uix.spinner import Spinner
 from kivy.uix.togglebutton import ToggleButton
 from kivy.uix.widget import Widget
 
+from cxr_edge.cam import overlay
 from cxr_edge.images import IMAGE_SUFFIXES
 from cxr_edge.quality import overall_verdict
 
-from .imaging import overlay, to_texture
+from .imaging import to_texture
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +331,8 @@ class ResultScreen(AppScreen):
             label = self.heatmap_choice.text
             self.film_image.texture = to_texture(overlay(self._film, self.heatmaps[label]))
             self.heatmap_caption.text = (f"Heatmap for {label}: where the model's evidence for it lies. It is not an "
-                                         "outline of a lesion; read the film itself.")
+                                         "outline of a lesion, and its colours do not show how likely the finding "
+                                         "is; read the film itself.")
         else:
             self.film_image.texture = self._film_texture
             if self.heatmaps:
