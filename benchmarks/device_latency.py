@@ -1,51 +1,44 @@
 """Single-image predict latency and CLI start-up, with same-run baselines.
 
-Run:  .venv/bin/python benchmarks/device_latency.py [--model M.tflite] [--image IMG] [--runs 200]
+Run:  /work/venv/bin/python benchmarks/device_latency.py [--model M.tflite] [--image IMG] [--runs 200] \
+          [--pack PACK]
 
 Defaults use ../shared: the real int8 ImageNet MobileNetV2 1.0 224 (the same
 architecture as the cxr-edge models) and a 256-px NIH PNG. Prints medians and
 ratios against baselines measured in this run (`python -c pass` for start-up;
 the bare interpreter invoke for predict), because absolute times drift on
-shared machines.
+shared machines. Start-up runs `python -c pass`, `cxr-edge --help` and, with
+``--pack``, a first prediction (`cxr-edge predict IMAGE`) in interleaved rounds.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REPO = Path(__file__).resolve().parents[1]
+from _timing import REPO, interleave, summary, timeit  # noqa: E402
+
 SHARED = REPO.parent / "shared"
 
 
-def timeit(fn, runs: int, warmup: int = 10) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
+def startup(runs: int, pack: Path | None = None, image: Path | None = None) -> dict:
+    """{command: (median ms, p90 ms)}: python -c pass, cxr-edge --help (and a first prediction), interleaved."""
+    from cxr_edge.bench import cli_command, run_child
 
+    cmd = cli_command()
+    commands = {"python -c pass": [sys.executable, "-c", "pass"], "cxr-edge --help": cmd + ["--help"]}
+    if pack is not None:
+        commands["cxr-edge predict (first prediction)"] = cmd + ["predict", "--json", "--pack", str(pack), str(image)]
 
-def summary(ms: list[float]) -> tuple[float, float]:
-    return statistics.median(ms), float(np.percentile(ms, 90))
+    def measure(args):
+        return lambda n: [run_child(args)[0] * 1e3 for _ in range(n)]
 
-
-def startup(runs: int) -> dict:
-    def cmd(args):
-        return lambda: subprocess.run(args, capture_output=True, check=True)
-
-    base = timeit(cmd([sys.executable, "-c", "pass"]), runs, warmup=2)
-    helpt = timeit(cmd([sys.executable, "-m", "cxr_edge", "--help"]), runs, warmup=2)
-    return {"python -c pass": summary(base), "cxr-edge --help": summary(helpt)}
+    stats = interleave({k: measure(a) for k, a in commands.items()}, rounds=runs, runs=1)
+    return {k: (s.median, s.p90) for k, s in stats.items()}
 
 
 def latency(model_path: Path, image: Path, runs: int) -> dict:
@@ -76,9 +69,10 @@ def main():
     ap.add_argument("--model", type=Path, default=SHARED / "weights" / "mobilenet_v2_1.0_224_quant.tflite")
     ap.add_argument("--image", type=Path, default=SHARED / "data" / "nih_cxr14" / "images" / "00000061_012.png")
     ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--pack", type=Path, default=None, help="a pack, to time a first prediction too")
     args = ap.parse_args()
     print(f"# device latency ({time.strftime('%Y-%m-%d %H:%M')}, {args.model.name})")
-    s = startup(max(5, args.runs // 20))
+    s = startup(max(5, args.runs // 20), args.pack, args.image)
     base = s["python -c pass"][0]
     print("\n| start-up | median ms | p90 ms | ratio to python -c pass |\n|---|---|---|---|")
     for k, (med, p90) in s.items():

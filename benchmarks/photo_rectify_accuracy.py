@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,19 +35,14 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _timing import shared_data  # noqa: E402
 
 from cxr_edge.photosim import BACKGROUNDS, simulate_photo  # noqa: E402
 from cxr_edge.rectify import find_film, rectify  # noqa: E402
 
 SEVERITIES = ("mild", "moderate", "severe")
-
-
-def shared_data() -> Path:
-    env = os.environ.get("CXR_EDGE_SHARED")
-    path = (Path(env) if env else REPO.parent / "shared") / "data"
-    if not path.is_dir():
-        sys.exit(f"needs the shared data folder, not found at {path}; set CXR_EDGE_SHARED")
-    return path
 
 
 def manifest_files(data: Path, manifest: str, **where) -> list[str]:

@@ -29,8 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from device_latency import timeit  # noqa: E402
-from photo_rectify_accuracy import shared_data  # noqa: E402
+from _timing import shared_data, timeit  # noqa: E402
 
 from cxr_edge.enhance import clahe  # noqa: E402
 from cxr_edge.photosim import simulate_photo, simulate_rectified  # noqa: E402
