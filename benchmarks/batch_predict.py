@@ -1,0 +1,81 @@
+"""Batch: ``predict`` on 1,000 images (256-px PNGs), in images/s: the pipelined ``predict_many`` vs a plain loop.
+
+Run:
+
+    nice -n 10 /work/venv/bin/python benchmarks/batch_predict.py [--pack /work/packs/default] \
+        [--runs-dir /work/runs] [--images 1000] [--rounds 3] [--workers 2]
+
+The images are the real 256x256 grey PNGs of ../shared/data (NIH first, then the 4-class set;
+cycled if ``--images`` is larger than what is there), read from where they lie. Variants,
+interleaved in the same run (``cxr_edge.bench.batch``), each over all the images per round:
+
+* plain loop: ``Pipeline.predict`` on one image after the other, 1 interpreter thread (the baseline);
+* ``Pipeline.predict_many(workers=2)``: decoding and preprocessing run ahead in 2 threads while
+  the models run, 1 interpreter thread;
+* the same with 2 interpreter threads per model.
+
+Then the command users run, ``cxr-edge predict FOLDER --json`` in a fresh process (start-up and
+model loading included). Without ``--pack`` the stand-in int8 pack of ``benchmarks/_models.py``
+is used with its gate accepting everything, so every image runs all three models.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _models  # noqa: E402
+from _timing import header, shared_data, table  # noqa: E402
+
+from cxr_edge.bench import _accepting_profile, batch, cli_command, format_batch, run_child  # noqa: E402
+
+
+def image_files(n: int) -> list[Path]:
+    """``n`` shared PNGs: NIH, then the 4-class set's own files, cycled when more are asked for."""
+    data = shared_data()
+    files = sorted((data / "nih_cxr14" / "images").glob("*.png")) + sorted((data / "cxr4" / "images").glob("*.png"))
+    return [files[i % len(files)] for i in range(n)]
+
+
+def linked_folder(files: list[Path], folder: Path) -> Path:
+    """A folder of symbolic links to ``files`` (``cxr-edge predict`` takes a folder; nothing is copied)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(files):
+        os.symlink(f, folder / f"{i:05d}_{f.name}")
+    return folder
+
+
+def main():
+    ap = _models.pack_arguments(__doc__)
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="interpreter threads to compare")
+    args = ap.parse_args()
+    from cxr_edge.pack import load_pack
+
+    pack_path, what = _models.bench_pack(args.pack, args.runs_dir)
+    pack = load_pack(pack_path)
+    files = image_files(args.images)
+    profile = _accepting_profile(pack)
+    result = batch(pack, files, thread_counts=args.threads, workers=args.workers, rounds=args.rounds, profile=profile)
+    with tempfile.TemporaryDirectory(prefix="cxr-bench-batch-") as tmp:
+        folder = linked_folder(files, Path(tmp) / "images")
+        cmd = cli_command() + ["predict", "--json", "--workers", str(args.workers), "--pack", str(pack_path)]
+        cmd += ["--profile", profile] if profile else []
+        wall, rc = run_child(cmd + [str(folder)])
+    print(header(f"Batch: predict on {len(files)} images"))
+    print(_models.pack_lines(pack_path, what))
+    print("\n".join(format_batch(result)))
+    print()
+    print(table(["command (fresh process: start-up and model loading included)", "seconds", "images/s", "exit"],
+                [[f"`cxr-edge predict FOLDER --json --workers {args.workers}`", f"{wall:.1f}",
+                  f"{len(files) / wall:.0f}", rc]]))
+
+
+if __name__ == "__main__":
+    main()
