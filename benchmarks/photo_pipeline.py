@@ -141,12 +141,18 @@ def ood_auroc(args) -> dict:
     import csv
 
     prepared = open_prepared(args.data)
-    cxrs = list(prepared.table(args.split)["path"])[: args.limit or None]
+    table, y = prepared.table(args.split), prepared.labels(args.split)
+    cxr_rows = y[:, 0] > 0.5 if prepared.task.num_labels == 1 else np.ones(len(table), bool)  # gate data: its CXRs
+    cxrs = [p for p, keep in zip(table["path"], cxr_rows) if keep][: args.limit or None]
     data = shared_data()
     groups = {"cxr": cxrs}
-    for sub in ("cxr_other", "noncxr"):
+    trained = {str(Path(p).resolve()) for p in prepared.table("train")["path"]}
+    excluded = {}
+    for sub in ("cxr_other", "noncxr"):     # images the models trained on (the gate's) do not count
         with open(data / sub / "manifest.csv", newline="") as f:
-            groups[sub] = [str(data / r["file"]) for r in csv.DictReader(f)]
+            files = [str((data / r["file"]).resolve()) for r in csv.DictReader(f)]
+        groups[sub] = [f for f in files if f not in trained]
+        excluded[sub] = len(files) - len(groups[sub])
     pipe = Pipeline(args.pack, gate_first=False)
     slots = [s for s, m in pipe.models.items() if m.ood_stats is not None]
     if not slots:
@@ -160,6 +166,7 @@ def ood_auroc(args) -> dict:
             for s in slots:
                 scores[g][s].append(pred.ood[s]["score"])
     out = {"pack": str(args.pack), "cxr": f"{prepared.path} {args.split}", "n": {g: len(v) for g, v in groups.items()},
+           "excluded_as_training_images": excluded,
            "gate_acceptance": {g: float(np.mean(v)) for g, v in accepted.items()}, "slots": {}}
     for s in slots:
         thr = pipe.models[s].ood_stats.threshold

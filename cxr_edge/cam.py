@@ -37,7 +37,7 @@ What it cannot tell
   * a hot spot is a correlation the model learned, which may be a shortcut
     (a hospital's marker, a pacemaker, the film's edge), not the pathology;
   * a cold region is not proof of normal tissue, and the int8 features are
-    quantized, so small maps differences are noise.
+    quantized, so small differences within a map are noise.
 The film itself is what the clinician reads.
 
 numpy + Pillow only.

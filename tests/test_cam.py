@@ -159,3 +159,20 @@ def test_heatmaps_need_head_weights(tmp_path, tiny_pack):
     assert Pipeline(out).predict(np.zeros((64, 64), np.uint8), heatmaps=True).heatmaps == {}
     shutil.rmtree(out)
 
+
+
+def test_maps_average_back_to_the_models_own_probabilities(tiny_pack, shared_data):
+    """head.npz and the 'features' output agree with the int8 model: each label's map, averaged over the
+    grid, plus its bias, is the logit the model turned into its probability (up to int8 steps)."""
+    from cxr_edge.pack import load_pack
+    from cxr_edge.pipeline import LoadedModel
+    from cxr_edge.preprocess import preprocess
+
+    for slot in ("cxr4", "nih14"):
+        lm = LoadedModel.from_pack(load_pack(tiny_pack)[slot], threads=1, backend=None)
+        out = lm.infer(preprocess(shared_data / "nih_cxr14" / "images" / "00000061_012.png", lm.spec))
+        logits = cam.class_maps(out["features"], lm.head, list(range(len(lm.spec.labels)))).mean(axis=(1, 2))
+        logits += lm.head.bias
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum() if slot == "cxr4" else \
+            1 / (1 + np.exp(-logits))
+        assert np.allclose(probs, out["probs"], atol=0.02), (slot, probs, out["probs"])
