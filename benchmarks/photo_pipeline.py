@@ -67,6 +67,8 @@ def photo_jpeg(path, severity, seed: int, long_side: int) -> tuple[bytes, np.nda
 
 def _probs(pred, slot, labels):
     r = getattr(pred, slot)
+    if slot == "gate":
+        return None if r is None else [r.score]
     return None if r is None else [r.probabilities[k] for k in labels]
 
 
@@ -116,13 +118,17 @@ def accuracy(args) -> dict:
     out["corner_error"] = {"found": len(err), "median_px": _q(err[:, 0], 50), "p90_px": _q(err[:, 0], 90),
                            "median_pct_of_diag_worst_corner": _q(err[:, 1], 50),
                            "ok_within_2pct": float(np.sum(err[:, 1] < 2.0) / n) if n else None}
+    positive = y[:, 0] > 0.5 if spec.num_labels == 1 else np.ones(n, bool)   # gate data: CXRs and the rest
     for key, vals in rows.items():
         if not vals:
             continue
-        accepted = [a for a, _, _ in vals if a is not None]
+        accepted = np.array([bool(a) for a, _, _ in vals])
         p = np.array([v for _, v, _ in vals], np.float64)
         metrics = task_metrics(spec, y, p, n_resamples=0)
-        out["variants"][key] = {"gate_acceptance": float(np.mean(accepted)) if accepted else None,
+        out["variants"][key] = {"gate_acceptance": float(accepted[positive].mean()) if vals[0][0] is not None
+                                else None,
+                                "gate_acceptance_of_negatives": float(accepted[~positive].mean())
+                                if (~positive).any() else None,
                                 "accuracy": metrics["accuracy"]["value"],
                                 "mean_auroc": metrics["mean_auroc"]["value"],
                                 metrics["primary"]["name"]: metrics["primary"]["value"],

@@ -171,3 +171,17 @@ def test_dicom_is_never_searched_for_a_film(tmp_path):
     (tmp_path / "scan.dcm").write_bytes(dicom)
     assert _peek(dicom) == (False, None) and _peek(tmp_path / "scan.dcm") == (False, None)
     assert _peek(b"not an image") == (True, None)      # unknown: decoded in colour and judged by its pixels
+
+
+def test_quality_thresholds_come_from_the_pack(tiny_pack, photos, tmp_path):
+    from cxr_edge.errors import PackError
+    from cxr_edge.pack import load_pack, write_pack
+
+    models = {s: (m.content, m.metadata) for s, m in load_pack(tiny_pack).models.items()}
+    strict = write_pack(tmp_path / "strict", models, extra={"quality_spec": {"tilt_warn_deg": 0.01}})
+    pred = Pipeline(strict).predict(photos["clean"])
+    tilt = next(c for c in pred.quality if c.name == "tilt")
+    assert tilt.verdict == "warn" and tilt.message in pred.warnings          # a clean photo, a stricter pack
+    broken = write_pack(tmp_path / "broken", models, extra={"quality_spec": {"tilt_warn_deg": 40.0}})
+    with pytest.raises(PackError, match="quality_spec is invalid"):
+        Pipeline(broken)
