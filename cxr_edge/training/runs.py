@@ -26,9 +26,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.sources import sha256_file  # noqa: F401 - run.json records the sha256 of float.h5 and qat.h5
 from ..errors import DataError, RecipeError
 from ..tasks import InputSpec, TaskSpec, get_task
 
@@ -37,6 +39,12 @@ RUN_FORMAT_VERSION = 1
 RUN_JSON = "run.json"
 FLOAT_MODEL = "float.h5"
 QAT_MODEL = "qat.h5"
+RECIPE_JSON = "recipe.json"
+METRICS_JSON = "metrics.json"
+HISTORY_JSON = "history.json"
+CURVES_PNG = "curves.png"
+STATE_DIR = "state"
+_FILE_MODE = 0o644  # mkstemp creates 0600; run files are meant to be read by others (export, evaluate)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -48,6 +56,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
             json.dump(data, fh, indent=2, sort_keys=True, default=str)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -60,7 +69,10 @@ def save_model_atomic(model, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".h5", dir=path.parent)
     os.close(fd)
     try:
-        model.save(tmp, save_format="h5", include_optimizer=False)
+        with warnings.catch_warnings():  # "HDF5 is legacy": chosen on purpose, see the module docstring
+            warnings.simplefilter("ignore", UserWarning)
+            model.save(tmp, save_format="h5", include_optimizer=False)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -101,6 +113,12 @@ class Run:
                 "trained on, or train again."
             )
         return prepared
+
+    def recipe(self):
+        """The resolved recipe the run trained with (``recipe.json``), as a :class:`.recipe.Recipe`."""
+        from .recipe import load_recipe
+
+        return load_recipe(self.path / RECIPE_JSON)
 
     def float_model(self):
         """The best float tf-keras model (not compiled)."""
