@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                     "Build/verify calibration-set manifests (the representative images int8 export uses)."),
     "train": ("cxr_edge.cli.train", "train",
               "Train a model from a recipe (staged MobileNetV2 transfer learning; resumable)."),
+    "qat": ("cxr_edge.cli.qat", "qat", "Quantization-aware fine-tuning of a trained run (writes qat.h5)."),
     "bench": ("cxr_edge.cli.bench", "bench", "Measure a pack here: latency, throughput, peak memory, start-up, size."),
     "app": ("cxr_edge.cli.app", "app", "Start the Kivy field app (photo or file -> check -> result -> history)."),
     "rectify": ("cxr_edge.cli.rectify", "rectify", "Find the X-ray film in a phone photo and save it upright."),

@@ -1,0 +1,241 @@
+"""``qat(run_dir)``: quantization-aware fine-tuning of a run's best float model into ``qat.h5``.
+
+The float model (``float.h5``) is wrapped with tfmot's default 8-bit scheme
+(:func:`cxr_edge.training.qat.quantize_for_training`; a layer it cannot wrap is named in the
+error) and fine-tuned on the train split with the recipe's data pipeline (augmentation and
+photo simulation included), every layer trainable and BatchNormalization frozen, at a low
+learning rate. The best QAT checkpoint on the task's primary validation metric is ``qat.h5``;
+run.json gets a ``qat`` entry. Resumable like training (state in ``state/qat/``).
+
+Range calibration before fine-tuning (``qat.calibrate_batches``): tfmot starts every activation
+range at [-6, 6] and moves it by an exponential moving average with decay 0.999 per training
+step, so after the few hundred steps a short QAT fine-tune makes on these data sets the ranges
+are still mostly the initial guess: activations larger than 6 (residual sums, logits) are
+clipped, small ones get a few of the 256 levels. The QAT model then trains and is evaluated on
+a model that is not what its int8 conversion will be. Before the first step, a few
+training batches are run forward with the decay lowered (0 for the first batch: the ranges
+become that batch's min/max; then 0.9), so fine-tuning starts from measured ranges. The
+calibrated model is scored as "epoch 0" and is kept when no fine-tuning epoch beats it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import RecipeError
+from .callbacks import RunState
+from .recipe import StageConfig, with_qat
+from .runs import QAT_MODEL, RUN_JSON, STATE_DIR, load_run, save_model_atomic, sha256_file, write_json_atomic
+from .tf_env import load
+from .trainer import Predictor, Trainer
+
+log = logging.getLogger(__name__)
+
+QAT_STATE = f"{STATE_DIR}/qat"
+
+
+@contextmanager
+def _ema_decay(holder: list):
+    """Make tfmot's MovingAverageQuantizer use ``holder[0]`` as EMA decay (eager calls only).
+
+    tfmot 0.8.1 hard-codes 0.999 in ``MovingAverageQuantizer.__call__``; it calls
+    ``quant_ops.MovingAvgQuantize`` through the module, so that function is swapped for the
+    duration (eager execution re-runs the Python on every call, so the value applies at once).
+    """
+    from tensorflow_model_optimization.python.core.quantization.keras import quantizers
+
+    original = quantizers.quant_ops.MovingAvgQuantize
+
+    def patched(*args, ema_decay=0.999, **kwargs):
+        return original(*args, ema_decay=holder[0], **kwargs)
+
+    quantizers.quant_ops.MovingAvgQuantize = patched
+    try:
+        yield
+    finally:
+        quantizers.quant_ops.MovingAvgQuantize = original
+
+
+def calibrate_ranges(qat_model, batches, *, decay: float = 0.9) -> int:
+    """Set the QAT model's activation ranges from ``batches`` (iterable of (x, y)); returns the count.
+
+    Forward passes in training mode (BN stays in inference mode when frozen); decay 0 for the
+    first batch, ``decay`` after. Weights are not changed.
+    """
+    holder = [0.0]
+    n = 0
+    try:
+        context = _ema_decay(holder)
+        context.__enter__()
+    except (ImportError, AttributeError) as exc:  # another tfmot layout: fine-tuning alone sets the ranges
+        log.warning("QAT range calibration skipped (tfmot internals changed: %s)", exc)
+        return 0
+    try:
+        for x, _ in batches:
+            qat_model(x, training=True)
+            n += 1
+            holder[0] = decay
+    finally:
+        context.__exit__(None, None, None)
+    log.info("QAT activation ranges calibrated on %d batch(es)", n)
+    return n
+
+
+def freeze_wrapped_batchnorm(qat_model) -> int:
+    """Really freeze the BatchNormalization layers tfmot wrapped; returns how many.
+
+    ``set_trainable(..., train_bn=False)`` sets the wrapped BN layer's ``trainable`` (so it
+    normalises with its moving statistics), but tfmot's QuantizeWrapperV2 copied the layer's
+    gamma and beta into its own trainable list when it was built: they would still train, and
+    the wrapper would list them twice (once as its own, once as the frozen layer's), which HDF5
+    saving refuses ("name already exists"). Dropping them from the wrapper's own list leaves
+    each weight listed once, as the frozen layer's, in the order a reloaded model expects
+    (gamma, beta, moving mean, moving variance).
+    """
+    _, keras = load()
+    n = 0
+    for layer in qat_model.layers:
+        inner = getattr(layer, "layer", None)
+        if isinstance(inner, keras.layers.BatchNormalization) and not inner.trainable:
+            own = [w for w in layer._trainable_weights if not any(w is v for v in inner.weights)]
+            if len(own) != len(layer._trainable_weights):
+                layer._trainable_weights = own
+                n += 1
+    return n
+
+
+class QatTrainer(Trainer):
+    """A one-stage :class:`Trainer` on the QAT-wrapped best float model (see the module docstring)."""
+
+    MODEL_FILE = QAT_MODEL
+    STATE_SUBDIR = QAT_STATE
+    HISTORY = "qat_history"
+    METRICS = "qat_metrics.json"
+    CURVES = "qat_curves.png"
+    SEED_OFFSET = 104729
+
+    def __init__(self, run, recipe, *, resume: bool, restart: bool, strategy: str, verbose: int,
+                 on_epoch=None, run_eagerly: bool = False):
+        self.run_obj, self.restart = run, restart
+        super().__init__(recipe, run.path, resume=resume, strategy=strategy, verbose=verbose, on_epoch=on_epoch,
+                         prepared=run.prepared(), run_eagerly=run_eagerly)
+        q = recipe.qat
+        self.stages = (StageConfig(name="qat", trainable="all", epochs=q.epochs, lr=q.lr, train_bn=False,
+                                   schedule=q.schedule, early_stopping=q.early_stopping),)
+        self.recipe = replace(recipe, train=replace(recipe.train, batch_size=q.batch_size or recipe.train.batch_size,
+                                                    restore_best=False, mixed_precision="off"))
+
+    def _open_run_dir(self):
+        self.info = dict(self.run_obj.info)
+        entry = self.info.get("qat") or {}
+        state_file = self.read_state_dir / "state.json"
+        if self.restart:
+            shutil.rmtree(self.run_dir / QAT_STATE, ignore_errors=True)
+            (self.run_dir / QAT_MODEL).unlink(missing_ok=True)
+            self.info.pop("qat", None)
+            return None
+        if entry.get("status") == "complete" and not self.resume:
+            raise RecipeError(f"{self.run_dir} already has a QAT model (qat.h5, {entry.get('metric')} "
+                              f"{entry.get('value')}); pass --restart to fine-tune again from float.h5")
+        if state_file.is_file() or entry:
+            if not self.resume:
+                raise RecipeError(f"{self.run_dir} has an unfinished QAT fine-tune; continue it with --resume, or "
+                                  "start again with --restart")
+            if entry.get("status") == "complete":
+                return False
+            if state_file.is_file():
+                self.state = RunState.from_dict(json.loads(state_file.read_text()))
+                log.info("resuming QAT after epoch %d", self.state.epoch)
+                return True
+        return None
+
+    def _build_model(self, resumed: bool):
+        """The best float model wrapped for QAT, every layer trainable, BatchNormalization frozen."""
+        from .model import set_trainable
+        from .qat import quantize_for_training
+
+        with self.dist.strategy.scope():
+            self.float_model = self.run_obj.float_model()
+            model = quantize_for_training(self.float_model)
+        set_trainable(model, "all", train_bn=False)
+        freeze_wrapped_batchnorm(model)
+        return model
+
+    def _start(self) -> None:
+        """Float and calibrated-QAT scores, and the calibrated model as the first candidate ("epoch 0")."""
+        from ..metrics import task_metrics
+        from .losses import loss_value
+
+        q = self.recipe.qat
+        float_probs = Predictor(self.float_model, eager=self.run_eagerly)(self.x_val)
+        float_value = task_metrics(self.spec, self.y_val, float_probs, n_resamples=0)["primary"]["value"]
+        n = 0
+        if q.calibrate_batches:
+            batches = self._dataset("train", augment=True, shuffle=True, batch_size=self.recipe.train.batch_size,
+                                    seed=self.recipe.train.seed + 1, repeat=True).take(q.calibrate_batches)
+            n = calibrate_ranges(self.model, batches)
+        probs = self.predict(self.x_val)
+        value = task_metrics(self.spec, self.y_val, probs, n_resamples=0)["primary"]["value"]
+        log.info("QAT start: float %s %.4f; QAT model %s %.4f", self.spec.primary_metric, float_value,
+                 "after range calibration" if n else "before fine-tuning", value)
+        self.info["qat"] = {"status": "running", "float_value": float_value, "calibrated_value": value,
+                            "calibrate_batches": n, "epochs": q.epochs, "lr": q.lr, "schedule": q.schedule,
+                            "batch_size": self.recipe.train.batch_size}
+        entry = {"metric": self.spec.primary_metric, "value": value, "epoch": 0, "stage": "calibrated",
+                 "val_loss": loss_value(self.loss_fn, self.y_val, probs)}
+        entry["sha256"] = self.save_best(entry)
+        self.state.best = entry
+
+    def save_best(self, entry: dict) -> str:
+        path = self.write_dir / QAT_MODEL
+        save_model_atomic(self.model, path)
+        sha = sha256_file(path)
+        self._set_recorded_best({**entry, "sha256": sha})
+        self._write_run_info("running")
+        return sha
+
+    def _recorded_best(self) -> dict:
+        q = self.info.get("qat") or {}
+        return {k: q[k] for k in ("metric", "value", "epoch", "stage", "sha256") if k in q}
+
+    def _set_recorded_best(self, best: dict) -> None:
+        self.info.setdefault("qat", {}).update(best)
+
+    def _record_final(self, summary: dict) -> None:
+        self.info.setdefault("qat", {})["final_val"] = summary
+
+    def _write_run_info(self, status: str) -> None:
+        q = self.info.setdefault("qat", {})
+        q.update(status=status, wall_time_s=round(self.state.wall_time_s, 1), epochs_done=self.state.epoch,
+                 history="qat_history.csv", model=QAT_MODEL)
+        rows = self.state.history
+        if rows:
+            q["train_images_per_s"] = rows[-1].get("images_per_s")
+        if self.dist.is_chief:
+            write_json_atomic(self.run_dir / RUN_JSON, self.info)
+
+
+def qat(run_dir, *, epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
+        calibrate_batches: int | None = None, resume: bool = False, restart: bool = False,
+        strategy: str = "default", verbose: int = 1, on_epoch=None,
+        run_eagerly: bool = False):
+    """QAT fine-tune ``run_dir``'s best float model (see the module docstring); returns the :class:`~.runs.Run`.
+
+    ``epochs``/``lr``/``batch_size``/``calibrate_batches`` override the recipe's ``[qat]`` values.
+    ``run_eagerly`` skips graph tracing (tests: tracing a QAT MobileNetV2 takes ~25 s, longer than a
+    tiny epoch).
+    """
+    run = load_run(run_dir)
+    if run.info.get("status") != "complete":
+        raise RecipeError(f"{run.path} has not finished training (status {run.info.get('status')!r}); finish it "
+                          f"with: cxr-edge train {Path(run.path) / 'recipe.json'} --resume")
+    recipe = with_qat(run.recipe(), epochs=epochs, lr=lr, batch_size=batch_size, calibrate_batches=calibrate_batches)
+    trainer = QatTrainer(run, recipe, resume=resume, restart=restart, strategy=strategy, verbose=verbose,
+                         on_epoch=on_epoch, run_eagerly=run_eagerly)
+    trainer.execute(f"cxr-edge qat {run.path} --resume")
+    return load_run(run_dir)

@@ -1,0 +1,129 @@
+"""``cxr-edge qat RUN_DIR``: QAT fine-tune of the tiny run into qat.h5 (calibrated ranges, run.json entry,
+int8 conversion without calibration data), refusals, an unwrappable layer named, resume after Ctrl-C.
+
+QAT steps run eagerly here (--eager): tracing a QAT MobileNetV2 costs ~25 s, more than the tiny epochs.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("tf_keras", reason="needs the [train] extra (TensorFlow, tf-keras, tfmot)")
+pytest.importorskip("tensorflow_model_optimization", reason="needs tensorflow-model-optimization")
+
+from cxr_edge.cli import main  # noqa: E402
+from cxr_edge.training.runs import load_run, sha256_file  # noqa: E402
+from test_train import trained_tiny_run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_run(shared_dir, tmp_path_factory):
+    return trained_tiny_run(tmp_path_factory)
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    """A private copy of the trained tiny run (QAT writes into the run directory)."""
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_run.path, dst, ignore=shutil.ignore_patterns("qat*", "after-*"))
+    shutil.rmtree(dst / "state" / "qat", ignore_errors=True)
+    info = json.loads((dst / "run.json").read_text())
+    info.pop("qat", None)
+    (dst / "run.json").write_text(json.dumps(info))
+    return dst
+
+
+def _activation_ranges(model):
+    """(min, max) of every moving-average activation quantizer of a QAT model."""
+    found = {}
+    for w in model.weights:
+        name = w.name.split(":")[0]
+        for end in ("_min", "_max"):
+            if name.endswith(end) and ("post_activation" in name or "pre_activation" in name or "output" in name):
+                found.setdefault(name[:-len(end)], {})[end] = float(np.max(w.numpy()) if end == "_max"
+                                                                    else np.min(w.numpy()))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_qat_command_writes_a_calibrated_qat_model(run_copy):
+    from cxr_edge.training.convert import convert
+    from cxr_edge.training.qat import is_qat_model
+
+    float_best = json.loads((run_copy / "run.json").read_text())["best"]
+    result = CliRunner().invoke(main, ["qat", str(run_copy), "--eager"])
+    assert result.exit_code == 0, result.output
+    assert "qat.h5: complete" in result.output
+    run = load_run(run_copy)
+    q = run.info["qat"]
+    assert q["status"] == "complete" and q["metric"] == "macro_f1" and q["epoch"] in (0, 1)
+    assert q["sha256"] == sha256_file(run_copy / "qat.h5") and q["calibrate_batches"] == 2
+    assert q["float_value"] == pytest.approx(float_best["value"], abs=1e-6)
+    assert run.info["best"] == float_best  # the float model's record is left alone
+    hist = json.loads((run_copy / "qat_history.json").read_text())["epochs"]
+    assert [r["stage"] for r in hist] == ["qat"] and np.isfinite(hist[0]["loss"])
+    assert (run_copy / "qat_metrics.json").is_file()
+    model = run.qat_model()
+    assert is_qat_model(model)
+    ranges = _activation_ranges(model)
+    assert ranges and any(abs(r.get("_max", 6.0) - 6.0) > 1e-3 for r in ranges.values()), \
+        "activation ranges are still tfmot's initial [-6, 6]: calibration did not run"
+    tflite = convert(model, "int8")  # a QAT model carries its own ranges: no representative data
+    assert len(tflite) > 10_000
+    again = CliRunner().invoke(main, ["qat", str(run_copy), "--eager"])
+    assert again.exit_code == 2 and "--restart" in again.output
+
+
+@pytest.mark.shared
+def test_an_unwrappable_layer_is_named(run_copy):
+    import tf_keras as keras
+
+    from cxr_edge.training.runs import save_model_atomic
+
+    x = keras.Input((64, 64, 1), name="image")
+    y = keras.layers.Rescaling(2.0, name="prescale")(x)
+    y = keras.layers.Conv2D(4, 3, name="conv")(y)
+    y = keras.layers.GlobalAveragePooling2D(name="pool")(y)
+    y = keras.layers.Dense(4, activation="softmax", name="head")(y)
+    save_model_atomic(keras.Model(x, y), run_copy / "float.h5")
+    result = CliRunner().invoke(main, ["qat", str(run_copy), "--eager"])
+    assert result.exit_code == 2, result.output
+    assert "'prescale' (Rescaling)" in result.output and "preprocessing" in result.output
+    assert not (run_copy / "qat.h5").exists()
+
+
+@pytest.mark.shared
+def test_qat_refuses_an_unfinished_run(run_copy):
+    info = json.loads((run_copy / "run.json").read_text())
+    info["status"] = "interrupted"
+    (run_copy / "run.json").write_text(json.dumps(info))
+    result = CliRunner().invoke(main, ["qat", str(run_copy)])
+    assert result.exit_code == 2 and "--resume" in result.output and "has not finished training" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_interrupted_qat_resumes_at_the_next_epoch(run_copy):
+    from cxr_edge.errors import RecipeError
+    from cxr_edge.training.qat_trainer import qat
+
+    def stop_after_first(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        qat(run_copy, epochs=2, verbose=0, run_eagerly=True, on_epoch=stop_after_first)
+    info = json.loads((run_copy / "run.json").read_text())
+    assert info["qat"]["status"] == "interrupted" and (run_copy / "qat.h5").is_file()
+    with pytest.raises(RecipeError, match="--resume"):
+        qat(run_copy, epochs=2, verbose=0, run_eagerly=True)
+    rows = []
+    run = qat(run_copy, epochs=2, resume=True, verbose=0, run_eagerly=True, on_epoch=rows.append)
+    assert [r["epoch"] for r in rows] == [2]
+    hist = json.loads((run_copy / "qat_history.json").read_text())["epochs"]
+    assert [r["epoch"] for r in hist] == [1, 2]
+    assert run.info["qat"]["status"] == "complete" and run.info["qat"]["epochs_done"] == 2
