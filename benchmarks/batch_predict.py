@@ -15,8 +15,10 @@ interleaved in the same run (``cxr_edge.bench.batch``), each over all the images
 * the same with 2 interpreter threads per model.
 
 Then the command users run, ``cxr-edge predict FOLDER --json`` in a fresh process (start-up and
-model loading included). Without ``--pack`` the stand-in int8 pack of ``benchmarks/_models.py``
-is used with its gate accepting everything, so every image runs all three models.
+model loading included). Last, the ceiling: the pack's models alone (no decoding) at 1 and 2
+interpreter threads, one image per invoke and eight. Without ``--pack`` the stand-in int8 pack of
+``benchmarks/_models.py`` is used with its gate accepting everything, so every image runs all
+three models.
 """
 
 from __future__ import annotations
@@ -49,6 +51,26 @@ def linked_folder(files: list[Path], folder: Path) -> Path:
     return folder
 
 
+def model_ceiling(pack, thread_counts, batch_sizes=(1, 8), rounds: int = 5) -> list[list]:
+    """Images/s of the pack's models alone (no decoding), per interpreter threads and invoke batch size:
+    the most any predict loop could reach here."""
+    import numpy as np
+
+    from cxr_edge.bench import interleave, timed
+    from cxr_edge.interpreter import TFLiteModel
+
+    measures = {}
+    for t in thread_counts:
+        for b in batch_sizes:
+            models = [TFLiteModel(m.content, threads=t) for m in pack.models.values()]
+            xs = [np.zeros((b, *m.input_shape), np.float32) for m in models]
+            measures[(t, b)] = timed(lambda ms=models, xs=xs: [m.run(x) for m, x in zip(ms, xs)])
+    stats = interleave(measures, rounds=rounds, runs=5)
+    base = stats[(thread_counts[0], batch_sizes[0])].median
+    return [[t, b, f"{s.median / b:.1f}", f"{1e3 * b / s.median:.0f}", f"{base / (s.median / b):.2f}x"]
+            for (t, b), s in stats.items()]
+
+
 def main():
     ap = _models.pack_arguments(__doc__)
     ap.add_argument("--images", type=int, default=1000)
@@ -63,6 +85,7 @@ def main():
     files = image_files(args.images)
     profile = _accepting_profile(pack)
     result = batch(pack, files, thread_counts=args.threads, workers=args.workers, rounds=args.rounds, profile=profile)
+    ceiling = model_ceiling(pack, args.threads)
     with tempfile.TemporaryDirectory(prefix="cxr-bench-batch-") as tmp:
         folder = linked_folder(files, Path(tmp) / "images")
         cmd = cli_command() + ["predict", "--json", "--workers", str(args.workers), "--pack", str(pack_path)]
@@ -75,6 +98,9 @@ def main():
     print(table(["command (fresh process: start-up and model loading included)", "seconds", "images/s", "exit"],
                 [[f"`cxr-edge predict FOLDER --json --workers {args.workers}`", f"{wall:.1f}",
                   f"{len(files) / wall:.0f}", rc]]))
+    print(f"\nThe models alone ({', '.join(pack.models)} on every image, no decoding), by interpreter threads and "
+          "images per invoke: the ceiling for any predict loop on this machine.\n")
+    print(table(["threads", "images per invoke", "ms per image", "images/s", "vs 1 thread, 1 image"], ceiling))
 
 
 if __name__ == "__main__":
