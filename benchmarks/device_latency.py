@@ -7,7 +7,7 @@ Defaults use ../shared: the real int8 ImageNet MobileNetV2 1.0 224 (the same
 architecture as the cxr-edge models) and a 256-px NIH PNG. Prints medians and
 ratios against baselines measured in this run (`python -c pass` for start-up;
 the bare interpreter invoke for predict), because absolute times drift on
-shared machines. Start-up runs `python -c pass`, `cxr-edge --help` and, with
+shared machines. Both tables run their rows in interleaved rounds. Start-up runs `python -c pass`, `cxr-edge --help` and, with
 ``--pack``, a first prediction (`cxr-edge predict IMAGE`) in interleaved rounds.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import REPO, interleave, summary, timeit  # noqa: E402
+from _timing import REPO, interleave, timed  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 
@@ -58,10 +58,13 @@ def latency(model_path: Path, image: Path, runs: int) -> dict:
         interp.set_tensor(model.inputs[0].index, q)
         interp.invoke()
 
-    return {"bare invoke": summary(timeit(bare, runs)),
-            "wrapper run (quantize+invoke+dequantize)": summary(timeit(lambda: model.run(x), runs)),
-            "decode+preprocess+run": summary(timeit(lambda: model.run(preprocess(image, spec)), runs)),
-            "backend": f"{model.backend} {model.backend_version}, {model.delegate}, 1 thread"}
+    stats = interleave({"bare invoke": timed(bare),
+                        "wrapper run (quantize+invoke+dequantize)": timed(lambda: model.run(x)),
+                        "decode+preprocess+run": timed(lambda: model.run(preprocess(image, spec)))},
+                       rounds=10, runs=max(1, runs // 10), warmup=10)
+    out = {k: (s.median, s.p90) for k, s in stats.items()}
+    out["backend"] = f"{model.backend} {model.backend_version}, {model.delegate}, 1 thread"
+    return out
 
 
 def main():
