@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import REPO, interleave, timed  # noqa: E402
+from _timing import REPO, header, interleave, timed  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 
@@ -74,7 +73,7 @@ def main():
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--pack", type=Path, default=None, help="a pack, to time a first prediction too")
     args = ap.parse_args()
-    print(f"# device latency ({time.strftime('%Y-%m-%d %H:%M')}, {args.model.name})")
+    print(header(f"Device latency: start-up and one image ({args.model.name})"))
     s = startup(max(5, args.runs // 20), args.pack, args.image)
     base = s["python -c pass"][0]
     print("\n| start-up | median ms | p90 ms | ratio to python -c pass |\n|---|---|---|---|")
