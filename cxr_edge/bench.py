@@ -710,7 +710,8 @@ def run_bench(pack=None, *, threads: int | None = None, image=None, quick: bool 
             report["end_to_end"] = end_to_end(loaded, photo, threads=1, rounds=rounds, runs=max(1, runs // 5),
                                               profile=_accepting_profile(loaded))
         n = batch_images or (16 if quick else 200)
-        files = write_batch(tmp / "batch", [film.resize((256, 256), Image.LANCZOS)], n)
+        if todo & {"batch", "memory"}:
+            files = write_batch(tmp / "batch", [film.resize((256, 256), Image.LANCZOS)], n)
         if "batch" in todo:
             report["batch"] = batch(loaded, files, thread_counts=counts, rounds=1 if quick else 3,
                                     profile=_accepting_profile(loaded))

@@ -117,6 +117,7 @@ def test_keras_rows_need_the_alpha_the_pack_records(tiny_pack):
     assert out["rows"] == [] and "alpha" in out["note"]
 
 
+@pytest.mark.slow  # a TensorFlow child process: 10-40 s depending on the machine's load
 def test_keras_worker_times_a_small_mobilenet_with_pinned_threads():
     pytest.importorskip("tensorflow")
     with KerasWorker(np.zeros((32, 32, 1), np.float32), threads=1,
