@@ -32,7 +32,8 @@ def bench(pack, threads, as_json, image, quick, sections, no_keras, batch_images
     interleaved rounds, medians), so ratios hold on a busy machine. Needs no
     data and no TensorFlow: the film is synthetic unless --image is given, and
     the Keras float comparison is skipped with a note when TensorFlow is absent.
-    A full run takes a few minutes on a Raspberry Pi 4; --quick takes about one.
+    A full run took about 5 minutes on a busy 2-core workstation (longer on a
+    Pi); --quick about one.
 
     \b
     Examples:
