@@ -442,13 +442,17 @@ def _failure_message(report: dict, best: Candidate, cands: dict, out) -> str:
     lines = [f"int8 check FAILED for {report['task']} ({best.source.upper()}) on {cand['n']} {report['split']} images "
              f"of run {report['run']}:"]
     lines += [f"  - {f}" for f in cand["failures"]]
+    fixes = list(cand["fixes"])
     for s, c in cands.items():
         if s != best.source:
-            lines.append(f"  ({s.upper()} was tried too and did worse: "
-                         + "; ".join(report["candidates"][s].get("failures") or ["passed"]) + ")")
+            other = report["candidates"][s]
+            lines.append(f"  ({s.upper()} was tried too and agreed less with float: "
+                         + "; ".join(other.get("failures") or ["passed"]) + ")")
+            fixes += [f for f in other.get("fixes", []) if f not in fixes]
+    if len(cands) > 1:   # both were tried: do not suggest trying the other one
+        fixes = [f for f in fixes if not f.startswith(("quantization-aware training instead", "compare with post"))]
     lines.append("No pack was written" + (f"; {out} is unchanged." if out and Path(out).exists() else "."))
     lines.append("Likely fixes:")
-    lines += [f"  {i}. {fix}" for i, fix in enumerate(cand["fixes"], 1)]
+    lines += [f"  {i}. {fix}" for i, fix in enumerate(fixes, 1)]
     lines.append(f"Report: {report['report'].get('markdown')}")
     return "\n".join(lines)
-

@@ -195,6 +195,26 @@ def _feature_correlation(features) -> float | None:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def _margins(spec: TaskSpec, probs_float, probs_int8) -> dict:
+    """How close to a decision boundary the float model is on all decisions and on those int8 flips.
+
+    Softmax: top-1 minus top-2 probability per image; sigmoid: |p - 0.5| per label decision. Flips
+    concentrated at small margins mean an uncertain model, where any perturbation changes decisions.
+    """
+    a, b = np.asarray(probs_float, np.float64), np.asarray(probs_int8, np.float64)
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    if not spec.multilabel:
+        top2 = np.sort(a, axis=1)[:, -2:]
+        margin, flipped = top2[:, 1] - top2[:, 0], a.argmax(axis=1) != b.argmax(axis=1)
+    else:
+        thr = spec.default_threshold
+        margin, flipped = np.abs(a - thr).ravel(), ((a >= thr) != (b >= thr)).ravel()
+    return {"median_all": float(np.median(margin)) if margin.size else None,
+            "median_flipped": float(np.median(margin[flipped])) if flipped.any() else None,
+            "max_flipped": float(margin[flipped].max()) if flipped.any() else None,
+            "n_flipped": int(flipped.sum()), "share_below_0.1": float(np.mean(margin < 0.1)) if margin.size else None}
+
+
 def _check(metric, label, flt, q, allowed) -> dict:
     drop = None if flt is None or q is None else flt - q
     return {"metric": metric, "label": label, "float": flt, "int8": q, "drop": drop, "allowed": allowed,
@@ -231,6 +251,7 @@ def compare(spec: TaskSpec, y, probs_float, probs_int8, tolerance: Int8Tolerance
             "delta_definition": DELTA_DEFINITION, "agreement": agree["agreement"], "agreement_kind": agree["kind"],
             "agreement_per_label": agree.get("per_label"), "max_abs_diff": agree["max_abs_diff"],
             "mean_abs_diff": agree["mean_abs_diff"], "feature_correlation": _feature_correlation(features),
+            "float_margin": _margins(spec, probs_float, probs_int8),
             "tolerance": tolerance.to_dict(), "checks": checks, "passed": all(c["passed"] for c in checks)}
 
 
@@ -288,6 +309,12 @@ def likely_fixes(result: dict, *, source: str, calibration_n: int | None, recomm
     if corr is not None and corr < 0.95:
         fixes.append(f"the pooled features of int8 and float correlate only {corr:.3f}: the drift starts in the "
                      "backbone, not at the head" + ("; QAT is the fix that addresses this" if source == "ptq" else ""))
+    margin = result.get("float_margin") or {}
+    if margin.get("n_flipped") and margin.get("median_flipped") is not None and margin["median_flipped"] < 0.1:
+        fixes.append(f"the {margin['n_flipped']} changed decisions sit where the float model itself is unsure "
+                     f"(median float margin {margin['median_flipped']:.3f} vs {margin['median_all']:.3f} overall; "
+                     f"{100 * margin['share_below_0.1']:.0f}% of all decisions are within 0.1 of the boundary): "
+                     "a more decisive float model (more or cleaner training data, longer training) leaves int8 less to flip")
     small = [c for c in result["checks"] if not c["passed"] and c.get("n_positive") is not None
              and c["n_positive"] < 10]
     if small or split_n < 200:

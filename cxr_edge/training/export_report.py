@@ -52,6 +52,10 @@ def _metric_rows(result: dict) -> list[list[str]]:
     rows.append(["max |p_float - p_int8|", "", _f(result["max_abs_diff"]), "", "", ""])
     rows.append(["mean |p_float - p_int8|", "", _f(result["mean_abs_diff"]), "", "", ""])
     rows.append(["pooled-feature correlation", "", _f(result.get("feature_correlation")), "", "", ""])
+    margin = result.get("float_margin") or {}
+    if margin.get("n_flipped"):
+        rows.append(["float margin of changed decisions (median)", _f(margin["median_flipped"]), "",
+                     f"all: {_f(margin['median_all'])}", "", f"{margin['n_flipped']} changed"])
     return rows
 
 
