@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 OOD_MEMBER = "ood.npz"
 EXTRAS_KEY = "ood"
-PACK_BUDGET_BYTES = 9 * 1024 * 1024    # the whole int8 pack must stay at or below this
+PACK_BUDGET_BYTES = 9_000_000          # the whole int8 pack must stay at or below 9 MB
 WARNING = ("Unusual image for this model ({slot} OOD score {score:.1f}, limit {threshold:.1f}): it does not look "
            "like the chest X-rays the model learned from (for example a lateral view, another body part, a child, "
            "an unusual crop or a poor photo). Treat the result with extra care.")
@@ -215,8 +215,8 @@ def fit_pack(pack, data, *, split: str = "train", threshold_split: str | None = 
     path = rewrite_model(target, model.slot, meta, dict(pm.files, **{OOD_MEMBER: stats.to_npz()}))
     size = load_pack(path).total_bytes()
     if size > PACK_BUDGET_BYTES:
-        log.warning("%s is %.2f MB, over the %.0f MB budget for a device pack", path, size / 2**20,
-                    PACK_BUDGET_BYTES / 2**20)
+        log.warning("%s is %.2f MB, over the %.0f MB budget for a device pack", path, size / 1e6,
+                    PACK_BUDGET_BYTES / 1e6)
     return dict(record, pack=str(path), pack_bytes=size, member_bytes=len(stats.to_npz()))
 
 

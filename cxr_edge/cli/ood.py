@@ -60,4 +60,4 @@ def fit(pack, data, split, threshold_split, quantile, components, shrinkage, out
                f"({record['classes']} class mean(s), {record['width']} features, {record['components']} components)")
     click.echo(f"threshold {record['threshold']:.3f} = {record['quantile']:g} quantile of {record['n_threshold']} "
                f"{record['threshold_split']} scores (train median {record['train_score_median']:.3f}); "
-               f"member {record['member_bytes'] / 1024:.0f} KB, pack {record['pack_bytes'] / 2**20:.2f} MB")
+               f"member {record['member_bytes'] / 1024:.0f} KB, pack {record['pack_bytes'] / 1e6:.2f} MB")
