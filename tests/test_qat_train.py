@@ -72,6 +72,12 @@ def test_qat_command_writes_a_calibrated_qat_model(run_copy):
     ranges = _activation_ranges(model)
     assert ranges and any(abs(r.get("_max", 6.0) - 6.0) > 1e-3 for r in ranges.values()), \
         "activation ranges are still tfmot's initial [-6, 6]: calibration did not run"
+    # depthwise weights are simulated per channel, as the converter quantizes them (tfmot's own: per tensor)
+    dw = model.get_layer("quant_block_1_depthwise")
+    ranges = {w.name.split("/")[-1].split(":")[0]: tuple(w.shape) for w in dw.weights}
+    channels = dw.layer.depthwise_kernel.shape[2]
+    assert ranges["depthwise_kernel_min"] == ranges["depthwise_kernel_max"] == (channels,) and channels > 1
+    assert q["depthwise_per_channel"] is True
     tflite = convert(model, "int8")  # a QAT model carries its own ranges: no representative data
     assert len(tflite) > 10_000
     again = CliRunner().invoke(main, ["qat", str(run_copy), "--eager"])

@@ -1,10 +1,12 @@
 """``qat(run_dir)``: quantization-aware fine-tuning of a run's best float model into ``qat.h5``.
 
-The float model (``float.h5``) is wrapped with tfmot's default 8-bit scheme
-(:func:`cxr_edge.training.qat.quantize_for_training`; a layer it cannot wrap is named in the
-error) and fine-tuned on the train split with the recipe's data pipeline (augmentation and
-photo simulation included), every layer trainable and BatchNormalization frozen, at a low
-learning rate. The best QAT checkpoint on the task's primary validation metric is ``qat.h5``;
+The float model (``float.h5``) is wrapped with tfmot's default 8-bit scheme (a layer it cannot
+wrap is named in the error, as by :func:`cxr_edge.training.qat.quantize_for_training`) and
+fine-tuned on the train split with the recipe's data pipeline (augmentation and photo simulation
+included), every layer trainable and BatchNormalization frozen, at a low learning rate.
+Depthwise kernels are fake-quantized per channel, as the converter quantizes them
+(:mod:`cxr_edge.training.qat_depthwise`; ``qat.depthwise_per_channel = false`` keeps tfmot's
+per-tensor scheme). The best QAT checkpoint on the task's primary validation metric is ``qat.h5``;
 run.json gets a ``qat`` entry. Resumable like training (state in ``state/qat/``).
 
 Range calibration before fine-tuning (``qat.calibrate_batches``): tfmot starts every activation
@@ -157,11 +159,11 @@ class QatTrainer(Trainer):
     def _build_model(self, resumed: bool):
         """The best float model wrapped for QAT, every layer trainable, BatchNormalization frozen."""
         from .model import set_trainable
-        from .qat import quantize_for_training
+        from .qat_depthwise import quantize_for_qat
 
         with self.dist.strategy.scope():
             self.float_model = self.run_obj.float_model()
-            model = quantize_for_training(self.float_model)
+            model = quantize_for_qat(self.float_model, depthwise_per_channel=self.recipe.qat.depthwise_per_channel)
         set_trainable(model, "all", train_bn=False)
         freeze_wrapped_batchnorm(model)
         return model
@@ -185,7 +187,8 @@ class QatTrainer(Trainer):
                  "after range calibration" if n else "before fine-tuning", value)
         self.info["qat"] = {"status": "running", "float_value": float_value, "calibrated_value": value,
                             "calibrate_batches": n, "epochs": q.epochs, "lr": q.lr, "schedule": q.schedule,
-                            "batch_size": self.recipe.train.batch_size}
+                            "batch_size": self.recipe.train.batch_size,
+                            "depthwise_per_channel": q.depthwise_per_channel}
         entry = {"metric": self.spec.primary_metric, "value": value, "epoch": 0, "stage": "calibrated",
                  "val_loss": loss_value(self.loss_fn, self.y_val, probs)}
         entry["sha256"] = self.save_best(entry)

@@ -165,6 +165,7 @@ class QatConfig:
     schedule: str = "cosine"
     early_stopping: int = 0
     calibrate_batches: int = 8
+    depthwise_per_channel: bool = True
 
 
 @dataclass(frozen=True)
@@ -669,6 +670,7 @@ def _qat(t: _Table) -> QatConfig:
         schedule=t.get("schedule", str, "cosine", choices=SCHEDULES),
         early_stopping=t.get("early_stopping", int, 0, check=lambda v: v >= 0, rule=">= 0 (0 = off)"),
         calibrate_batches=t.get("calibrate_batches", int, 8, check=lambda v: 0 <= v <= 1000, rule="in 0..1000"),
+        depthwise_per_channel=t.get("depthwise_per_channel", bool, True),
     )
     t.finish(list(QatConfig.__dataclass_fields__))
     return c

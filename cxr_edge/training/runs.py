@@ -7,14 +7,21 @@ Layout of ``RUN_DIR``::
     float.h5          the best float model so far (tf-keras HDF5, the format tfmot models also load from)
     qat.h5            the best QAT model (after ``cxr-edge qat``)
     history.csv / history.json / curves.png   per-epoch logs and plots
-    metrics.json      validation metrics of the best float model (``metrics.task_metrics`` output)
-    state/            resume state (last-epoch weights and optimizer), private to the trainer
+    metrics.json      validation metrics of the best float model (``metrics.task_metrics`` output, CIs)
+    qat_history.* / qat_metrics.json / qat_curves.png   the same for the QAT fine-tune
+    state/            resume state (last-epoch weights and optimizer), private to the trainer;
+                      state/after-<stage>.h5: the best model when that stage ended (after the first
+                      stage: the frozen-backbone + head baseline); state/qat/: the QAT resume state
 
 ``run.json`` keys: ``format`` ("cxr-edge-run"), ``format_version``, ``task``,
 ``input`` (InputSpec dict), ``alpha``, ``prepared`` (absolute path of the
 prepared data), ``data_sha256``, ``status`` ("running", "interrupted",
-"complete"), ``best`` ({metric, value, epoch, stage}), ``qat`` (same shape, once
-QAT has run), ``wall_time_s``, ``toolkit_version``, ``created``.
+"complete"), ``best`` ({metric, value, epoch, stage, val_loss, sha256}), ``qat`` (same
+shape, once QAT has run, plus status, float_value, calibrated_value, epochs, lr, ...),
+``wall_time_s``, ``toolkit_version``, ``created``; also ``recipe``, ``weights``, ``split``
+(images per split), ``stages`` (per stage: epochs run, best, seconds, images/s, feature
+extraction), ``loss`` (the resolved per-label weights), ``strategy``, ``replicas``,
+``mixed_precision``, ``final_val``, ``epochs_done``.
 
 HDF5 is used rather than ``.keras`` because tfmot's quantize wrappers do not
 reload from ``.keras`` in tf-keras 2.21 (their variables are dropped), while
@@ -156,7 +163,9 @@ def _load(path: Path, *, qat: bool):
     _, keras = load()
     try:
         if qat:
-            with load_tfmot().quantization.keras.quantize_scope():
+            from .qat_depthwise import custom_objects  # the per-channel depthwise QAT configs
+
+            with load_tfmot().quantization.keras.quantize_scope(custom_objects()):
                 return keras.models.load_model(path, compile=False)
         return keras.models.load_model(path, compile=False)
     except (OSError, ValueError) as exc:
