@@ -58,7 +58,7 @@ def task_input(size: int) -> np.ndarray:
 def int8_model(task: str, src, pack) -> tuple[bytes, str]:
     if pack is not None and task in pack.models and pack.models[task].metadata.input.size == src.size:
         return pack.models[task].content, f"pack {pack.path}"
-    return _models.tflite(src, "int8"), src.label
+    return _models.tflite(src, "int8"), f"{src.label} (PTQ here, {_models.CALIBRATION_N} NIH calibration images)"
 
 
 def measure_task(task: str, args, pack) -> dict:
