@@ -195,6 +195,11 @@ def is_grayscale(image, tolerance: int = 3) -> bool:
         img = img.convert("RGB")
     rgb = img.convert("RGB") if img.mode != "RGB" else img
     w, h = rgb.size
+    # A coarse 64-px sample settles a colour photo at once (most of its pixels differ per channel);
+    # only near-grey images pay for the 512-px check below.
+    coarse = np.asarray(rgb.resize((max(1, min(w, 64)), max(1, min(h, 64))), Image.NEAREST), np.int16)
+    if np.mean(np.max(coarse, axis=2) - np.min(coarse, axis=2) > tolerance) > 0.01:
+        return False
     s = min(1.0, 512 / max(w, h))    # nearest-neighbour sampling: cheap, and keeps colour noise visible
     small = np.asarray(rgb.resize((max(1, round(w * s)), max(1, round(h * s))), Image.NEAREST), np.int16)
     spread = np.max(small, axis=2) - np.min(small, axis=2)
