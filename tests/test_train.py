@@ -222,3 +222,23 @@ def test_ties_on_a_saturated_metric_are_broken_by_the_validation_loss():
     assert not improved(float("nan"), 0.5) and not improved(None, 0.5)
     assert improved(1.0, 1.0, 0.0, 0.01, 0.02) and not improved(1.0, 1.0, 0.0, 0.03, 0.02)
     assert not improved(0.905, 0.9, 0.01)  # min_delta
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_mixed_precision_trains_and_saves_a_float32_model(tiny_run, tmp_path):
+    """The GPU path (float16 compute, loss scaling), forced on CPU: the saved model is float32."""
+    import tf_keras as keras
+
+    from cxr_edge.training.trainer import train
+
+    short = {"stages[0].epochs": 1, "stages[1].epochs": 1, "stages[2].epochs": 0, "train.steps_per_epoch": 2,
+             "train.mixed_precision": "on"}
+    try:
+        run = train(tiny_recipe(tiny_run.info["prepared"], **short), tmp_path / "mixed", verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert run.info["mixed_precision"] is True and run.info["status"] == "complete"
+    model = run.float_model()
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    assert model.output.dtype == "float32"
