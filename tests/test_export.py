@@ -414,3 +414,6 @@ def test_fixes_follow_how_the_check_failed():
     qat = likely_fixes(result, source="qat", calibration_n=None, recommended_n=300, per_channel=True, split_n=300,
                        qat_keras=qat_keras)
     assert qat[0].startswith("the QAT Keras model itself is off") and not any("cxr-edge qat RUN_DIR" in f for f in qat)
+    both = likely_fixes(result, source="ptq", calibration_n=300, recommended_n=300, per_channel=True, split_n=300,
+                        tried=("ptq", "qat"))
+    assert not any("cxr-edge qat" in f or "QAT is the fix" in f for f in both)   # QAT was tried already

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -397,7 +398,7 @@ def export_run(run_dir, *, out=None, int8: bool = True, source: str | None = Non
     if variants:
         report["variants"] = [_variant(v, float_two, spec, x, reference, report_dir, meta_base) for v in variants]
     best = max(cands.values(), key=Candidate.rank) if cands else None
-    report["candidates"] = {s: _candidate_report(c, pol, cs, len(x)) for s, c in cands.items()}
+    report["candidates"] = {s: _candidate_report(c, pol, cs, len(x), tuple(cands)) for s, c in cands.items()}
     report["chosen"] = best.source if best else None
     report["passed"] = best.passed if best else None
 
@@ -424,7 +425,7 @@ def export_run(run_dir, *, out=None, int8: bool = True, source: str | None = Non
     return report
 
 
-def _candidate_report(c: Candidate, pol: ExportPolicy, cs, split_n: int) -> dict:
+def _candidate_report(c: Candidate, pol: ExportPolicy, cs, split_n: int, tried: tuple) -> dict:
     out = {"source": c.source, "bytes": len(c.content), "convert_seconds": round(c.seconds, 1),
            "quantization": c.quantization, **c.result}
     if c.qat_keras:
@@ -433,8 +434,13 @@ def _candidate_report(c: Candidate, pol: ExportPolicy, cs, split_n: int) -> dict
         out["failures"] = failures(c.result)
         out["fixes"] = likely_fixes(c.result, source=c.source, calibration_n=cs.n if cs else None,
                                     recommended_n=pol.recommended_calibration, per_channel=pol.per_channel,
-                                    split_n=split_n, qat_keras=c.qat_keras)
+                                    split_n=split_n, qat_keras=c.qat_keras, tried=tried)
     return out
+
+
+def _fix_kind(fix: str) -> str:
+    """A fix without its numbers: the same advice measured on two candidates is given once."""
+    return re.sub(r"[\d.]+", "#", fix)[:25]
 
 
 def _failure_message(report: dict, best: Candidate, cands: dict, out) -> str:
@@ -448,9 +454,8 @@ def _failure_message(report: dict, best: Candidate, cands: dict, out) -> str:
             other = report["candidates"][s]
             lines.append(f"  ({s.upper()} was tried too and agreed less with float: "
                          + "; ".join(other.get("failures") or ["passed"]) + ")")
-            fixes += [f for f in other.get("fixes", []) if f not in fixes]
-    if len(cands) > 1:   # both were tried: do not suggest trying the other one
-        fixes = [f for f in fixes if not f.startswith(("quantization-aware training instead", "compare with post"))]
+            seen = {_fix_kind(f) for f in fixes}
+            fixes += [f for f in other.get("fixes", []) if _fix_kind(f) not in seen]
     lines.append("No pack was written" + (f"; {out} is unchanged." if out and Path(out).exists() else "."))
     lines.append("Likely fixes:")
     lines += [f"  {i}. {fix}" for i, fix in enumerate(fixes, 1)]

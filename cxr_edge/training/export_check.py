@@ -271,7 +271,7 @@ def failures(result: dict) -> list[str]:
     return [describe_failure(c) for c in result["checks"] if not c["passed"]]
 
 
-def _qat_fixes(qat_keras: dict | None, result: dict) -> list[str]:
+def _qat_fixes(qat_keras: dict | None, result: dict, ptq_tried: bool) -> list[str]:
     """QAT: tell a QAT model that itself lost accuracy from a conversion that lost it."""
     fixes = []
     agree = (qat_keras or {}).get("int8_agreement_with_qat_keras")
@@ -285,18 +285,24 @@ def _qat_fixes(qat_keras: dict | None, result: dict) -> list[str]:
     else:
         fixes.append("more QAT fine-tuning (more epochs or steps at a low learning rate) so the fake-quant "
                      "ranges settle, or QAT from a better float checkpoint")
-    fixes.append("compare with post-training quantization: --from auto builds both and keeps the better")
+    if not ptq_tried:
+        fixes.append("compare with post-training quantization: --from auto builds both and keeps the better")
     return fixes
 
 
 def likely_fixes(result: dict, *, source: str, calibration_n: int | None, recommended_n: int,
-                 per_channel: bool, split_n: int, qat_keras: dict | None = None) -> list[str]:
-    """What is most likely to bring an int8 model within tolerance, given how it failed."""
+                 per_channel: bool, split_n: int, qat_keras: dict | None = None, tried=()) -> list[str]:
+    """What is most likely to bring an int8 model within tolerance, given how it failed.
+
+    ``tried``: the sources export already built (``'ptq'``, ``'qat'``): trying them again is no advice.
+    """
     fixes = []
     corr = result.get("feature_correlation")
+    qat_tried = "qat" in tried
     if source == "ptq":
-        fixes.append("quantization-aware training instead of post-training quantization: run `cxr-edge qat RUN_DIR`, "
-                     "then export with --from qat (or --from auto to keep the better of the two)")
+        if not qat_tried:
+            fixes.append("quantization-aware training instead of post-training quantization: run `cxr-edge qat "
+                         "RUN_DIR`, then export with --from qat (or --from auto to keep the better of the two)")
         if calibration_n is not None and calibration_n < 2 * recommended_n:
             fixes.append(f"more calibration data: the set has {calibration_n} images; build a larger one "
                          f"(cxr-edge calibration build PREPARED --n {max(2 * recommended_n, 500)}) covering "
@@ -305,16 +311,18 @@ def likely_fixes(result: dict, *, source: str, calibration_n: int | None, recomm
             fixes.append("per-channel weight quantization (quantization.per_channel: true): per-tensor "
                          "destroys MobileNetV2's depthwise features")
     else:
-        fixes += _qat_fixes(qat_keras, result)
+        fixes += _qat_fixes(qat_keras, result, "ptq" in tried)
     if corr is not None and corr < 0.95:
+        hint = "; QAT is the fix that addresses this" if source == "ptq" and not qat_tried else ""
         fixes.append(f"the pooled features of int8 and float correlate only {corr:.3f}: the drift starts in the "
-                     "backbone, not at the head" + ("; QAT is the fix that addresses this" if source == "ptq" else ""))
+                     f"backbone, not at the head{hint}")
     margin = result.get("float_margin") or {}
     if margin.get("n_flipped") and margin.get("median_flipped") is not None and margin["median_flipped"] < 0.1:
         fixes.append(f"the {margin['n_flipped']} changed decisions sit where the float model itself is unsure "
                      f"(median float margin {margin['median_flipped']:.3f} vs {margin['median_all']:.3f} overall; "
                      f"{100 * margin['share_below_0.1']:.0f}% of all decisions are within 0.1 of the boundary): "
-                     "a more decisive float model (more or cleaner training data, longer training) leaves int8 less to flip")
+                     "a more decisive float model (more or cleaner training data, longer training) leaves int8 "
+                     "less to flip")
     small = [c for c in result["checks"] if not c["passed"] and c.get("n_positive") is not None
              and c["n_positive"] < 10]
     if small or split_n < 200:
