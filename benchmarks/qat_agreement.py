@@ -9,7 +9,9 @@ For each run and split (digital films, the device preprocessing, no photo simula
 task's primary metric and accuracy of: the float Keras model, the QAT Keras model, PTQ int8 (full
 integer, uint8 I/O, per-channel, calibrated on ``--calib`` train images) and int8 converted from QAT;
 and, for each int8 model against float, the agreement (softmax: same argmax; sigmoid: same decision at
-0.5 over all labels) and the max / mean absolute probability difference. Conversion goes through
+0.5 over all labels) and the max / mean absolute probability difference; and the int8-from-QAT model
+against the QAT Keras model it was converted from (the conversion's own fidelity: QAT fine-tuning
+itself moves the model away from float). Conversion goes through
 ``cxr_edge.training.convert.convert`` and the int8 models run through the device-side
 ``cxr_edge.interpreter.TFLiteModel``, as export does. The float baseline is measured in the same run.
 """
@@ -81,6 +83,9 @@ def measure(run_dir: Path, splits, n_calib: int) -> dict:
             if name != "float":
                 a = agreement(spec, probs["float"], p)
                 row.update(agreement=a["agreement"], max_abs_diff=a["max_abs_diff"], mean_abs_diff=a["mean_abs_diff"])
+            if name == "qat_int8":  # the conversion's own fidelity: int8 against the QAT Keras model it came from
+                a = agreement(spec, probs["qat_keras"], p)
+                row.update(agreement_vs_qat_keras=a["agreement"], mean_abs_diff_vs_qat_keras=a["mean_abs_diff"])
             rows[name] = row
         out["splits"][split] = {"n": int(len(x)), "models": rows}
     return out
@@ -99,6 +104,10 @@ def print_table(result: dict) -> None:
             agree = f"{r['agreement']:7.3f}" if "agreement" in r else ""
             diffs = f"{r['max_abs_diff']:8.3f} {r['mean_abs_diff']:9.4f}" if "agreement" in r else ""
             print(f"    {name:<10} {r['primary']:8.4f} {delta:>9} {r['accuracy']:8.4f} {agree:>7} {diffs}")
+        if "qat_int8" in s["models"]:
+            r = s["models"]["qat_int8"]
+            print(f"    qat_int8 vs qat_keras: agreement {r['agreement_vs_qat_keras']:.3f}, "
+                  f"mean|Δp| {r['mean_abs_diff_vs_qat_keras']:.4f}")
 
 
 def main(argv=None):

@@ -48,6 +48,11 @@ from .tf_env import load
 
 log = logging.getLogger(__name__)
 
+# Not "*.weights.h5": tf-keras saves and loads that suffix in the Keras-3 object layout, which does not
+# match between two separately built QAT models; a plain .h5 uses the by-layer-name HDF5 layout.
+WEIGHTS_SUFFIX = "-weights.h5"
+OPTIMIZER_SUFFIX = "-optimizer.npz"
+
 
 # --------------------------------------------------------------------------- data
 
@@ -344,7 +349,7 @@ class Trainer:
         path = self.write_dir / self.MODEL_FILE
         save_model_atomic(self._model_to_save(), path)
         sha = sha256_file(path)
-        self.info["best"] = {**entry, "sha256": sha}
+        self.state.best = self.info["best"] = {**entry, "sha256": sha}  # run.json records the file just written
         self._write_run_info("running")
         return sha
 
@@ -352,19 +357,19 @@ class Trainer:
         """Last-epoch weights + optimizer slots, then state.json (the commit point), then old files go."""
         stem = f"epoch-{state.epoch:04d}"
         if optimizer is not None:
-            _save_weights_atomic(self.model, self.state_dir / f"{stem}.weights.h5")
-            _save_optimizer(optimizer, self.state_dir / f"{stem}.optimizer.npz")
+            _save_weights_atomic(self.model, self.state_dir / f"{stem}{WEIGHTS_SUFFIX}")
+            _save_optimizer(optimizer, self.state_dir / f"{stem}{OPTIMIZER_SUFFIX}")
             state.checkpoint = stem
         write_json_atomic(self.state_dir / STATE_JSON, state.to_dict())
         for p in self.state_dir.glob("epoch-*"):
-            if not p.name.startswith(f"{state.checkpoint}."):
+            if not p.name.startswith(f"{state.checkpoint}-"):
                 p.unlink(missing_ok=True)
 
     def _restore(self) -> None:
         """Weights of the last completed epoch; the best entry reconciled with float.h5 on disk."""
         stem = self.state.checkpoint
         if stem:
-            self.model.load_weights(str(self.read_state_dir / f"{stem}.weights.h5"))
+            self.model.load_weights(str(self.read_state_dir / f"{stem}{WEIGHTS_SUFFIX}"))
         best_file = self.run_dir / self.MODEL_FILE
         recorded = self._recorded_best()
         if best_file.is_file() and self.dist.is_chief:
@@ -397,7 +402,7 @@ class Trainer:
 
     def _restore_optimizer(self, optimizer, variables) -> None:
         stem = self.state.checkpoint
-        path = self.read_state_dir / f"{stem}.optimizer.npz" if stem else None
+        path = self.read_state_dir / f"{stem}{OPTIMIZER_SUFFIX}" if stem else None
         if path is None or not path.is_file():
             return
         with self.dist.strategy.scope():
