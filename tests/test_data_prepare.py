@@ -172,3 +172,24 @@ def test_cli_bad_source_is_a_clean_error(tmp_path, args, message):
     assert r.exit_code == 2
     assert message in r.output and "Traceback" not in r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_redistributable_only_leaves_out_research_only_images_and_says_so(shared_data, tmp_path):
+    rows = list(csv.DictReader(open(shared_data / "gate" / "manifest.csv")))
+    restricted = [r for r in rows if "challenge data terms" in r["license"] or "Montgomery" in r["license"]]
+    assert len(restricted) == 2
+    keep = restricted + [r for r in rows if r["is_cxr"] == "1"][:24] + [r for r in rows if r["is_cxr"] == "0"][:12]
+    manifest = tmp_path / "gate.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "file": str(shared_data / r["file"])} for r in keep)
+    config = PrepareConfig(task="gate", sources=(SourceSpec(str(manifest)),), size=32, redistributable_only=True,
+                           split=SplitConfig(fractions=(0.6, 0.2, 0.2)))
+    p = prepare(config, tmp_path / "out")
+    used = {path for s in p.splits for path in p.table(s)["path"]}
+    assert not any(r["file"].split("/")[-1] in " ".join(used) for r in restricted)
+    assert len(used) == len(keep) - 2
+    excluded = list(csv.DictReader(open(p.path / "excluded.csv")))
+    assert sum(r["reason"] == "not_redistributable" for r in excluded) == 2
+    assert p.info["redistributable_filter"] is True

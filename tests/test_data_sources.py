@@ -40,6 +40,16 @@ def test_licence_ranking():
     assert license_rank("CC BY-NC-SA") > license_rank("CC BY-SA 3.0") > license_rank("CC BY") > license_rank("CC0")
 
 
+def test_redistributable_leaves_out_research_only_and_unknown_terms():
+    from cxr_edge.data.licenses import is_redistributable
+
+    assert is_redistributable("CC BY-NC-SA 2.0 (TBX11K)")      # non-commercial: a model may be shared so
+    assert is_redistributable("GPL-2+ (debian/copyright of mate-backgrounds)")
+    assert not is_redistributable("challenge data terms (SIIM/RSNA)")
+    assert not is_redistributable("bob.med.tb package GPL-3.0; image from NLM Montgomery set (NLM terms)")
+    assert not is_redistributable("") and not is_redistributable(None)
+
+
 def test_nih_manifest_and_official_split(shared_data):
     loaded = load_sources(get_task("nih14"), [SourceSpec(str(shared_data / "nih_cxr14/manifest.csv"))])
     recs = loaded.records

@@ -66,13 +66,17 @@ def data():
               help="Map a class/label name onto a task label: NAME=LABEL. Repeatable.")
 @click.option("--patient-pattern", help="Regex with one group: the patient id in a file name.")
 @click.option("--license", "license_", help="Licence for sources that record none.")
-@click.option("--permissive-only", is_flag=True, help="Leave out images whose licence is not permissive.")
+@click.option("--permissive-only", is_flag=True,
+              help="Leave out images whose licence is not permissive (commercial use allowed).")
+@click.option("--redistributable-only", is_flag=True,
+              help="Leave out images whose licence forbids handing on a model trained on them "
+                   "(research-only, custom terms, no licence recorded).")
 @click.option("--shard-size", default=1024, show_default=True, type=int, help="Images per cache shard.")
 @click.option("--workers", type=int, help="Decoding threads (default: CPU count).")
 @click.option("--force", is_flag=True, help="Rebuild an output prepared with other parameters (swapped in when done).")
 def prepare(task, sources, positives, negatives, out, images, root, official_test, test_list, fractions, seed,
             fraction, size, no_finding, duplicates, metadata, aliases, patient_pattern, license_, permissive_only,
-            shard_size, workers, force):
+            redistributable_only, shard_size, workers, force):
     """Read TASK's data sources, split them by patient and cache the model-size images in OUT.
 
     \b
@@ -96,7 +100,7 @@ def prepare(task, sources, positives, negatives, out, images, root, official_tes
                                      patient_pattern=patient_pattern, license=license_, aliases=aliases),
         split=SplitConfig(fractions=fractions, seed=seed, official_test=official_test, sample_fraction=fraction),
         size=size, no_finding=no_finding, duplicates=duplicates, permissive_only=permissive_only,
-        shard_size=shard_size)
+        redistributable_only=redistributable_only, shard_size=shard_size)
     with _Progress() as progress:
         prepared = run_prepare(config, out, force=force, workers=workers, progress=progress)
     click.echo(describe(prepared))

@@ -22,7 +22,8 @@ LEVELS = {
 }
 
 _RULES = (  # first match wins, so the most restrictive patterns come first
-    (4, r"research[- ]only|do not (share|redistribute)|challenge data terms|data use agreement"),
+    # The NLM Montgomery set's README asks users not to share it outside their group: custom terms.
+    (4, r"research[- ]only|do not (share|redistribute)|challenge data terms|data use agreement|montgomery"),
     (3, r"\bnc\b|non[- ]?commercial|by-nc"),
     (2, r"\bgpl|\bsa\b|by-sa|share[- ]?alike|copyleft"),
     (0, r"\bcc0\b|public[- ]domain|unrestricted"),
@@ -44,6 +45,15 @@ def license_rank(text: str | None) -> int:
 def is_permissive(text: str | None) -> bool:
     """True when the licence allows commercial use (public domain or attribution-only)."""
     return LEVELS[license_rank(text)][1]
+
+
+def is_redistributable(text: str | None) -> bool:
+    """True when a model trained on the image may be handed on (possibly only non-commercially).
+
+    Research-only or custom terms (rank 4) and no recorded licence (rank 5) are not: the terms would have
+    to be read by a person first.
+    """
+    return license_rank(text) <= 3
 
 
 def summarize_licenses(licenses, permissive_flags) -> dict:

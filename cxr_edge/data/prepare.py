@@ -32,7 +32,7 @@ from ..errors import DataError
 from ..tasks import TaskSpec, get_task
 from .cache import DEFAULT_SHARD_SIZE, build_cache, write_atomic
 from .labels import NO_FINDING
-from .licenses import summarize_licenses
+from .licenses import is_redistributable, summarize_licenses
 from .prepared import INFO_FILE, PARAMS_FILE, PREPARED_FORMAT, Prepared, compute_data_sha256, open_prepared
 from .sources import Issues, Record, SourceOptions, SourceSpec, load_sources, read_duplicate_groups, sha256_file
 from .splits import SPLITS, SplitConfig, assign_splits, connected_groups, sample_groups
@@ -56,6 +56,7 @@ class PrepareConfig:
     no_finding: bool = False             # keep NIH 'No Finding' as an extra reported column ("15 labels")
     duplicates: tuple[str, ...] = ()     # duplicates.csv files: groups kept in one split
     permissive_only: bool = False        # leave out images whose licence is not permissive
+    redistributable_only: bool = False   # leave out research-only / custom-terms / unknown licences
     shard_size: int = DEFAULT_SHARD_SIZE
 
     def task_spec(self) -> TaskSpec:
@@ -146,6 +147,7 @@ def _params(config: PrepareConfig, task: TaskSpec, sources: list[dict]) -> dict:
         "split": config.split.to_dict(),
         "no_finding": config.no_finding,
         "permissive_only": config.permissive_only,
+        "redistributable_only": config.redistributable_only,
         "shard_size": config.shard_size,
     }
 
@@ -196,8 +198,15 @@ def _dumps(obj) -> bytes:
 
 def _select(records: list[Record], config: PrepareConfig, known_dups, issues: Issues,
             sources) -> tuple[list[Record], int]:
-    """Sort by path, apply --permissive-only and the patient sampling fraction (returns the number left out)."""
+    """Sort by path, apply the licence filters and the patient sampling fraction (returns the number left out)."""
     records = sorted(records, key=lambda r: r.path)
+    if config.redistributable_only:
+        # A model trained on research-only, custom-terms or unlicensed images may not be handed on.
+        for r in records:
+            if not is_redistributable(r.license):
+                issues.exclude(sources[r.source]["path"], r.path, "not_redistributable", r.license,
+                               by=r.license or "unknown")
+        records = [r for r in records if is_redistributable(r.license)]
     if config.permissive_only:
         for r in records:
             if not r.permissive:
@@ -205,7 +214,8 @@ def _select(records: list[Record], config: PrepareConfig, known_dups, issues: Is
         records = [r for r in records if r.permissive]
     if not records:
         raise DataError("no usable images in the sources (see the warnings above: missing files, unknown labels"
-                        + (", non-permissive licences" if config.permissive_only else "") + ").")
+                        + (", non-permissive licences" if config.permissive_only else "")
+                        + (", licences that forbid redistribution" if config.redistributable_only else "") + ").")
     frac = config.split.sample_fraction
     if frac < 1:
         every = list(range(len(records)))
@@ -320,6 +330,7 @@ def _info(config, task, loaded, issues, kept, labels, split, split_info, cache, 
         "licenses": lic,
         "permissive_only": lic["permissive_only"],
         "permissive_filter": config.permissive_only,
+        "redistributable_filter": config.redistributable_only,
         "warnings": {**{k: {"count": 0} for k in STANDARD_WARNINGS}, **issues.to_dict()},
         "cache": {"format": "npy-shards", "dir": "cache", "dtype": "uint8",
                   "shape": [len(cache.errors), *((task.input.size,) * 2), *(() if task.input.channels == 1 else (3,))],
