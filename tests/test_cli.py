@@ -133,3 +133,21 @@ def test_usage_errors(run, tiny_pack, tmp_path):
     (tmp_path / "empty_dir").mkdir()
     res = run("predict", "--pack", tiny_pack, tmp_path / "empty_dir")
     assert res.exit_code == 2 and "no image files" in res.output
+
+
+def test_closed_pipe_ends_quietly():
+    """`cxr-edge predict dir/ --json | head -1`: the reader goes away mid-output; no 'Internal error', and
+    exit 141 (128 + SIGPIPE) as other Unix tools report it."""
+    code = ("from cxr_edge.cli import main\n"
+            "@main.command()\n"
+            "def flood():\n"
+            "    import click\n"
+            "    while True:\n"
+            "        click.echo('x' * 1000)\n"
+            "main(['flood'])\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(5000)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert b"Internal error" not in err and b"Traceback" not in err, err
+    assert proc.returncode == 141

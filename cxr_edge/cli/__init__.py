@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE, what a shell reports for a writer whose reader closed
 
 
 class LazyGroup(click.Group):
@@ -78,6 +79,12 @@ class LazyGroup(click.Group):
             ctx.exit(EXIT_INTERRUPTED)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
+        except BrokenPipeError:
+            # `cxr-edge predict dir/ --json | head`: the reader has gone; stop quietly like other Unix tools.
+            # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(EXIT_BROKEN_PIPE)
         except Exception as exc:  # a bug: say so plainly, keep the traceback for those who ask
             if os.environ.get("CXR_EDGE_DEBUG"):
                 raise
