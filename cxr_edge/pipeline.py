@@ -31,10 +31,13 @@ An image that cannot be read gets an ``error`` result; it never stops a batch.
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import os
+import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,6 +237,7 @@ class Pipeline:
         self.pack = pack if isinstance(pack, ModelPack) else load_pack(pack)
         self.profile = profile
         self.gate_first = gate_first
+        self.threads, self.backend = threads, backend
         self.models = {slot: LoadedModel.from_pack(pm, threads=threads, backend=backend)
                        for slot, pm in self.pack.models.items()}
         if profile is not None and not any(profile in m.metadata.thresholds for m in self.models.values()):
@@ -475,29 +479,42 @@ class Pipeline:
         return pred
 
     def predict_many(self, sources: Iterable, *, workers: int = 2) -> Iterator[Prediction]:
-        """Predict many images in order; decoding, rectification and preprocessing run ahead in ``workers``
-        threads."""
-        sources = list(sources)
+        """Predict many images, yielding results in input order.
 
-        def decode(src):
-            try:
-                film = self.film(src, str(src))
-                t0 = time.perf_counter()
-                inputs = self.prepare(film.image)
-                film.timings_ms["preprocess"] = (time.perf_counter() - t0) * 1e3
-                return film, inputs, None
-            except ImageError as exc:
-                return None, None, exc
-
+        With ``workers`` >= 1, each of ``workers`` threads runs whole predictions (decode, film,
+        preprocessing *and* the models) with interpreters of its own: LiteRT releases the GIL while a
+        model runs, so two workers use two cores. At most ``2 * workers`` images are in flight, so
+        memory stays flat however long the list (an unbounded read-ahead held every decoded image of a
+        1,000-image batch: 480 MB). ``workers=0`` runs everything on the calling thread.
+        """
         if workers <= 0:
-            yield from self._finish(sources, map(decode, sources))
+            for src in sources:
+                yield self.predict(src, str(src))
             return
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            yield from self._finish(sources, pool.map(decode, sources))
+        local = threading.local()
 
-    def _finish(self, sources, results) -> Iterator[Prediction]:
-        for src, (film, inputs, exc) in zip(sources, results):
-            yield _error(str(src), exc) if exc is not None else self._finish_one(str(src), film, inputs, None)
+        def one(src):
+            replica = getattr(local, "pipeline", None)
+            if replica is None:
+                replica = local.pipeline = self._replica()
+            return replica.predict(src, str(src))
+
+        window: deque = deque()
+        it = iter(sources)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr-edge-predict") as pool:
+            for src in it:
+                window.append(pool.submit(one, src))
+                if len(window) >= 2 * workers:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+
+    def _replica(self) -> "Pipeline":
+        """The same pipeline with interpreters of its own (an interpreter runs one image at a time)."""
+        clone = copy.copy(self)
+        clone.models = {slot: LoadedModel.from_pack(pm, threads=self.threads, backend=self.backend)
+                        for slot, pm in self.pack.models.items()}
+        return clone
 
 
 def pack_quality_spec(pack: ModelPack) -> QualitySpec:

@@ -65,6 +65,45 @@ def test_pipelined_and_plain_loops_agree(pipeline, shared_data):
     assert a == b == c
 
 
+def test_batch_reads_ahead_a_bounded_window(pipeline, cxr):
+    """predict_many must not pull the whole list into memory: a 1,000-image batch held 480 MB that way."""
+    pulled = []
+
+    def sources():
+        for i in range(40):
+            pulled.append(i)
+            yield cxr
+
+    stream = pipeline.predict_many(sources(), workers=2)
+    first = next(stream)
+    assert first.status == "ok"
+    assert len(pulled) <= 2 * 2 + 1   # the window (2 x workers) plus the one being submitted
+    assert sum(1 for _ in stream) == 39 and len(pulled) == 40
+
+
+def test_batch_workers_run_their_own_interpreters(pipeline, cxr):
+    """Each worker thread gets interpreters of its own, so two images really run on two cores."""
+    import threading
+
+    seen = {}
+    original = pipeline._replica
+
+    def replica():
+        clone = original()
+        seen[threading.get_ident()] = {id(m.model) for m in clone.models.values()}
+        return clone
+
+    pipeline._replica = replica
+    try:
+        preds = list(pipeline.predict_many([cxr] * 8, workers=2))
+    finally:
+        del pipeline._replica
+    assert all(p.status == "ok" for p in preds)
+    main_ids = {id(m.model) for m in pipeline.models.values()}
+    assert seen and all(ids.isdisjoint(main_ids) for ids in seen.values())
+    assert len({frozenset(ids) for ids in seen.values()}) == len(seen)
+
+
 def test_same_answer_from_path_bytes_and_array(pipeline, cxr):
     from PIL import Image
 
