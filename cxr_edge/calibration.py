@@ -192,6 +192,12 @@ def choose_threshold(y_true, score, rule) -> tuple[float, dict]:
     ``sensitivity:X`` is the highest threshold with sensitivity >= X;
     ``specificity:X`` the lowest with specificity >= X. Needs both classes
     (raises :class:`~cxr_edge.errors.DataError` otherwise).
+
+    The threshold returned lies halfway (in logit space for probabilities) between the selected
+    score and the next lower one: the same decisions on this data, but with a margin on both sides.
+    A threshold at the selected score itself leaves none: with well-separated validation scores
+    (a gate at AUROC 1.0) max-F1 would put it at the lowest positive score, 0.99, and reject most
+    phone photos of films, whose scores run lower.
     """
     rule = parse_rule(rule)
     fps, tps, thresholds = threshold_counts(y_true, score)
@@ -200,8 +206,20 @@ def choose_threshold(y_true, score, rule) -> tuple[float, dict]:
                         f"and {int(fps[-1])} negative(s).")
     fps, tps = np.r_[0.0, fps], np.r_[0.0, tps]
     thresholds = np.r_[np.nextafter(thresholds[0], np.inf), thresholds]
-    threshold = float(thresholds[_pick_index(rule, tps, fps)])
+    i = _pick_index(rule, tps, fps)
+    threshold = float(thresholds[i]) if i in (0, len(thresholds) - 1) else _midpoint(thresholds[i], thresholds[i + 1])
     return threshold, binary_stats(y_true, score, threshold)
+
+
+def _midpoint(upper: float, lower: float) -> float:
+    """A value strictly between two scores: the logit midpoint for probabilities, else the plain one."""
+    upper, lower = float(upper), float(lower)
+    if 0.0 < lower < upper < 1.0:
+        z = 0.5 * (math.log(upper / (1 - upper)) + math.log(lower / (1 - lower)))
+        mid = 1.0 / (1.0 + math.exp(-z))
+    else:
+        mid = 0.5 * (upper + lower)
+    return mid if lower < mid <= upper else upper  # float rounding on nearly equal scores: keep the score
 
 
 def choose_thresholds(spec, y_true, probs, rule) -> dict[str, float]:

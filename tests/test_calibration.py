@@ -130,7 +130,8 @@ def test_sensitivity_and_specificity_rules(seed):
     distinct = np.unique(s)
     thr, stats = cal.choose_threshold(y, s, "sensitivity:0.9")
     assert stats["sensitivity"] >= 0.9
-    higher = distinct[distinct > thr]
+    chosen = distinct[distinct >= thr][0]   # the lowest score still called positive
+    higher = distinct[distinct > chosen]
     if higher.size:  # the next higher threshold would miss the target: it is the highest that works
         assert m.binary_stats(y, s, higher[0])["sensitivity"] < 0.9
     thr, stats = cal.choose_threshold(y, s, "specificity:0.8")
@@ -143,10 +144,27 @@ def test_sensitivity_and_specificity_rules(seed):
 @pytest.mark.parametrize("seed", range(4))
 def test_max_f1_matches_brute_force(seed):
     y, s = _tied_problem(seed)
-    best = max(np.unique(s)[::-1], key=lambda t: m.binary_stats(y, s, t)["f1"])  # first max = highest t
+    distinct = np.unique(s)
+    best = max(distinct[::-1], key=lambda t: m.binary_stats(y, s, t)["f1"])  # first max = highest t
     thr, stats = cal.choose_threshold(y, s, "max-f1")
-    assert thr == best
+    below = distinct[distinct < best]
+    # the same decisions as the best score, with a margin: strictly between it and the next lower score
+    assert (below.size == 0 and thr == best) or below[-1] < thr < best
+    np.testing.assert_array_equal(s >= thr, s >= best)
     assert stats["f1"] == pytest.approx(skm.f1_score(y, s >= best))
+
+
+def test_threshold_keeps_a_margin_between_separated_scores():
+    # A perfectly separated validation set (the gate): the threshold goes halfway between the classes
+    # in logit space, not onto the lowest positive score (where every slightly weaker photo is rejected).
+    y = np.r_[np.zeros(20, int), np.ones(200, int)]
+    s = np.r_[np.full(20, 0.005), np.linspace(0.99, 0.9999, 200)]
+    for rule in ("max-f1", "youden"):
+        thr, stats = cal.choose_threshold(y, s, rule)
+        assert 0.005 < thr < 0.99
+        assert stats["sensitivity"] == 1.0 and stats["specificity"] == 1.0
+    thr, _ = cal.choose_threshold(y, s, "max-f1")
+    assert thr == pytest.approx(1 / (1 + np.exp(-0.5 * (np.log(0.99 / 0.01) + np.log(0.005 / 0.995)))))
 
 
 @pytest.mark.parametrize("seed", range(4))
