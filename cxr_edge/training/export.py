@@ -37,7 +37,7 @@ from ..calibration_set import CalibrationSet, load_calibration_set, resolve_data
 from ..errors import DataError, ExportCheckError, PackError, RecipeError
 from ..tasks import TaskSpec
 from .export_check import (VARIANTS, ExportPolicy, compare, default_policy_path, failures, likely_fixes,
-                           load_policy, summarize)
+                           load_policy, one_pixel_envelope, summarize)
 from .runs import FLOAT_MODEL, QAT_MODEL, load_run
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def _tensor_quantization(info) -> dict:
 
 
 def _candidate(source: str, keras_model, representative, pol: ExportPolicy, spec: TaskSpec, x, y,
-               reference) -> Candidate:
+               reference, envelope=None) -> Candidate:
     from .convert import convert, output_roles
 
     started = time.perf_counter()
@@ -175,7 +175,7 @@ def _candidate(source: str, keras_model, representative, pol: ExportPolicy, spec
     roles = output_roles(content, spec.num_labels)
     lm = _device_model(content, spec, roles)
     probs, feats = _device_outputs(lm, x)
-    result = compare(spec, y, reference[0], probs, pol.tolerance, features=(reference[1], feats))
+    result = compare(spec, y, reference[0], probs, pol.tolerance, features=(reference[1], feats), envelope=envelope)
     quant = {"mode": "int8", "io_dtype": pol.io_dtype, "source": source, "per_channel": pol.per_channel,
              "input": _tensor_quantization(lm.model.inputs[0]),
              "outputs": {role: _tensor_quantization(lm.model.outputs[i]) for role, i in roles.items()}}
@@ -276,10 +276,11 @@ def _head_npz(model) -> tuple[bytes, dict]:
 
 def _metrics_record(best: Candidate, cands: dict, split: str, prepared, how: dict) -> dict:
     keep = ("n", "float", "int8", "delta", "delta_definition", "agreement", "agreement_kind", "agreement_per_label",
-            "max_abs_diff", "mean_abs_diff", "feature_correlation", "tolerance", "checks", "passed")
-    out = {k: best.result[k] for k in keep}
+            "max_abs_diff", "mean_abs_diff", "feature_correlation", "tolerance", "envelope", "checks", "passed")
+    out = {k: best.result.get(k) for k in keep}
     out.update(split=split, source=best.source, data_sha256=prepared.data_sha256, pixels=how.get("pixels"),
                candidates={s: {"passed": c.passed, "agreement": c.result["agreement"],
+                               "checks": c.result["checks"],
                                "mean_abs_diff": c.result["mean_abs_diff"], "delta": c.result["delta"],
                                "bytes": len(c.content), "convert_seconds": round(c.seconds, 1)}
                            for s, c in cands.items()})
@@ -381,17 +382,23 @@ def export_run(run_dir, *, out=None, int8: bool = True, source: str | None = Non
     float_two = with_feature_output(float_model)
     reference = _keras_outputs(float_two, x)
     report["float"] = summarize(spec, y, reference[0])
+    envelope = None
+    if int8 and pol.envelope == "one-pixel-shift":
+        envelope = one_pixel_envelope(spec, y, x, reference[0], lambda xs: _keras_outputs(float_two, xs)[0])
+        report["envelope"] = envelope
+        log.info("one-pixel envelope of the float model: self-agreement %.4f, drops %s", envelope["agreement"],
+                 {k: round(v, 4) for k, v in envelope["drop"].items() if isinstance(v, float)})
     report["sizes"] = {"float_h5_bytes": (run.path / FLOAT_MODEL).stat().st_size,
                        "float32_weights_bytes": int(float_model.count_params()) * 4}
 
     cands: dict[str, Candidate] = {}
     for src in sources:
         if src == "ptq":
-            cands[src] = _candidate(src, float_two, cal_x, pol, spec, x, y, reference)
+            cands[src] = _candidate(src, float_two, cal_x, pol, spec, x, y, reference, envelope)
             cal_x = None
         else:
             qat_two = with_feature_output(run.qat_model())
-            cands[src] = _candidate(src, qat_two, None, pol, spec, x, y, reference)
+            cands[src] = _candidate(src, qat_two, None, pol, spec, x, y, reference, envelope)
             cands[src].qat_keras = _qat_keras_diagnostic(qat_two, spec, x, y, cands[src])
         report["sizes"][f"int8_{src}_bytes"] = len(cands[src].content)
     meta_base = {"training": _training_record(run, prepared)}

@@ -37,6 +37,23 @@ def _check_lookup(result: dict) -> dict:
     return {(c["metric"], c["label"]): c for c in result["checks"]}
 
 
+def _allowed(c: dict | None) -> str:
+    """The allowed drop; when the one-pixel envelope widened it, the policy's number beside it."""
+    if not c:
+        return "not checked"
+    if c.get("envelope") is not None and c["allowed"] > c.get("tolerance", c["allowed"]):
+        return f"{_f(c['allowed'])} (1-px envelope; policy {_f(c['tolerance'])})"
+    return _f(c["allowed"])
+
+
+def _allowed_min(c: dict | None) -> str:
+    if not c:
+        return ""
+    if c.get("envelope") is not None and c["allowed_min"] < c.get("tolerance", c["allowed_min"]):
+        return f">= {_f(c['allowed_min'])} (1-px envelope; policy {_f(c['tolerance'])})"
+    return f">= {_f(c['allowed_min'])}"
+
+
 def _metric_rows(result: dict) -> list[list[str]]:
     checks = _check_lookup(result)
     rows = []
@@ -45,10 +62,10 @@ def _metric_rows(result: dict) -> list[list[str]]:
             continue
         c = checks.get((key, None))
         rows.append([key, _f(result["float"][key]), _f(result["int8"][key]), _signed(result["delta"].get(key)),
-                     _f(c["allowed"]) if c else "not checked", ("ok" if c["passed"] else "FAILED") if c else ""])
+                     _allowed(c), ("ok" if c["passed"] else "FAILED") if c else ""])
     c = checks.get(("agreement", None))
     rows.append([f"agreement ({result['agreement_kind']})", "", _f(result["agreement"]), "",
-                 f">= {_f(c['allowed_min'])}" if c else "", ("ok" if c["passed"] else "FAILED") if c else ""])
+                 _allowed_min(c), ("ok" if c["passed"] else "FAILED") if c else ""])
     rows.append(["max |p_float - p_int8|", "", _f(result["max_abs_diff"]), "", "", ""])
     rows.append(["mean |p_float - p_int8|", "", _f(result["mean_abs_diff"]), "", "", ""])
     rows.append(["pooled-feature correlation", "", _f(result.get("feature_correlation")), "", "", ""])
@@ -70,7 +87,7 @@ def _label_rows(result: dict) -> list[list[str]]:
         c = checks.get(("auroc", label))
         rows.append([label, str(result["float"]["n_positive"].get(label, "")), _f(value),
                      _f(result["int8"]["per_label_auroc"][label]), _signed(result["delta"]["per_label_auroc"][label]),
-                     _f(c["allowed"]) if c else "not checked", ("ok" if c["passed"] else "FAILED") if c else "",
+                     _allowed(c), ("ok" if c["passed"] else "FAILED") if c else "",
                      _f(agree.get(label))])
     return rows
 
@@ -137,6 +154,15 @@ def markdown(report: dict) -> str:
                [[k.removesuffix("_bytes"), str(v), _mb(v), f"{v / base:.2f}×"] for k, v in sizes.items()])
     page.heading("Float model on the check split", 2)
     page.text(", ".join(f"{k} {_f(report['float'][k])}" for k in SCALARS if k in report["float"]))
+    env = report.get("envelope")
+    if env:
+        page.text("The float model's own one-pixel envelope (the same images moved by one pixel; the policy's "
+                  "tolerances are widened to the worst of the four shifts, never narrowed):")
+        keys = [k for k in SCALARS if k in env["drop"]]
+        page.table(["shift (down, right)", "agreement with unshifted", *[f"{k} drop" for k in keys]],
+                   [[str(tuple(r["shift"])), _f(r["agreement"]), *[_signed(r["drop"].get(k)) for k in keys]]
+                    for r in env["shifts"]]
+                   + [["envelope", _f(env["agreement"]), *[_f(env["drop"][k]) for k in keys]]])
     for cand in report["candidates"].values():
         _candidate(page, cand, list(report["float"].get("n_positive", {})))
     if report.get("variants"):

@@ -1,0 +1,92 @@
+"""The float-vs-int8 check's one-pixel envelope (numpy only: no TensorFlow needed)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxr_edge.tasks import get_task
+from cxr_edge.training.export_check import compare, failures, one_pixel_envelope, shift_images
+
+
+def test_shift_images_moves_content_and_repeats_the_edge():
+    x = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 1)
+    right = shift_images(x, 0, 1)
+    np.testing.assert_array_equal(right[:, :, 1:], x[:, :, :-1])
+    np.testing.assert_array_equal(right[:, :, 0], x[:, :, 0])          # the edge column repeated into the gap
+    up = shift_images(x, -1, 0)
+    np.testing.assert_array_equal(up[:, :-1], x[:, 1:])
+    assert right.shape == x.shape and up.dtype == x.dtype
+
+
+def _problem(n=400, seed=0):
+    """Images whose class a 'model' reads from one pixel, so a one-pixel shift changes some decisions."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 8, 8, 1)).astype(np.float32)
+    y = np.eye(4)[rng.integers(0, 4, n)]
+    w = rng.normal(size=(64, 4))
+
+    def predict(images):
+        logits = images.reshape(len(images), -1) @ w + 3 * y   # informative, but pixel-position sensitive
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    return x, y, predict
+
+
+def test_envelope_measures_the_float_models_own_one_pixel_noise():
+    spec = get_task("cxr4")
+    x, y, predict = _problem()
+    env = one_pixel_envelope(spec, y, x, predict(x), predict)
+    assert env["kind"] == "one-pixel-shift" and len(env["shifts"]) == 4
+    assert 0.5 < env["agreement"] < 1.0                             # some decisions flip under a 1-px shift
+    assert env["agreement"] == min(s["agreement"] for s in env["shifts"])
+    assert env["drop"]["accuracy"] == max(max(0.0, s["drop"]["accuracy"]) for s in env["shifts"])
+
+
+def test_envelope_widens_a_check_only_to_the_measured_noise():
+    spec = get_task("cxr4")
+    x, y, predict = _problem()
+    p_float = predict(x)
+    env = one_pixel_envelope(spec, y, x, p_float, predict)
+    # int8 stand-in: the float outputs with the decisions of a 1-px-shifted copy on some images
+    p_shift = predict(shift_images(x, 0, 1))
+    p_int8 = p_float.copy()
+    flip = np.flatnonzero(p_float.argmax(1) != p_shift.argmax(1))[: max(1, int(0.5 * (1 - env["agreement"]) * len(x)))]
+    p_int8[flip] = p_shift[flip]
+    strict = compare(spec, y, p_float, p_int8, spec.tolerance)
+    widened = compare(spec, y, p_float, p_int8, spec.tolerance, envelope=env)
+    assert not strict["passed"]                                      # 98% agreement: below this model's noise
+    assert widened["passed"], failures(widened)
+    agree = next(c for c in widened["checks"] if c["metric"] == "agreement")
+    assert agree["allowed_min"] == env["agreement"] and agree["tolerance"] == spec.tolerance.agreement
+    # an int8 model far worse than any 1-px shift still fails
+    p_bad = np.roll(p_float, 1, axis=1)
+    assert not compare(spec, y, p_float, p_bad, spec.tolerance, envelope=env)["passed"]
+
+
+def test_a_stable_model_is_checked_as_strictly_as_the_policy_says():
+    spec = get_task("cxr4")
+    rng = np.random.default_rng(1)
+    y = np.eye(4)[rng.integers(0, 4, 300)]
+    p_float = rng.dirichlet([1, 1, 1, 1], 300)
+    p_int8 = np.clip(p_float + rng.normal(0, 0.05, p_float.shape), 0, 1)
+    stable = {"kind": "one-pixel-shift", "agreement": 1.0, "drop": {"accuracy": 0.0, "macro_f1": 0.0,
+                                                                   "mean_auroc": 0.0}, "shifts": []}
+    strict = compare(spec, y, p_float, p_int8, spec.tolerance)
+    with_env = compare(spec, y, p_float, p_int8, spec.tolerance, envelope=stable)
+    assert [c["passed"] for c in strict["checks"]] == [c["passed"] for c in with_env["checks"]]
+    assert all(c.get("allowed", c.get("allowed_min")) == c["tolerance"] for c in with_env["checks"])
+
+
+@pytest.mark.parametrize("envelope", ["sometimes", 1])
+def test_unknown_envelope_is_refused(envelope, tmp_path):
+    from cxr_edge.errors import RecipeError
+    from cxr_edge.training.export_check import load_policy
+
+    policy = json.loads((Path(__file__).resolve().parents[1] / "export" / "cxr4.json").read_text())
+    policy["check"]["envelope"] = envelope
+    (tmp_path / "p.json").write_text(json.dumps(policy))
+    with pytest.raises(RecipeError, match="check.envelope"):
+        load_policy(tmp_path / "p.json")
