@@ -133,3 +133,25 @@ def test_interrupted_qat_resumes_at_the_next_epoch(run_copy):
     hist = json.loads((run_copy / "qat_history.json").read_text())["epochs"]
     assert [r["epoch"] for r in hist] == [1, 2]
     assert run.info["qat"]["status"] == "complete" and run.info["qat"]["epochs_done"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_distillation_trains_on_the_float_models_outputs(run_copy):
+    """qat.distill = 1: the targets are the float model's outputs on the same augmented images, the loss is
+    the plain cross-entropy (its minimum is the float output), and run.json records it."""
+    from cxr_edge.training.qat_trainer import QatTrainer, qat
+    from cxr_edge.training.recipe import with_qat
+
+    run = load_run(run_copy)
+    trainer = QatTrainer(run, with_qat(run.recipe(), distill=1.0, epochs=1), resume=False, restart=True,
+                         strategy="default", verbose=0, run_eagerly=True)
+    assert trainer.setup()
+    weights = trainer.loss_weights
+    assert weights.kind == "ce" and set(weights.w_pos) == {1.0} and weights.label_smoothing == 0.0
+    x, soft = next(iter(trainer._dataset("train", augment=False, shuffle=False, batch_size=8)))
+    np.testing.assert_allclose(soft.numpy(), trainer.float_model(x, training=False).numpy(), atol=1e-5)
+    val_x, hard = next(iter(trainer._dataset("val", augment=False, shuffle=False, batch_size=8)))
+    assert set(np.unique(hard.numpy())) <= {0.0, 1.0}          # validation keeps the real labels
+    done = qat(run_copy, epochs=1, distill=1.0, restart=True, verbose=0, run_eagerly=True)
+    assert done.info["qat"]["status"] == "complete" and done.info["qat"]["distill"] == 1.0

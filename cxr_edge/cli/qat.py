@@ -15,12 +15,15 @@ import click
 @click.option("--calibrate-batches", type=int,
               help="Training batches that set the activation ranges before fine-tuning (default: "
                    "qat.calibrate_batches; 0 = tfmot's initial [-6, 6] ranges).")
+@click.option("--distill", type=click.FloatRange(0.0, 1.0),
+              help="Share of each training target taken from the float model's output (default: qat.distill; "
+                   "1 = learn to decide as the float model does under quantization, 0 = the labels only).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted QAT fine-tune from its last epoch.")
 @click.option("--restart", is_flag=True, help="Discard an earlier QAT result and fine-tune again from float.h5.")
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default="default",
               show_default=True, help="tf.distribute strategy, as for cxr-edge train.")
 @click.option("--eager", is_flag=True, hidden=True, help="Run eagerly (tests: skips ~25 s of graph tracing).")
-def qat(run_dir, epochs, lr, batch_size, calibrate_batches, resume, restart, strategy, eager):
+def qat(run_dir, epochs, lr, batch_size, calibrate_batches, distill, resume, restart, strategy, eager):
     """Fine-tune RUN_DIR's best float model with quantization-aware training.
 
     The model is wrapped with tensorflow-model-optimization's 8-bit scheme, its activation ranges
@@ -33,6 +36,7 @@ def qat(run_dir, epochs, lr, batch_size, calibrate_batches, resume, restart, str
     Examples:
       cxr-edge qat runs/cxr4
       cxr-edge qat runs/cxr4 --epochs 4 --lr 3e-5 --restart
+      cxr-edge qat runs/nih14 --distill 1 --restart    learn the float model's decisions, not the labels
       cxr-edge qat runs/cxr4 --resume
 
     Next: cxr-edge export RUN_DIR --int8 --from qat.
@@ -43,7 +47,7 @@ def qat(run_dir, epochs, lr, batch_size, calibrate_batches, resume, restart, str
     if resume and restart:
         raise click.UsageError("--resume and --restart exclude each other")
     run = run_qat(run_dir, epochs=epochs, lr=lr, batch_size=batch_size, calibrate_batches=calibrate_batches,
-                  resume=resume, restart=restart,
+                  distill=distill, resume=resume, restart=restart,
                   strategy=strategy, verbose=1 if sys.stdout.isatty() else 0, run_eagerly=eager,
                   on_epoch=lambda row: click.echo(epoch_line(row), err=True))
     q = run.info.get("qat") or {}

@@ -67,6 +67,7 @@ class DataConfig:
     size: int | None = None
     no_finding: bool = False
     permissive_only: bool = False
+    redistributable_only: bool = False
     aliases: tuple[tuple[str, str], ...] = ()
     patient_pattern: str | None = None
     license: str | None = None
@@ -93,7 +94,8 @@ class DataConfig:
             split=SplitConfig(fractions=self.split, seed=self.seed, official_test=self.official_test,
                               sample_fraction=self.fraction),
             size=self.size, no_finding=self.no_finding, duplicates=self.duplicates,
-            permissive_only=self.permissive_only, shard_size=self.shard_size)
+            permissive_only=self.permissive_only, redistributable_only=self.redistributable_only,
+            shard_size=self.shard_size)
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ class QatConfig:
     early_stopping: int = 0
     calibrate_batches: int = 8
     depthwise_per_channel: bool = True
+    distill: float = 0.0          # share of each training target taken from the float model's output
 
 
 @dataclass(frozen=True)
@@ -491,6 +494,7 @@ def _data(t: _Table, base: Path, name: str) -> DataConfig:
         size=size,
         no_finding=t.get("no_finding", bool, False),
         permissive_only=t.get("permissive_only", bool, False),
+        redistributable_only=t.get("redistributable_only", bool, False),
         aliases=tuple(sorted(aliases.items())),
         patient_pattern=t.get("patient_pattern", str, None),
         license=t.get("license", str, None),
@@ -505,7 +509,7 @@ def _data(t: _Table, base: Path, name: str) -> DataConfig:
 def _check_prepared(t: _Table, cfg: DataConfig) -> None:
     """Without sources the data comes from data.dir as it is: the prepare arguments would be ignored."""
     ignored = [k for k in ("images", "metadata", "duplicates", "root", "test_list", "official_test",
-                           "no_finding", "permissive_only", "aliases", "patient_pattern", "license") if t.has(k)]
+                           "no_finding", "permissive_only", "redistributable_only", "aliases", "patient_pattern", "license") if t.has(k)]
     if ignored:
         t.fail(ignored[0], "is a prepare argument, but the recipe names no data.sources/positives/negatives, "
                            "so the prepared data in data.dir is used as it is. Remove it or add the sources")
@@ -671,6 +675,7 @@ def _qat(t: _Table) -> QatConfig:
         early_stopping=t.get("early_stopping", int, 0, check=lambda v: v >= 0, rule=">= 0 (0 = off)"),
         calibrate_batches=t.get("calibrate_batches", int, 8, check=lambda v: 0 <= v <= 1000, rule="in 0..1000"),
         depthwise_per_channel=t.get("depthwise_per_channel", bool, True),
+        distill=t.get("distill", float, 0.0, check=lambda v: 0.0 <= v <= 1.0, rule="a share in [0, 1]"),
     )
     t.finish(list(QatConfig.__dataclass_fields__))
     return c

@@ -248,7 +248,7 @@ class Trainer:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         keras.utils.set_random_seed(self.recipe.train.seed + self.SEED_OFFSET + self.state.epoch)
         self.mixed = use_mixed_precision(self.recipe.train.mixed_precision)
-        self.loss_weights = resolve_weights(self.spec, self.recipe.loss, self.prepared)
+        self.loss_weights = self._loss_weights(resolve_weights(self.spec, self.recipe.loss, self.prepared))
         self.loss_fn = make_loss(self.spec, self.loss_weights)
         self.model = self._build_model(resumed)
         self.x_val = validation_set(self.prepared, self.recipe)
@@ -260,6 +260,10 @@ class Trainer:
             self._start()
         self._write_run_info("running")
         return True
+
+    def _loss_weights(self, weights):
+        """The loss weights training uses (the QAT trainer's distillation swaps them)."""
+        return weights
 
     def _build_model(self, resumed: bool):
         """The float model from the recipe, in the strategy's scope (BN statistics set when from scratch)."""
