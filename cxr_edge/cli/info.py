@@ -84,9 +84,18 @@ def _check_lines(metrics: dict) -> list[str]:
     allowed = {}
     for c in checks:
         name = c["metric"] if c.get("label") is None else "per-label auroc"
-        allowed[name] = f"≥ {c['allowed_min']:g}" if "allowed_min" in c else f"drop ≤ {c['allowed']:g}"
+        if name in allowed:   # per-label rows: show the policy's number once
+            continue
+        if "allowed_min" in c:
+            allowed[name] = f"≥ {c['allowed_min']:.4g}"
+        else:
+            allowed[name] = f"drop ≤ {(c.get('tolerance', c['allowed']) if c.get('label') else c['allowed']):.4g}"
     if allowed:
         out.append("    allowed        " + ", ".join(f"{k} {v}" for k, v in allowed.items()))
+    env = metrics.get("envelope")
+    if env:
+        out.append(f"    1-px envelope  the float model agrees with itself on {env['agreement']:.4f} of decisions when "
+                   "the images move by one pixel; tolerances widened to it where it is larger")
     for c in checks:
         if not c.get("passed", True):
             out.append(f"    FAILED         {c['metric']}{'[' + c['label'] + ']' if c.get('label') else ''}")
