@@ -2,16 +2,17 @@
 
 Run:
 
-    nice -n 10 /work/venv/bin/python benchmarks/batch_predict.py [--pack /work/packs/default] \
-        [--runs-dir /work/runs] [--images 1000] [--rounds 3] [--workers 2]
+    nice -n 10 .venv/bin/python benchmarks/batch_predict.py [--pack cxr_edge/packs/default] \
+        [--runs-dir runs] [--images 1000] [--rounds 3] [--workers 2]
 
 The images are the real 256x256 grey PNGs of ../shared/data (NIH first, then the 4-class set;
 cycled if ``--images`` is larger than what is there), read from where they lie. Variants,
 interleaved in the same run (``cxr_edge.bench.batch``), each over all the images per round:
 
 * plain loop: ``Pipeline.predict`` on one image after the other, 1 interpreter thread (the baseline);
-* ``Pipeline.predict_many(workers=2)``: decoding and preprocessing run ahead in 2 threads while
-  the models run, 1 interpreter thread;
+* ``Pipeline.predict_many(workers=2)``: 2 worker threads, each running whole predictions (decode,
+  preprocessing and the three models) with interpreters of its own, at most 4 images in flight,
+  1 interpreter thread;
 * the same with 2 interpreter threads per model.
 
 Then the command users run, ``cxr-edge predict FOLDER --json`` in a fresh process (start-up and

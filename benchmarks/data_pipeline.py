@@ -2,7 +2,7 @@
 
 Run (2 shared cores: be nice):
 
-    TF_USE_LEGACY_KERAS=1 nice -n 10 /work/venv/bin/python benchmarks/data_pipeline.py \
+    TF_USE_LEGACY_KERAS=1 nice -n 10 .venv/bin/python benchmarks/data_pipeline.py \
         [--prepared DIR] [--size 224] [--batch-size 32] [--batches 20] [--rounds 3]
 
 Without ``--prepared`` it prepares the NIH subset of ``../shared/data`` at

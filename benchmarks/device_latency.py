@@ -1,6 +1,6 @@
 """Single-image predict latency and CLI start-up, with same-run baselines.
 
-Run:  /work/venv/bin/python benchmarks/device_latency.py [--model M.tflite] [--image IMG] [--runs 200] \
+Run:  .venv/bin/python benchmarks/device_latency.py [--model M.tflite] [--image IMG] [--runs 200] \
           [--pack PACK]
 
 Defaults use ../shared: the real int8 ImageNet MobileNetV2 1.0 224 (the same

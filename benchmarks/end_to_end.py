@@ -2,8 +2,8 @@
 
 Run:
 
-    nice -n 10 /work/venv/bin/python benchmarks/end_to_end.py [--pack /work/packs/default] \
-        [--runs-dir /work/runs] [--rounds 8] [--runs 3] [--threads 1]
+    nice -n 10 .venv/bin/python benchmarks/end_to_end.py [--pack cxr_edge/packs/default] \
+        [--runs-dir runs] [--rounds 8] [--runs 3] [--threads 1]
 
 The photo: a real NIH CXR from ../shared/data rendered as a phone photo by
 ``cxr_edge.photosim.simulate_photo`` (moderate severity, desk background, long side 4000 px:

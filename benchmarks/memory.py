@@ -2,7 +2,7 @@
 
 Run:
 
-    nice -n 10 /work/venv/bin/python benchmarks/memory.py [--pack /work/packs/default] [--runs-dir /work/runs] \
+    nice -n 10 .venv/bin/python benchmarks/memory.py [--pack cxr_edge/packs/default] [--runs-dir runs] \
         [--images 1000] [--repeat 3]
 
 Each command runs in a fresh child of a small helper Python, and its peak resident set size

@@ -2,8 +2,8 @@
 
 Run (TensorFlow needed for the Keras rows and the conversions; be nice on shared machines):
 
-    TF_USE_LEGACY_KERAS=1 nice -n 10 /work/venv/bin/python benchmarks/model_latency.py \
-        [--runs-dir /work/runs] [--pack /work/packs/default] [--threads 1 2] [--rounds 8] \
+    TF_USE_LEGACY_KERAS=1 nice -n 10 .venv/bin/python benchmarks/model_latency.py \
+        [--runs-dir runs] [--pack cxr_edge/packs/default] [--threads 1 2] [--rounds 8] \
         [--tflite-runtime-python /tmp/tflrt-venv/bin/python]
 
 Models: the int8 rows are the pack's models (exactly what ships) when ``--pack`` has the slot;

@@ -26,7 +26,7 @@ Three measurements, each a subcommand:
     on (the default) and off (the baseline), a 1280-px and a 12-MP phone photo
     with and without rectification, and TTA against no TTA.
 
-    python benchmarks/photo_pipeline.py accuracy --pack /work/packs/default --data /work/prepared/cxr4 --tta
+    python benchmarks/photo_pipeline.py accuracy --pack cxr_edge/packs/default --data prepared/cxr4 --tta
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Run (workstation; a few minutes per run at 224 px on 2 cores, mostly conversion and the int8 interpreter):
 
-    TF_USE_LEGACY_KERAS=1 nice -n 5 python benchmarks/qat_agreement.py /work/runs/cxr4 [RUN_DIR ...] \
+    TF_USE_LEGACY_KERAS=1 nice -n 5 python benchmarks/qat_agreement.py runs/cxr4 [RUN_DIR ...] \
         [--splits val,test] [--calib 200] [--json out.json]
 
 For each run and split (digital films, the device preprocessing, no photo simulation) it prints the

@@ -3,7 +3,7 @@ measured on the same run's splits, on digital films and on simulated phone photo
 
 Run (workstation; ~1-3 minutes per run at 224 px on 2 cores):
 
-    TF_USE_LEGACY_KERAS=1 nice -n 5 python benchmarks/staged_vs_head_only.py /work/runs/cxr4 [RUN_DIR ...] \
+    TF_USE_LEGACY_KERAS=1 nice -n 5 python benchmarks/staged_vs_head_only.py runs/cxr4 [RUN_DIR ...] \
         [--splits val,test] [--photo-severity moderate] [--json out.json]
 
 The baseline is ``RUN_DIR/state/after-<first stage>.h5``: the best model when the first stage (frozen

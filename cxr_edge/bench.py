@@ -23,7 +23,7 @@ What it measures (the keys of :func:`run_bench`'s report, all JSON-ready):
   decoding against a full decode first, all models against a gate that
   rejects, with heatmaps; stage medians from the pipeline's own timings.
 * ``batch``: images/s of a folder through ``predict`` in a plain loop and
-  through the pipelined ``predict_many``.
+  through ``predict_many`` (worker threads with interpreters of their own).
 * ``memory``: peak RSS of ``cxr-edge predict`` (one image, a batch) in a child
   process, beside bare Python and Python with numpy + Pillow + the interpreter.
 * ``startup``: ``cxr-edge --help`` and a first prediction, against ``python -c pass``.
