@@ -2,6 +2,7 @@
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -144,10 +145,20 @@ def test_shipped_recipes_load(shared_dir, name):
     if name != "tiny":
         assert r.model.alpha == 1.0 and r.model.weights.endswith("1.0_224_no_top.h5")
         assert [s.trainable for s in r.stages][1:] == ["block_13", "all"]
-        assert r.stages[1].lr <= 3e-5 and r.stages[2].lr < r.stages[1].lr  # low, then lower
+        # lower than the head's, then lower again (stage 2 at 1e-4 for the classifiers: train/cxr4.toml says why)
+        assert r.stages[1].lr <= 1e-4 < r.stages[0].lr and r.stages[2].lr < r.stages[1].lr
+        assert r.data.redistributable_only and r.qat.distill == 1.0
         assert r.augment.photo_prob > 0
     assert r.loss.kind == {"gate": "bce", "cxr4": "ce", "nih14": "bce", "tiny": "ce"}[name]
     assert r.data.dir == str((REPO / "prepared" / name).resolve())
+
+
+@pytest.mark.parametrize("name,task", [("gate", "gate"), ("cxr3", "cxr3")])
+def test_permissive_recipes_use_only_permissive_images(shared_dir, name, task):
+    r = load_recipe(REPO / "train" / "permissive" / f"{name}.toml")
+    assert r.task == task and r.data.permissive_only and r.name == f"{name}-permissive"
+    assert r.data.dir == str((REPO / "prepared" / f"{name}-permissive").resolve())  # never the default's data
+    assert r.data.sources and all(Path(src).is_file() for src in r.data.sources)
 
 
 def test_cli_check_and_bad_recipe_exit_code(recipe_dir):
