@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Every benchmark on the bundled pack, one after the other, each into build/measure/<name>.md (what
+# benchmarks/RESULTS.md quotes). About 15 minutes on an idle 2-core machine; needs the [train] extra, the
+# training runs in runs/ and the prepared data in prepared/ (release/build_default_pack.py makes both), and
+# /tmp/tflrt-venv for the tflite-runtime row (see README.md).
+set -u
+cd "$(dirname "$0")/.."
+export TF_USE_LEGACY_KERAS=1
+PY=.venv/bin/python
+PACK=cxr_edge/packs/default
+OUT=build/measure
+mkdir -p $OUT
+run() {  # name, command...
+  local name=$1; shift
+  echo "[$(date -u +%H:%M:%S)] $name: $*" | tee -a $OUT/index.log
+  local t0=$(date +%s)
+  "$@" > $OUT/$name.md 2> $OUT/$name.err
+  echo "[$(date -u +%H:%M:%S)] $name rc=$? in $(( $(date +%s) - t0 )) s" | tee -a $OUT/index.log
+}
+run device_latency $PY benchmarks/device_latency.py --pack $PACK
+run end_to_end $PY benchmarks/end_to_end.py --pack $PACK --runs-dir runs
+run batch_predict $PY benchmarks/batch_predict.py --pack $PACK --runs-dir runs --rounds 2
+run memory $PY benchmarks/memory.py --pack $PACK --runs-dir runs
+run model_latency $PY benchmarks/model_latency.py --pack $PACK --runs-dir runs --rounds 6 --tflite-runtime-python /tmp/tflrt-venv/bin/python
+run photo_cxr4 $PY benchmarks/photo_pipeline.py accuracy --pack $PACK --data prepared/cxr4 --tta
+run photo_nih14 $PY benchmarks/photo_pipeline.py accuracy --pack $PACK --data prepared/nih14
+run photo_gate $PY benchmarks/photo_pipeline.py accuracy --pack $PACK --data prepared/gate
+run photo_ood $PY benchmarks/photo_pipeline.py ood --pack $PACK --data prepared/gate
+run photo_speed $PY benchmarks/photo_pipeline.py speed --pack $PACK --rounds 15
+run data_pipeline $PY benchmarks/data_pipeline.py --prepared prepared/nih14 --rounds 3
+run train_throughput $PY benchmarks/train_throughput.py --weights ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5 --size 224 --task cxr4
+run bench $PY -m cxr_edge bench --pack $PACK --threads 2 --json
+for t in gate cxr4 nih14; do run report_$t $PY -m cxr_edge data report prepared/$t; done
+echo done | tee -a $OUT/index.log
