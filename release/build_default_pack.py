@@ -27,7 +27,8 @@ What it runs, in order (every step is a `cxr-edge` command; the log of each is i
 
 A step that finished is skipped when the script runs again (BUILD/steps/<step>.done); `--redo STEP` runs one
 again. An interrupted train or QAT continues from its last epoch. `--variant permissive` builds the
-commercial-use pack from train/permissive/ (gate and cxr3, without Tuberculosis) and the same nih14 recipe.
+commercial-use pack from train/permissive/ (gate and cxr3, without Tuberculosis) and the same nih14 recipe;
+without --install its model card and record go to release/permissive-pack/ and the bundled pack stays as it is.
 """
 
 from __future__ import annotations
@@ -166,12 +167,16 @@ def run(args) -> None:
     b.step("images", py + [str(REPO / "release" / "training_images.py"), "--out", str(b.dir / "training_images.csv"),
                            *[str(m[3]) for m in models]])
     b.step("card", py + [str(REPO / "release" / "model_card.py"), str(b.dir)], redo=True)
+    dest = Path(str(RECORD).format(variant=args.variant))
     if args.install:
         install(b.pack, BUNDLED)
-        dest = Path(str(RECORD).format(variant=args.variant))
         record(b.dir, dest)
         print(f"[ ok ] installed {b.pack} as {BUNDLED}; its record (evaluations, build times, image list) in "
               f"{dest}", flush=True)
+    elif args.variant != "default":  # not bundled: its card and record go beside the default's, for reading
+        record(b.dir, dest)
+        shutil.copyfile(b.pack / "MODEL_CARD.md", dest / "MODEL_CARD.md")
+        print(f"[ ok ] {args.variant} pack in {b.pack}; its model card and record in {dest}", flush=True)
     print(f"done: {b.pack} (steps {b.info['wall_time_s']:.0f} s in all; per step in {b.record})", flush=True)
 
 

@@ -128,8 +128,17 @@ def pack_licence(b: Build) -> str:
     return "permissive (every training image allows commercial use)"
 
 
-def intended_use() -> str:
-    return """## Intended use
+def intended_use(b: Build) -> str:
+    permissive = pack_licence(b).startswith("permissive")
+    commercial = ("* Commercial use is allowed as far as the training data goes: every training image's licence "
+                  "permits it. The 'cxr4' slot holds a 3-class model (COVID-19 / Normal / Pneumonia): no "
+                  "permissively licensed tuberculosis images exist in the data, so this pack says nothing "
+                  "about tuberculosis."
+                  if permissive else
+                  "* Commercial use of this pack (see the licence above); build the permissive variant for that\n"
+                  "  (`release/build_default_pack.py --variant permissive`: gate, 3 classes without Tuberculosis, "
+                  "nih14).")
+    return f"""## Intended use
 
 * Trying out and demonstrating the cxr-edge pipeline end to end: a photographed or digital frontal chest
   X-ray goes through the gate (is it a chest X-ray?), then a 4-class model (COVID-19 / Normal / Pneumonia /
@@ -144,8 +153,7 @@ def intended_use() -> str:
   external validation was done; the test sets below come from the same sources as the training data.
 * Children (the 4-class Normal/Pneumonia images include paediatric films from one hospital; the other
   classes do not), lateral views, CT, and anything the gate was not trained on.
-* Commercial use of this pack (see the licence above); build the permissive variant for that
-  (`release/build_default_pack.py --variant permissive`: gate, 3 classes without Tuberculosis, nih14).
+{commercial}
 * Comparing these numbers with published CXR models: the data here is small and not representative
   of any population.
 """
@@ -453,7 +461,7 @@ and times are in the build folder's `build.json`; the JSON every table was rende
 
 
 def render(b: Build) -> str:
-    parts = [header(b), intended_use(), training_data(b), test_metrics(b), export_check(b), calibration(b),
+    parts = [header(b), intended_use(b), training_data(b), test_metrics(b), export_check(b), calibration(b),
              photos(b), subgroups(b), sources(b), staged(b), failure_modes(b), reproduce(b)]
     return "\n".join(p for p in parts if p).rstrip() + "\n"
 
