@@ -66,9 +66,23 @@ def load_image(
 
     name = _name(source)
     data = _read_bytes(source, name)
-    if _looks_like_dicom(data, name):
-        return _to_mode(_load_dicom(data, name), mode, name)
-    return _to_mode(_open_pillow(data, name, mode, min_size, max_pixels), mode, name)
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (UserWarning, with its own file paths) about odd TIFF/PNG chunks; the image is
+            # judged by whether it decodes, and what it warned about goes to the log, not to the user.
+            warnings.simplefilter("ignore")
+            if _looks_like_dicom(data, name):
+                return _to_mode(_load_dicom(data, name), mode, name)
+            return _to_mode(_open_pillow(data, name, mode, min_size, max_pixels), mode, name)
+    except ImageError:
+        raise
+    except MemoryError as exc:
+        raise _too_large(name, None, max_pixels) from exc
+    except Exception as exc:  # a fuzzed file makes decoders raise anything (TypeError, struct.error, ...)
+        log.debug("%s: decoder raised %r", name, exc, exc_info=True)
+        raise ImageError(f"{name}: the image data is damaged or in a form that cannot be decoded "
+                         f"({type(exc).__name__}: {exc}). Re-export or copy the file again.",
+                         kind="corrupt", path=name) from exc
 
 
 def iter_image_files(paths, *, recursive: bool = True):

@@ -10,8 +10,9 @@ pipeline slot (``gate``, ``cxr4``, ``nih14``) and ``manifest.json``::
      "extra": {...}}
 
 Loading verifies the format version, each file's size and sha256, that the
-embedded metadata equals the manifest's copy, and that labels match this
-toolkit's task registry. Anything off is refused with a message that names
+embedded metadata equals the manifest's copy, that the manifest's own fields
+(name, licence, ``extra``) match their ``fields_sha256``, and that labels
+match this toolkit's task registry. Anything off is refused with a message that names
 the file and the fix. Writing is atomic: a failed write never replaces a good
 pack.
 """
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 PACK_FORMAT = "cxr-edge-pack"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+FIELDS_KEY = "fields_sha256"   # the manifest's own fields, hashed (see fields_digest)
 SLOTS = ("gate", "cxr4", "nih14")
 
 
@@ -163,8 +165,11 @@ class _ZipReader:
 def _read_manifest(reader, path: Path) -> dict:
     try:
         manifest = json.loads(reader.read(MANIFEST))
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not text
         raise PackError(f"{path}/{MANIFEST} is not valid JSON ({exc}); the pack was damaged, copy it again") from exc
+    if not isinstance(manifest, dict):
+        raise PackError(f"{path}/{MANIFEST} holds a JSON {type(manifest).__name__}, not a pack manifest object; "
+                        "the pack was damaged, copy it again or re-export it")
     if manifest.get("format") != PACK_FORMAT:
         raise PackError(f"{path} is not a cxr-edge model pack ({MANIFEST} has format "
                         f"{manifest.get('format')!r}, expected {PACK_FORMAT!r})")
@@ -174,10 +179,36 @@ def _read_manifest(reader, path: Path) -> dict:
                         f"(supports up to {FORMAT_VERSION}). Upgrade: pip install -U cxr-edge")
     if not isinstance(manifest.get("models"), dict):
         raise PackError(f"{path}/{MANIFEST} has no 'models' table; re-export the pack")
+    for slot, entry in manifest["models"].items():
+        if not isinstance(entry, dict):
+            raise PackError(f"{path}/{MANIFEST}: the entry for model {slot!r} is not an object; re-export the pack")
+    _check_fields(manifest, path)
     made_by = str(manifest.get("toolkit_version", "0"))
     if made_by.split(".")[0] != __version__.split(".")[0]:
         log.warning("%s was made by cxr-edge %s; this is %s", path, made_by, __version__)
     return manifest
+
+
+def fields_digest(manifest: dict) -> str:
+    """sha256 of the manifest's own fields: name, licence, creation time, ``extra`` (e.g. the photo
+    quality thresholds) and which file fills which slot. The models' files vouch for themselves (size,
+    sha256, embedded metadata); this vouches for the rest."""
+    body = {k: v for k, v in manifest.items() if k not in ("models", FIELDS_KEY)}
+    body["models"] = {slot: {k: e.get(k) for k in ("task", "file", "sha256", "bytes")}
+                      for slot, e in sorted(manifest["models"].items())}
+    return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode())
+
+
+def _check_fields(manifest: dict, path: Path) -> None:
+    recorded = manifest.get(FIELDS_KEY)
+    if recorded is None:   # packs written before the digest existed
+        log.info("%s/%s has no %s; its top-level fields are not verified", path, MANIFEST, FIELDS_KEY)
+        return
+    if recorded != fields_digest(manifest):
+        raise PackError(f"{path}/{MANIFEST} was edited after the pack was written: its fields (name, licence, "
+                        "'extra' such as the photo quality thresholds, or the slot -> file table) no longer match "
+                        f"{FIELDS_KEY}. Do not use it; copy the pack again or re-export it (cxr-edge calibrate and "
+                        "cxr-edge ood fit rewrite a pack properly).")
 
 
 def _verify_model(reader, path: Path, slot: str, entry: dict) -> PackModel:
@@ -231,6 +262,7 @@ def build_manifest(models: dict[str, tuple[bytes, md.ModelMetadata]], *, name: s
     manifest = {"format": PACK_FORMAT, "format_version": FORMAT_VERSION, "name": name,
                 "toolkit_version": __version__, "created": md.utc_now(), "license": license,
                 "description": description, "models": entries, "extra": extra or {}}
+    manifest[FIELDS_KEY] = fields_digest(manifest)
     return manifest, files
 
 

@@ -37,6 +37,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -238,6 +239,12 @@ class Pipeline:
         self.profile = profile
         self.gate_first = gate_first
         self.threads, self.backend = threads, backend
+        if gate_first and "gate" not in self.pack:
+            # Without the gate every image -- a photo of a cat, a CT slice -- would get a chest X-ray answer.
+            raise PackError(f"{self.pack.path} has no gate model (it has: {', '.join(self.pack.models)}), so "
+                            "nothing would stop a non-X-ray image from being classified. Add one "
+                            "(cxr-edge export runs/gate --int8 --out PACK) or use a complete pack such as the "
+                            "bundled one.")
         self.models = {slot: LoadedModel.from_pack(pm, threads=threads, backend=backend)
                        for slot, pm in self.pack.models.items()}
         if profile is not None and not any(profile in m.metadata.thresholds for m in self.models.values()):
@@ -455,9 +462,15 @@ class Pipeline:
             t0 = time.perf_counter()
             inputs = self.prepare(film.image)
             film.timings_ms["preprocess"] = (time.perf_counter() - t0) * 1e3
+            return self._finish_one(name, film, inputs, heatmaps)
         except ImageError as exc:
             return _error(name, exc)
-        return self._finish_one(name, film, inputs, heatmaps)
+        except Exception as exc:  # one image must never stop a batch; the log keeps the traceback
+            log.debug("%s: unexpected %s while predicting", name, type(exc).__name__, exc_info=True)
+            return _error(name, CxrEdgeError(
+                f"{name}: unexpected error ({type(exc).__name__}: {exc}). The other images are not affected. "
+                "This is a bug in cxr-edge: please report it with this file (cxr-edge -vv predict ... shows the traceback)."),
+                kind="internal")
 
     def _finish_one(self, name: str, film: Film, inputs, heatmaps: bool | None) -> Prediction:
         t0 = time.perf_counter()
@@ -555,8 +568,10 @@ def _peek(source) -> tuple[bool, tuple[int, int] | None]:
         return source.ndim == 3 and source.shape[-1] >= 3, (int(source.shape[1]), int(source.shape[0]))
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
-        with Image.open(fp) as im:     # reads the header only
-            return im.mode not in _GREY_MODES, im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")       # odd headers are load_image's to judge, not a warning here
+            with Image.open(fp) as im:     # reads the header only
+                return im.mode not in _GREY_MODES, im.size
     except Exception:   # missing, damaged, DICOM...
         pass
     if isinstance(source, bytes):
@@ -570,8 +585,8 @@ def _peek(source) -> tuple[bool, tuple[int, int] | None]:
     return (not is_dicom), None
 
 
-def _error(name: str, exc: CxrEdgeError) -> Prediction:
-    kind = getattr(exc, "kind", type(exc).__name__)
+def _error(name: str, exc: CxrEdgeError, kind: str | None = None) -> Prediction:
+    kind = kind or getattr(exc, "kind", type(exc).__name__)
     return Prediction(file=name, status="error", error={"kind": kind, "message": str(exc)},
                       message=f"error: {exc}")
 

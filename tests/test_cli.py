@@ -49,7 +49,11 @@ def test_predict_prints_a_table_and_json(run, tiny_pack, shared_data):
     cxr = shared_data / "nih_cxr14" / "images" / "00000061_012.png"
     res = run("predict", "--pack", tiny_pack, cxr)
     assert res.exit_code == 0, res.output
-    assert "chest X-ray" in res.output and "cxr4" in res.output and "not a diagnosis" in res.output
+    header, rule, row = res.stdout.splitlines()[:3]
+    assert header.split()[:6] == ["file", "status", "gate", "cxr4", "nih14", "findings"] and set(rule) == {"-"}
+    assert cxr.name in row.split()[0] and row.split()[1] == "ok" and "not a diagnosis" in res.output
+    top = max(("COVID-19", "Normal", "Pneumonia", "Tuberculosis"), key=row.find)
+    assert top in row   # the 4-class answer is in the row
     res = run("predict", "--pack", tiny_pack, "--json", cxr, cxr)
     lines = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(lines) == 2 and all({"file", "gate", "cxr4", "nih14", "error"} <= set(d) for d in lines)
@@ -119,11 +123,54 @@ def test_unexpected_errors_are_reported_as_bugs_without_traceback(run, tiny_pack
     def boom(*a, **k):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr("cxr_edge.pipeline.Pipeline.classify", boom)
+    monkeypatch.setattr("cxr_edge.pipeline.Pipeline.describe", boom)
     res = CliRunner().invoke(main, ["predict", "--pack", str(tiny_pack),
                                     str(shared_data / "nih_cxr14" / "images" / "00000061_012.png")])
     assert res.exit_code == EXIT_INTERNAL and "bug in cxr-edge" in res.output and "kaboom" in res.output
     assert "Traceback" not in res.output
+
+
+def test_an_unexpected_error_on_one_image_does_not_stop_the_batch(run, tiny_pack, monkeypatch, shared_data,
+                                                                  tmp_path):
+    from cxr_edge.pipeline import Pipeline
+
+    real = Pipeline.classify
+
+    def classify(self, inputs, pred, **kw):
+        if pred.file.endswith("first.png"):
+            raise TypeError("kaboom")
+        return real(self, inputs, pred, **kw)
+
+    monkeypatch.setattr("cxr_edge.pipeline.Pipeline.classify", classify)
+    src = shared_data / "nih_cxr14" / "images" / "00000061_012.png"
+    for name in ("first.png", "second.png"):
+        shutil.copy(src, tmp_path / name)
+    res = run("predict", "--pack", tiny_pack, "--json", tmp_path / "first.png", tmp_path / "second.png")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    first, second = map(json.loads, res.stdout.splitlines())
+    assert first["status"] == "error" and first["error"]["kind"] == "internal"
+    assert "kaboom" in first["error"]["message"] and "bug in cxr-edge" in first["error"]["message"]
+    assert second["status"] == "ok" and second["cxr4"]
+
+
+def test_a_damaged_tiff_in_a_batch_is_its_own_error(run, tiny_pack, shared_data, tmp_path):
+    from test_images import _fuzzed
+
+    from cxr_edge.errors import ImageError
+    from cxr_edge.images import load_image
+
+    for i, data in enumerate(_fuzzed("TIFF", 300)):   # the first damaged TIFF that does not decode
+        try:
+            load_image(data)
+        except ImageError:
+            (tmp_path / "bad.tif").write_bytes(data)
+            break
+    shutil.copy(shared_data / "nih_cxr14" / "images" / "00000061_012.png", tmp_path / "good.png")
+    res = run("predict", "--pack", tiny_pack, "--json", tmp_path / "bad.tif", tmp_path / "good.png")
+    assert res.exit_code == 1 and "Traceback" not in res.output and "UserWarning" not in res.output
+    bad, good = map(json.loads, res.stdout.splitlines())
+    assert bad["status"] == "error" and bad["error"]["kind"] in ("corrupt", "truncated")
+    assert good["status"] == "ok"
 
 
 def test_usage_errors(run, tiny_pack, tmp_path):

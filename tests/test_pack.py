@@ -77,6 +77,29 @@ def test_hand_edited_manifest_is_refused(pack):
         load_pack(pack)
 
 
+@pytest.mark.parametrize("damage", [b"\xff\xfe not text", b"[1, 2, 3]", b'{"format": "cxr-edge-pack"',
+                                    "model entry"])
+def test_a_damaged_manifest_is_a_pack_error_not_a_crash(pack, damage):
+    if damage == "model entry":
+        manifest = json.loads((pack / MANIFEST).read_text())
+        manifest["models"]["gate"] = "gate.tflite"
+        damage = json.dumps(manifest).encode()
+    (pack / MANIFEST).write_bytes(damage)
+    with pytest.raises(PackError, match="manifest.json") as err:
+        load_pack(pack)
+    assert "copy it again" in str(err.value) or "re-export" in str(err.value)
+
+
+@pytest.mark.parametrize("field,value", [("license", "CC0 (edited)"), ("name", "renamed"),
+                                         ("extra", {"quality_spec": {"blur_fail": 0.0}})])
+def test_edited_manifest_fields_are_refused(pack, field, value):
+    manifest = json.loads((pack / MANIFEST).read_text())
+    manifest[field] = value
+    (pack / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(PackError, match="edited after the pack was written"):
+        load_pack(pack)
+
+
 def test_wrong_format_version_and_not_a_pack(pack, tmp_path):
     manifest = json.loads((pack / MANIFEST).read_text())
     manifest["format_version"] = 99

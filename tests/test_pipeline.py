@@ -43,6 +43,17 @@ def test_rejected_image_skips_the_classifiers(tiny_pack, tmp_path, shared_data):
     assert "cxr4" not in pred.timings_ms  # the classifiers really did not run
 
 
+def test_a_pack_without_a_gate_is_refused_unless_gating_is_turned_off(tiny_pack, tmp_path, cxr):
+    from cxr_edge.pack import write_pack
+
+    pack = load_pack(tiny_pack)
+    write_pack(tmp_path / "no-gate", {s: (pack[s].content, pack[s].metadata) for s in ("cxr4", "nih14")})
+    with pytest.raises(PackError, match="no gate model"):
+        Pipeline(tmp_path / "no-gate")
+    pred = Pipeline(tmp_path / "no-gate", gate_first=False).predict(cxr)
+    assert pred.status == "ok" and pred.gate is None and pred.cxr4 is not None
+
+
 def test_unknown_profile_fails_at_start(tiny_pack):
     with pytest.raises(PackError, match="threshold profile 'screening'"):
         Pipeline(tiny_pack, profile="screening")

@@ -19,7 +19,8 @@ EXIT_SOME_FAILED = 1
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Interpreter CPU threads per model.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 32),
-              help="Threads that decode images ahead of inference (0 = none).")
+              help="Images predicted at a time, each on a thread with interpreters of its own "
+                   "(0 = one at a time on the main thread).")
 @click.option("--profile", default=None, help="Threshold profile stored in the pack (e.g. screening, balanced).")
 @click.option("--backend", default=None, type=click.Choice(["ai-edge-litert", "tflite-runtime", "tf.lite", "tflite-java"]),
               help="Force an interpreter backend (default: the first that is installed).")
@@ -87,6 +88,9 @@ def predict(images, pack, as_json, threads, workers, profile, backend, no_rectif
                    f"{threads} thread(s)", err=True)
     failed = 0
     taken: set = set()
+    table = _Table(files, pipeline)
+    if not as_json:
+        click.echo(table.header())
     show_progress = not as_json and len(files) > 20 and sys.stderr.isatty()
     results = pipeline.predict_many(files, workers=workers)
     if show_progress:
@@ -104,7 +108,7 @@ def predict(images, pack, as_json, threads, workers, profile, backend, no_rectif
             if as_json:
                 click.echo(json.dumps(pred.to_dict()))
             else:
-                click.echo(_line(pred))
+                click.echo(table.row(pred))
     if not as_json:
         click.echo(DISCLAIMER, err=True)
         if failed:
@@ -113,22 +117,54 @@ def predict(images, pack, as_json, threads, workers, profile, backend, no_rectif
         sys.exit(EXIT_SOME_FAILED)
 
 
-def _line(pred) -> str:
-    if pred.status == "error":
-        return f"{pred.file}: ERROR {pred.error['message']}"
-    if pred.status == "rejected":
-        return f"{pred.file}: {pred.message}"
-    parts = []
-    if pred.gate:
-        parts.append(f"chest X-ray {pred.gate.score:.2f}")
-    if pred.cxr4:
-        probs = pred.cxr4.probabilities
-        parts.append("cxr4 " + " ".join(f"{k} {v:.2f}" for k, v in sorted(probs.items(), key=lambda kv: -kv[1])))
-    if pred.nih14:
-        found = ", ".join(f"{k} {pred.nih14.probabilities[k]:.2f}" for k in pred.nih14.positive)
-        parts.append(f"{pred.nih14.task}: {found or 'no finding above threshold'}")
-    for w in pred.warnings:
-        parts.append(f"WARNING {w}")
-    for label, path in (pred.extras.get("heatmaps") or {}).items():
-        parts.append(f"heatmap {label}: {path}")
-    return f"{pred.file}: " + " | ".join(parts)
+class _Table:
+    """The plain-text output: one row per image (file, status, gate score, the 4-class answer, the NIH
+    findings above the profile's thresholds), with its warnings and heatmap files indented below it."""
+
+    def __init__(self, files, pipeline):
+        self.file_w = min(max([len(str(f)) for f in files] + [4]), 48)
+        self.profile = pipeline.profile
+        self.tasks = {slot: m.spec.name for slot, m in pipeline.models.items()}
+
+    def header(self) -> str:
+        profile = f", profile {self.profile}" if self.profile else ""
+        cols = ["file".ljust(self.file_w), "status  ", "gate ", self.tasks.get("cxr4", "-").ljust(26),
+                f"{self.tasks.get('nih14', '-')} findings{profile}"]
+        line = "  ".join(cols)
+        return line + "\n" + "-" * len(line)
+
+    def row(self, pred) -> str:
+        name = str(pred.file)
+        if len(name) > self.file_w:
+            name = "…" + name[-(self.file_w - 1):]
+        gate = f"{pred.gate.score:.2f}" if pred.gate else "  -  "
+        status = {"error": "ERROR", "rejected": "rejected"}.get(pred.status, "ok")
+        cells = [name.ljust(self.file_w), status.ljust(8), gate.ljust(5)]
+        below = []
+        if pred.status == "error":
+            cells.append(pred.error["message"])
+        elif pred.status == "rejected":
+            cells.append(pred.message)
+        else:
+            cells += [_answer(pred.cxr4).ljust(26), _findings(pred.nih14)]
+        below += [f"warning: {w}" for w in pred.warnings]
+        below += [f"heatmap {label}: {path}" for label, path in (pred.extras.get("heatmaps") or {}).items()]
+        return "  ".join(cells).rstrip() + "".join(f"\n{' ' * 4}{b}" for b in below)
+
+
+def _answer(result) -> str:
+    """The 4-class answer: the top class and its probability, and any other class its threshold flags."""
+    if result is None:
+        return "-"
+    text = f"{result.top} {result.probabilities[result.top]:.2f}"
+    others = [lbl for lbl in result.positive if lbl != result.top]
+    if others:
+        text += " +" + ",".join(f"{lbl} {result.probabilities[lbl]:.2f}" for lbl in others)
+    return text
+
+
+def _findings(result) -> str:
+    if result is None:
+        return "-"
+    found = sorted(result.positive, key=lambda k: -result.probabilities[k])
+    return ", ".join(f"{k} {result.probabilities[k]:.2f}" for k in found) or "none above threshold"
