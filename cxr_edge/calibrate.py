@@ -4,13 +4,15 @@ For each prepared data folder given, the pack's model for that task runs on
 the chosen split through the device path (as ``cxr-edge predict`` runs it),
 then:
 
-1. a temperature is fitted to the raw outputs (:func:`~cxr_edge.calibration.fit_temperature`);
+1. a temperature is fitted to the raw outputs, for sigmoid heads with a logit offset per label
+   (:func:`~cxr_edge.calibration.fit_temperature_and_bias`; softmax:
+   :func:`~cxr_edge.calibration.fit_temperature`);
 2. per-label thresholds are chosen on the temperature-scaled probabilities by
    a rule (:func:`~cxr_edge.calibration.choose_thresholds`: ``max-f1``,
    ``youden``, ``sensitivity:0.90``, ``specificity:0.80``) and stored as a
    named profile (``screening``, ``balanced``, ...); a pack holds several;
-3. profiles calibrated earlier at another temperature get their thresholds
-   mapped to the new one, so their decisions do not change;
+3. profiles calibrated earlier under another temperature/offsets get their
+   thresholds mapped to the new ones, so their decisions do not change;
 4. the pack's metadata is rewritten atomically
    (:func:`~cxr_edge.pack.rewrite_metadata`). What was used — prepared data
    (``data_sha256``), split, a fingerprint of its images, n, rule, ECE before
@@ -35,13 +37,15 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .calibration import T_MAX, T_MIN, apply_temperature, choose_thresholds, fit_temperature, parse_rule
+from .calibration import (T_MAX, T_MIN, apply_calibration, choose_thresholds, fit_temperature,
+                          fit_temperature_and_bias, parse_rule, remap_threshold)
 from .data.prepared import Prepared, open_prepared
 from .errors import CxrEdgeError, DataError
 from .evaluate import (POSTHOC_KEY, Progress, check_leakage, model_outputs, open_pack_model, select_pack_model,
                        split_fingerprint, task_ece)
 from .metadata import ModelMetadata, utc_now
 from .metrics import _jsonable, binary_stats
+from .paths import portable_path
 
 log = logging.getLogger(__name__)
 
@@ -61,30 +65,37 @@ def _check_profile(name: str) -> str:
     return name
 
 
-def remap_threshold(t: float, t_from: float, t_to: float) -> float:
-    """The threshold at temperature ``t_to`` that makes the same sigmoid decisions as ``t`` at ``t_from``.
-
-    ``sigmoid(z / t_from) >= t``  <=>  ``z >= t_from * logit(t)``
-    <=>  ``sigmoid(z / t_to) >= sigmoid(t_from * logit(t) / t_to)``.
-    """
-    t = min(max(float(t), 1e-15), 1 - 1e-15)
-    z = math.log(t) - math.log1p(-t)
-    return float(0.5 * (1.0 + math.tanh(0.5 * z * t_from / t_to)))
+def _calibration_of(rec: dict, labels, fallback: tuple[float, np.ndarray]) -> tuple[float, np.ndarray]:
+    """(T, per-label offsets) a profile record was chosen under (older records have no offsets)."""
+    t = float(rec.get("temperature", fallback[0]))
+    bias = rec.get("bias")
+    if bias is None:
+        return t, (fallback[1] if "temperature" not in rec else np.zeros(len(labels)))
+    return t, np.array([float(bias.get(lbl, 0.0)) for lbl in labels])
 
 
-def _remap_profiles(meta: ModelMetadata, posthoc: dict, t_new: float, skip: str) -> dict:
-    """Re-express calibrated sigmoid profiles at the new temperature; returns {profile: old temperature}."""
+def _remap_profiles(meta: ModelMetadata, posthoc: dict, new: tuple[float, np.ndarray], old_default,
+                    skip: str) -> dict:
+    """Re-express calibrated sigmoid profiles under the new (T, offsets); returns {profile: old temperature}."""
     remapped = {}
     if not meta.activation == "sigmoid":
         return remapped
     for name, rec in (posthoc.get("profiles") or {}).items():
-        t_old = float(rec.get("temperature", meta.temperature))
-        if name == skip or name not in meta.thresholds or math.isclose(t_old, t_new, rel_tol=1e-9):
+        t_old, b_old = _calibration_of(rec, meta.labels, old_default)
+        if (name == skip or name not in meta.thresholds or
+                (math.isclose(t_old, new[0], rel_tol=1e-9) and np.allclose(b_old, new[1], rtol=0, atol=1e-12))):
             continue
-        meta.thresholds[name] = {lbl: remap_threshold(t, t_old, t_new) for lbl, t in meta.thresholds[name].items()}
-        rec.update(temperature=t_new, remapped_from_temperature=t_old)
+        meta.thresholds[name] = {lbl: remap_threshold(t, (t_old, b_old[meta.labels.index(lbl)]),
+                                                      (new[0], new[1][meta.labels.index(lbl)]))
+                                 for lbl, t in meta.thresholds[name].items()}
+        rec.update(temperature=new[0], bias=_label_dict(meta.labels, new[1]), remapped_from_temperature=t_old,
+                   remapped_from_bias=_label_dict(meta.labels, b_old))
         remapped[name] = t_old
     return remapped
+
+
+def _label_dict(labels, values) -> dict[str, float]:
+    return {lbl: float(v) for lbl, v in zip(labels, values)}
 
 
 def _label_stats(spec, y, p, thresholds: dict) -> tuple[dict, list[str]]:
@@ -104,45 +115,70 @@ def _label_stats(spec, y, p, thresholds: dict) -> tuple[dict, list[str]]:
 
 
 def calibrate_model(pack_path, prepared: Prepared, *, split: str, rule, profile: str, make_default: bool,
-                    temperature: bool, allow_train_split: bool, threads: int, backend, progress) -> tuple:
-    """Calibrate the pack's model for ``prepared``'s task; returns (slot, new metadata, summary)."""
+                    temperature: bool, allow_train_split: bool, threads: int, backend, progress,
+                    bias: bool | None = None) -> tuple:
+    """Calibrate the pack's model for ``prepared``'s task; returns (slot, new metadata, summary).
+
+    ``temperature``: fit the calibration (else keep the pack's). ``bias``: per-label logit offsets with
+    the temperature (None = for sigmoid heads, the default; softmax heads get a temperature only).
+    """
     rule = parse_rule(rule)
     model = open_pack_model(pack_path, prepared, threads=threads, backend=backend)
     check_leakage(model, prepared, split, allow_train_split=allow_train_split, allow_calibration_split=True,
                   purpose="calibrate")
     spec = model.spec
+    pm = select_pack_model(_load(pack_path), prepared)
+    if bias and spec.activation != "sigmoid":
+        raise CxrEdgeError(f"--bias fits per-label offsets for sigmoid heads; {spec.name} is a softmax task "
+                           "(calibrated by a temperature alone). Drop --bias.")
+    fit_bias = spec.activation == "sigmoid" if bias is None else bias
     raw, _, how = model_outputs(model, prepared, split, progress)
     y = prepared.labels(split).astype(np.int64)
     t_old = model.temperature
-    t_new = fit_temperature(raw, y, spec.activation) if temperature else t_old
+    b_old = np.asarray(pm.metadata.bias_vector() or np.zeros(spec.num_labels), dtype=np.float64)
+    if not temperature:
+        t_new, b_new = t_old, b_old
+    elif fit_bias:
+        t_new, b_new = fit_temperature_and_bias(raw, y)
+    else:
+        t_new, b_new = fit_temperature(raw, y, spec.activation), np.zeros(spec.num_labels)
     at_bound = temperature and not T_MIN * 1.01 < t_new < T_MAX / 1.01
-    probs = apply_temperature(raw, t_new, spec.activation)
+    probs = apply_calibration(raw, t_new, spec.activation, b_new)
     thresholds = choose_thresholds(spec, y, probs, rule)
     stats, warnings = _label_stats(spec, y, probs, thresholds)
     if at_bound:
         warnings.append(f"the fitted temperature {t_new:.3g} is at the search bound [{T_MIN:g}, {T_MAX:g}]: the "
                         "model's outputs barely depend on the image, or the split holds one class")
     if not spec.multilabel:
-        warnings.append(f"{spec.name} is a softmax task: predict reports the most likely class; these one-vs-rest "
-                        "thresholds are stored for screening use")
-    ece = {"raw": task_ece(spec, y, raw), "before": task_ece(spec, y, apply_temperature(raw, t_old, spec.activation)),
+        stale = [name for name, rec in (pm.metadata.extras.get(POSTHOC_KEY, {}).get("profiles") or {}).items()
+                 if name != profile and not math.isclose(float(rec.get("temperature", t_new)), t_new, rel_tol=1e-9)]
+        if stale:
+            warnings.append(f"profile(s) {', '.join(stale)} were chosen at another temperature; a softmax's "
+                            "one-vs-rest thresholds cannot be carried over exactly: calibrate them again "
+                            "(with --keep-temperature)")
+    ece = {"raw": task_ece(spec, y, raw),
+           "before": task_ece(spec, y, apply_calibration(raw, t_old, spec.activation, b_old)),
            "after": task_ece(spec, y, probs), "n_bins": 15}
-    data = {"prepared": str(prepared.path), "data_sha256": prepared.data_sha256, "task": prepared.task.name,
+    data = {"prepared": portable_path(prepared.path), "data_sha256": prepared.data_sha256, "task": prepared.task.name,
             "split": split, "n": int(len(y)), "n_patients": int(len(np.unique(prepared.patients(split)))),
             "images_sha256": split_fingerprint(prepared, split)}
 
-    pm = select_pack_model(_load(pack_path), prepared)
     meta = dataclasses.replace(pm.metadata, thresholds=copy.deepcopy(pm.metadata.thresholds),
                                extras=copy.deepcopy(pm.metadata.extras))
     posthoc = meta.extras.setdefault(POSTHOC_KEY, {})
     profiles = posthoc.setdefault("profiles", {})
-    remapped = _remap_profiles(meta, posthoc, t_new, skip=profile)
+    remapped = _remap_profiles(meta, posthoc, (t_new, b_new), (t_old, b_old), skip=profile)
     created = {"created": utc_now(), "toolkit_version": __version__}
+    labels = list(spec.labels)
     if temperature:
-        posthoc["temperature"] = {"value": t_new, "previous": t_old, "data": data, "ece": ece, **created}
+        posthoc["temperature"] = {"value": t_new, "previous": t_old, "bias": _label_dict(labels, b_new),
+                                  "previous_bias": _label_dict(labels, b_old), "fitted_bias": bool(fit_bias),
+                                  "data": data, "ece": ece, **created}
     meta.temperature = t_new
+    meta.bias = _label_dict(labels, b_new) if np.any(b_new) else {}
     meta.thresholds[profile] = thresholds
-    profiles[profile] = {"rule": str(rule), "temperature": t_new, "data": data, "per_label": stats, **created}
+    profiles[profile] = {"rule": str(rule), "temperature": t_new, "bias": _label_dict(labels, b_new), "data": data,
+                         "per_label": stats, **created}
     old_default = meta.default_profile
     if make_default:
         meta.default_profile, reason = profile, "--default"
@@ -154,7 +190,9 @@ def calibrate_model(pack_path, prepared: Prepared, *, split: str, rule, profile:
     summary = {"task": spec.name, "slot": pm.slot, "file": pm.file, "data": dict(data, **how), "rule": str(rule),
                "profile": profile, "default_profile": meta.default_profile,
                "default_changed": meta.default_profile != old_default, "default_reason": reason,
-               "temperature": {"before": t_old, "after": t_new, "fitted": temperature}, "ece": ece,
+               "temperature": {"before": t_old, "after": t_new, "fitted": temperature},
+               "bias": {"before": _label_dict(labels, b_old), "after": _label_dict(labels, b_new),
+                        "fitted": bool(temperature and fit_bias)}, "ece": ece,
                "thresholds": stats, "remapped_profiles": remapped, "profiles": sorted(meta.thresholds),
                "warnings": warnings}
     return pm.slot, meta, summary
@@ -167,7 +205,8 @@ def _load(pack_path):
 
 
 def calibrate(pack, data, *, split: str = "val", rule="max-f1", profile: str | None = None,
-              make_default: bool = False, temperature: bool = True, allow_test_split: bool = False,
+              make_default: bool = False, temperature: bool = True, bias: bool | None = None,
+              allow_test_split: bool = False,
               allow_train_split: bool = False, dry_run: bool = False, threads: int = 1, backend: str | None = None,
               progress: Progress | None = None) -> dict:
     """Calibrate the pack's model for each prepared folder in ``data`` (a path or a list) and write the pack.
@@ -194,7 +233,7 @@ def calibrate(pack, data, *, split: str = "val", rule="max-f1", profile: str | N
             raise DataError(f"split {split!r} of {prepared.path} holds no images; choose one of "
                             f"{', '.join(prepared.splits)}.")
         slot, meta, summary = calibrate_model(pack_path, prepared, split=split, rule=rule, profile=profile,
-                                              make_default=make_default, temperature=temperature,
+                                              make_default=make_default, temperature=temperature, bias=bias,
                                               allow_train_split=allow_train_split, threads=threads,
                                               backend=backend, progress=progress)
         if slot in updates:

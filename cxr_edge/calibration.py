@@ -5,6 +5,13 @@ model pack emits; nothing here needs the float model or its logits.
 
 * :func:`fit_temperature` / :func:`apply_temperature`: one temperature T per
   model, ``p' = activation(logit(p) / T)``; T > 1 softens over-confident outputs.
+* :func:`fit_temperature_and_bias` / :func:`apply_calibration`: for sigmoid
+  heads, the shared T plus one logit offset per label,
+  ``p' = sigmoid(logit(p) / T + b_label)``. A model trained with per-label
+  positive weights (nih14: n_neg / n_pos, up to 30) over-states every label's
+  probability by about log(weight); one temperature cannot move probabilities
+  towards a label's base rate, the offset can (measured on the bundled nih14:
+  test ECE 0.29 raw, 0.29 after T alone, 0.04 after T + offsets).
 * :func:`choose_threshold` / :func:`choose_thresholds`: per-label decision
   thresholds from a rule string (``max-f1``, ``youden``, ``sensitivity:0.90``,
   ``specificity:0.80``). Thresholds drive sigmoid heads only; softmax tasks
@@ -128,6 +135,78 @@ def apply_temperature(probs, temperature: float, activation: str, eps: float = E
     if temperature == 1.0:
         return np.array(probs, dtype=np.float64, copy=True)
     return _activate(probs_to_logits(probs, activation, eps) / temperature, activation)
+
+
+#: Ridge on the per-label offsets (a Gaussian prior around 0): it keeps the offset of a label that the fit
+#: data show with one class only finite. At 1e-3 the bundled nih14's val NLL moves by under 0.1 %.
+BIAS_RIDGE = 1e-3
+B_MAX = 12.0
+
+
+def _fit_bias(z: np.ndarray, y: np.ndarray, ridge: float, iters: int = 50) -> np.ndarray:
+    """Per-column b minimizing ``mean(softplus(z + b) - y (z + b)) + ridge * b^2`` (Newton, vectorized)."""
+    b = np.zeros(z.shape[1])
+    for _ in range(iters):
+        p = _activate(z + b, "sigmoid")
+        grad = (p - y).mean(axis=0) + 2 * ridge * b
+        hess = (p * (1 - p)).mean(axis=0) + 2 * ridge
+        step = grad / hess
+        b = np.clip(b - step, -B_MAX, B_MAX)
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return b
+
+
+def fit_temperature_and_bias(probs, y_true, eps: float = EPS, ridge: float = BIAS_RIDGE,
+                             tol: float = 1e-5) -> tuple[float, np.ndarray]:
+    """``(T, b)`` minimizing the NLL of ``sigmoid(logit(p) / T + b)`` over (N, L) sigmoid outputs.
+
+    One temperature shared by all labels (the model's confidence) and one offset per label (its base
+    rate). For each T the offsets have a closed convex problem each (Newton); T is found by a
+    golden-section search on log T over the profile NLL, like :func:`fit_temperature`.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    p = p.reshape(-1, 1) if p.ndim == 1 else p
+    if np.size(y_true) != p.size:
+        raise DataError(f"y_true must match probs' shape {p.shape}, got {np.shape(y_true)}.")
+    y = _binary_labels(y_true).reshape(p.shape).astype(np.float64)
+    if p.size == 0:
+        raise DataError("fit_temperature_and_bias needs at least one prediction.")
+    z = probs_to_logits(p, "sigmoid", eps)
+
+    def profile_nll(log_t: float) -> float:
+        s = z / math.exp(log_t)
+        b = _fit_bias(s, y, ridge)
+        return float(np.mean(np.logaddexp(0.0, s + b) - y * (s + b)) + ridge * np.mean(b ** 2))
+
+    temperature = math.exp(_golden_section(profile_nll, math.log(T_MIN), math.log(T_MAX), tol))
+    if temperature < T_MIN * 1.01 or temperature > T_MAX / 1.01:
+        logger.warning("fitted temperature %.4g is at the search bound [%g, %g]: the fit data may hold "
+                       "one class only or the model may be degenerate", temperature, T_MIN, T_MAX)
+    return temperature, _fit_bias(z / temperature, y, ridge)
+
+
+def apply_calibration(probs, temperature: float, activation: str, bias=None, eps: float = EPS) -> np.ndarray:
+    """:func:`apply_temperature`, then (sigmoid only) the per-label logit offsets ``bias`` (length L)."""
+    if bias is None or not np.any(np.asarray(bias, dtype=np.float64)):
+        return apply_temperature(probs, temperature, activation, eps)
+    if activation != "sigmoid":
+        raise DataError("per-label offsets apply to sigmoid outputs only")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise DataError(f"temperature must be a finite number > 0, got {temperature!r}.")
+    return _activate(probs_to_logits(probs, "sigmoid", eps) / temperature + np.asarray(bias, np.float64), "sigmoid")
+
+
+def remap_threshold(t: float, old: tuple[float, float], new: tuple[float, float]) -> float:
+    """The threshold under calibration ``new`` = (T, b) that makes the same decisions as ``t`` under ``old``.
+
+    ``sigmoid(z / T1 + b1) >= t``  <=>  ``z >= T1 (logit(t) - b1)``
+    <=>  ``sigmoid(z / T2 + b2) >= sigmoid(T1 (logit(t) - b1) / T2 + b2)``.
+    """
+    (t1, b1), (t2, b2) = old, new
+    t = min(max(float(t), 1e-15), 1 - 1e-15)
+    z = t1 * (math.log(t) - math.log1p(-t) - b1)
+    return float(0.5 * (1.0 + math.tanh(0.5 * (z / t2 + b2))))
 
 
 # --------------------------------------------------------------------------- thresholds

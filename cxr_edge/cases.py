@@ -457,7 +457,7 @@ def csv_columns() -> list[str]:
     cxr4 = [f"cxr4:{lbl}" for lbl in get_task("cxr4").labels]
     nih = [f"nih:{lbl}" for lbl in get_task("nih14").labels]
     return (["case_id", "uid", "created", "status", "summary", "source", "pack", "profile", "gate_score",
-             "gate_threshold", "cxr4_top"] + cxr4 + ["nih_task", "nih_findings"] + nih
+             "gate_threshold", "cxr4_top", "cxr4_flagged"] + cxr4 + ["nih_task", "nih_findings"] + nih
             + ["warnings", "quality", "image_file", "note"])
 
 
@@ -476,6 +476,7 @@ def _csv_row(case: Case, image_file: str) -> dict:
            "summary": _text(case.summary), "source": _text(case.source), "pack": _text(case.pack_name),
            "profile": _text(case.profile), "gate_score": gate.get("score", ""),
            "gate_threshold": gate.get("threshold", ""), "cxr4_top": cxr4.get("top", ""),
+           "cxr4_flagged": ";".join(cxr4.get("positive") or []),
            "nih_task": nih.get("task", ""), "nih_findings": ";".join(nih.get("positive") or []),
            "warnings": _text(" | ".join(r.get("warnings") or [])),
            "quality": ";".join(f"{q.get('name')}:{q.get('verdict')}" for q in case.quality),

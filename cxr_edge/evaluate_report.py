@@ -107,8 +107,9 @@ def _reliability(ev):
     multiclass = not ev.spec.multilabel
     truth = ev.y.argmax(axis=1) if multiclass else ev.y
     t = ev.result["calibration"]["temperature"]
-    curves = {f"after temperature {t:g}": ev.probs}
-    if t != 1.0:
+    offsets = bool(ev.result["calibration"].get("bias"))
+    curves = {f"after temperature {t:.3g}" + (" + label offsets" if offsets else ""): ev.probs}
+    if t != 1.0 or offsets:
         curves = {"raw model output": ev.raw, **curves}
     for name, p in ev.variants.items():
         curves[VARIANT_NAMES[name]] = p
@@ -216,7 +217,8 @@ def _summary_rows(r) -> list[list[str]]:
         rows.append(["macro-F1", _ci(m["macro_f1"])])
     c = r["calibration"]
     rows.append([f"ECE ({m['ece']['kind']})", f"{_f(c['ece_raw'])} raw → {_f(c['ece'])} at temperature "
-                                              f"{c['temperature']:g}"])
+                                              f"{c['temperature']:.3g}" + (" with label offsets" if c.get("bias")
+                                                                           else "")])
     return rows
 
 

@@ -9,7 +9,7 @@ length of the bare model, so the metadata can be replaced without guessing.
 
 A :class:`ModelMetadata` says everything a reader needs: task, labels, head
 activation, input spec, which output is which, quantization, thresholds
-(named profiles), temperature, toolkit version, creation time, calibration
+(named profiles), temperature and per-label offsets, toolkit version, creation time, calibration
 set hash, measured float-vs-int8 metrics and training-data provenance.
 """
 
@@ -26,7 +26,9 @@ from . import __version__
 from .errors import PackError
 from .tasks import InputSpec, TaskSpec
 
-SCHEMA_VERSION = 1
+# 2: ``bias`` (per-label logit offsets) joined ``temperature``; a toolkit that ignored them would report other
+# probabilities than the pack was calibrated to, so version-1 readers refuse these packs.
+SCHEMA_VERSION = 2
 METADATA_MEMBER = "metadata.json"
 _COMMENT = re.compile(rb"^cxr-edge model_bytes=(\d+)$")
 
@@ -48,6 +50,7 @@ class ModelMetadata:
     thresholds: dict[str, dict[str, float]] = field(default_factory=dict)  # profile -> label -> threshold
     default_profile: str = "default"
     temperature: float = 1.0
+    bias: dict[str, float] = field(default_factory=dict)   # label -> logit offset after the temperature (sigmoid)
     toolkit_version: str = __version__
     created: str = field(default_factory=utc_now)
     calibration: dict = field(default_factory=dict)    # sha256, size and origin of the calibration set
@@ -87,6 +90,12 @@ class ModelMetadata:
         d["input"] = InputSpec.from_dict(d["input"])
         d["outputs"] = {str(k): int(v) for k, v in d["outputs"].items()}
         return cls(**d)
+
+    def bias_vector(self) -> list[float] | None:
+        """The per-label offsets in label order, or None when the model has none."""
+        if not self.bias:
+            return None
+        return [float(self.bias.get(lbl, 0.0)) for lbl in self.labels]
 
     def threshold_profile(self, profile: str | None = None) -> dict[str, float]:
         """Thresholds of a named profile (the default one when ``profile`` is None)."""

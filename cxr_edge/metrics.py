@@ -540,7 +540,8 @@ def _summary_fn(n_labels: int, multilabel: bool, thresholds: np.ndarray):
 
 
 def _per_label(spec, y, p, thr, aucs, n_bins) -> dict:
-    """{label: counts, AUROC (+CI), AP; sigmoid: threshold stats and ECE; softmax: P/R/F1 from argmax}."""
+    """{label: counts, AUROC (+CI), AP; sigmoid: threshold stats and ECE; softmax: P/R/F1 from argmax, and
+    the one-vs-rest stats of flagging the class at its threshold (``at_threshold``)}."""
     out = {}
     if not spec.multilabel:
         cm = confusion_matrix(y.argmax(axis=1), p.argmax(axis=1), spec.num_labels)
@@ -557,6 +558,9 @@ def _per_label(spec, y, p, thr, aucs, n_bins) -> dict:
         else:
             entry.update(support=int(cm[j].sum()), precision=_safe_div(cm[j, j], cm[:, j].sum()),
                          recall=_safe_div(cm[j, j], cm[j].sum()), f1=f1[j])
+            # the class flagged one-vs-rest at its threshold (what a 'screening' profile does in predict)
+            entry["threshold"] = thr[j]
+            entry["at_threshold"] = binary_stats(y[:, j], p[:, j], thr[j])
         out[label] = entry
     return out
 
@@ -568,7 +572,8 @@ def task_metrics(spec, y_true, probs, thresholds=None, groups=None, n_resamples:
     ``y_true`` is (N, L) 0/1 for sigmoid tasks, (N, L) one-hot or (N,) class
     indices for softmax tasks; ``probs`` is (N, L) (a single-label task may use
     (N,)). ``thresholds`` (see :func:`resolve_thresholds`) set the sigmoid
-    decisions; softmax decisions are the argmax and ignore them. ``groups``
+    decisions; softmax decisions are the argmax, and each class's threshold
+    only sets its one-vs-rest flag (``per_label[...]["at_threshold"]``). ``groups``
     (patient ids) switches the bootstrap to resampling patients; all CIs come
     from the same resamples; resamples where a metric is undefined (a label
     drawn with one class) are dropped, and ``ci_resamples`` /
@@ -579,7 +584,7 @@ def task_metrics(spec, y_true, probs, thresholds=None, groups=None, n_resamples:
     Keys: ``task``, ``activation``, ``labels``, ``n_samples``, ``bootstrap``;
     ``per_label`` {label: n_positive, n_negative, auroc, auroc_ci, auroc_ci_resamples, ap; sigmoid:
     threshold, tp/fp/tn/fn, sensitivity, specificity, precision, f1, accuracy,
-    ece; softmax: support, precision, recall, f1}; ``mean_auroc`` {value, ci,
+    ece; softmax: support, precision, recall, f1, threshold, at_threshold {tp/fp/tn/fn, sensitivity, ...}}; ``mean_auroc`` {value, ci,
     ci_resamples, n_labels} over labels with both classes; ``accuracy`` {value, ci, ci_resamples}
     (softmax: top-1; sigmoid: of all label decisions at the thresholds);
     single-label sigmoid also ``auroc`` {value, ci}; softmax also ``macro_f1``

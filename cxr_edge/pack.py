@@ -211,6 +211,14 @@ def _check_fields(manifest: dict, path: Path) -> None:
                         "cxr-edge ood fit rewrite a pack properly).")
 
 
+def _normalized(d, path: Path, name: str) -> dict | None:
+    """The manifest's copy of a model's metadata as this toolkit writes it (fields added since filled in)."""
+    try:
+        return md.ModelMetadata.from_dict(d, source=f"{path}/{MANIFEST} ({name})").to_dict()
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
 def _verify_model(reader, path: Path, slot: str, entry: dict) -> PackModel:
     name = entry.get("file")
     if not name:
@@ -229,7 +237,7 @@ def _verify_model(reader, path: Path, slot: str, entry: dict) -> PackModel:
             "again or re-export it."
         )
     meta, files = md.read(content, source=f"{path}/{name}")
-    if "metadata" in entry and entry["metadata"] != meta.to_dict():
+    if "metadata" in entry and _normalized(entry["metadata"], path, name) != meta.to_dict():
         raise PackError(f"{path}: the manifest's metadata for {slot!r} disagrees with the metadata inside {name}; "
                         "the manifest was edited by hand. Re-export the pack or run cxr-edge calibrate again.")
     try:

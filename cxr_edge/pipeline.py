@@ -85,7 +85,8 @@ class GateResult:
 
 @dataclass
 class TaskResult:
-    """One classifier's answer. ``positive`` lists the labels at or above their thresholds (argmax for softmax)."""
+    """One classifier's answer. ``positive`` lists the labels at or above their thresholds in the profile;
+    for a softmax task ``top`` (the most likely class) is the answer and ``positive`` the classes flagged."""
 
     task: str
     probabilities: dict[str, float]
@@ -187,12 +188,13 @@ class LoadedModel:
         return {role: outputs[i] for role, i in self.metadata.outputs.items() if i < len(outputs)}
 
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
-        t = self.metadata.temperature
-        if t == 1.0:
+        """The model's output mapped by the pack's calibration (temperature, then per-label offsets)."""
+        t, bias = self.metadata.temperature, self.metadata.bias_vector()
+        if t == 1.0 and bias is None:
             return raw
-        from .calibration import apply_temperature
+        from .calibration import apply_calibration
 
-        return apply_temperature(raw[None], t, self.spec.activation)[0]
+        return apply_calibration(raw[None], t, self.spec.activation, bias)[0]
 
     @property
     def head(self) -> cam.Head | None:
@@ -250,6 +252,10 @@ class Pipeline:
         if profile is not None and not any(profile in m.metadata.thresholds for m in self.models.values()):
             # fail now, not on the first image; the message lists the profiles that exist
             next(iter(self.models.values())).metadata.threshold_profile(profile)
+        for slot, m in self.models.items():
+            if profile is not None and profile not in m.metadata.thresholds:
+                log.warning("the %s model has no %r threshold profile; it uses its default %r (each result says "
+                            "which profile it used)", slot, profile, m.metadata.default_profile)
         if on_poor_photo not in ("predict", "skip"):
             raise ValueError(f"on_poor_photo must be 'predict' or 'skip', got {on_poor_photo!r}")
         # Decode large JPEGs only as big as the largest model input needs.
@@ -402,11 +408,10 @@ class Pipeline:
         profile, thresholds = self._thresholds(m)
         labels = m.spec.labels
         top = labels[int(np.argmax(probs))]
-        if m.spec.activation == "softmax":
-            positive = [top]
-        else:
-            positive = [lbl for lbl, p in zip(labels, probs)
-                        if p >= thresholds.get(lbl, m.spec.default_threshold)]
+        # Sigmoid: the findings. Softmax: ``top`` is the answer; ``positive`` flags every class whose probability
+        # reaches its one-vs-rest threshold in the profile (a 'screening' profile holds TB at sensitivity >= 0.90,
+        # so TB can be flagged while another class is the most likely).
+        positive = [lbl for lbl, p in zip(labels, probs) if p >= thresholds.get(lbl, m.spec.default_threshold)]
         return TaskResult(m.spec.name, {lbl: float(p) for lbl, p in zip(labels, probs)},
                           {lbl: float(thresholds.get(lbl, m.spec.default_threshold)) for lbl in labels},
                           positive, top, profile, m.metadata.temperature)
@@ -440,7 +445,8 @@ class Pipeline:
             result, m = getattr(pred, slot), self.models.get(slot)
             if result is None or m.head is None or runs[slot].features is None:
                 continue
-            names = [result.top] if m.spec.activation == "softmax" else result.positive
+            names = ([result.top] + [lbl for lbl in result.positive if lbl != result.top]
+                     if m.spec.activation == "softmax" else result.positive)
             # the same label can be reported by both models (Pneumonia): the second gets the task's name
             wanted = {(lbl if lbl not in maps else f"{lbl} ({slot})"): m.spec.labels.index(lbl) for lbl in names}
             maps.update(cam.heatmaps(runs[slot].features, m.head, m.spec.input, wanted, film_size,

@@ -7,11 +7,19 @@ import numpy as np
 import pytest
 from test_evaluate import _root, cli, cxr4_48, informative_cxr4, small_prepared  # noqa: F401 (fixtures)
 
-from cxr_edge.calibrate import calibrate, remap_threshold
-from cxr_edge.calibration import apply_temperature
+from cxr_edge.calibrate import calibrate
+from cxr_edge.calibration import (apply_calibration, apply_temperature, fit_temperature, fit_temperature_and_bias,
+                                  remap_threshold)
 from cxr_edge.errors import CxrEdgeError, DataError
 from cxr_edge.evaluate import evaluate
+from cxr_edge.metrics import expected_calibration_error
 from cxr_edge.pack import load_pack
+from cxr_edge.pipeline import Pipeline
+
+
+@pytest.fixture
+def cxr(shared_data):
+    return shared_data / "nih_cxr14" / "images" / "00000061_012.png"
 
 
 @pytest.fixture(scope="module")
@@ -74,23 +82,47 @@ def test_profiles_are_written_and_predict_applies_them(cli, tiny_pack, nih_48, s
     assert "ECE" in text and "sensitivity" in text and "Pneumonia" in text and "dry run: nothing written" in text
 
 
-def test_refitting_temperature_keeps_other_profiles_decisions(nih_48, tiny_pack, tmp_path):
+def test_refitting_the_calibration_keeps_other_profiles_decisions(nih_48, tiny_pack, tmp_path, cxr):
     rng = np.random.default_rng(0)
     raw = rng.uniform(0.001, 0.999, (500, 3))
     for t in (0.2, 0.5, 0.9):
-        for t_old, t_new in ((1.0, 2.5), (3.0, 0.7)):
-            before = apply_temperature(raw, t_old, "sigmoid") >= t
-            after = apply_temperature(raw, t_new, "sigmoid") >= remap_threshold(t, t_old, t_new)
+        for old, new in (((1.0, 0.0), (2.5, 0.0)), ((3.0, 0.0), (0.7, -1.5)), ((1.3, -2.0), (0.9, 0.4))):
+            before = apply_calibration(raw, old[0], "sigmoid", [old[1]] * 3) >= t
+            after = apply_calibration(raw, new[0], "sigmoid", [new[1]] * 3) >= remap_threshold(t, old, new)
             assert (before == after).all()
     pack = shutil.copytree(tiny_pack, tmp_path / "pack")
     calibrate(pack, nih_48, rule="youden", profile="a", temperature=False)
+    before = {p: Pipeline(pack, profile="a").predict(cxr).nih14.positive for p in ("a",)}
     first = load_pack(pack)["nih14"].metadata.thresholds["a"]
     out = calibrate(pack, nih_48, rule="max-f1", profile="b")["models"]["nih14"]
     meta = load_pack(pack)["nih14"].metadata
-    assert out["remapped_profiles"] == {"a": 1.0}
-    t_new = meta.temperature
-    assert meta.thresholds["a"] == pytest.approx({k: remap_threshold(v, 1.0, t_new) for k, v in first.items()})
+    assert out["remapped_profiles"] == {"a": 1.0} and out["bias"]["fitted"] and meta.bias
+    t_new, labels = meta.temperature, meta.labels
+    assert meta.thresholds["a"] == pytest.approx(
+        {k: remap_threshold(v, (1.0, 0.0), (t_new, meta.bias[k])) for k, v in first.items()})
     assert meta.extras["posthoc_calibration"]["profiles"]["a"]["temperature"] == t_new
+    # a real image gets the same findings under profile 'a' before and after the new calibration
+    assert Pipeline(pack, profile="a").predict(cxr).nih14.positive == before["a"]
+    assert sorted(meta.bias) == sorted(labels)
+
+
+def test_label_offsets_fix_what_one_temperature_cannot():
+    # A multi-label model trained with positive weights w over-states each label by about log(w): its outputs
+    # are sigmoid(true logit + log w). One temperature cannot bring them down to the base rate; T + offsets can.
+    rng = np.random.default_rng(3)
+    n, prevalence, w = 4000, np.array([0.02, 0.05, 0.2]), np.array([30.0, 19.0, 4.0])
+    z_true = rng.normal(0, 1.5, (n, 3)) + np.log(prevalence / (1 - prevalence))
+    y = (rng.uniform(size=(n, 3)) < 1 / (1 + np.exp(-z_true))).astype(int)
+    raw = 1 / (1 + np.exp(-(z_true + np.log(w))))
+    fit, test = slice(0, n // 2), slice(n // 2, n)
+    t_only = fit_temperature(raw[fit], y[fit], "sigmoid")
+    t, b = fit_temperature_and_bias(raw[fit], y[fit])
+    ece = {k: expected_calibration_error(y[test], p) for k, p in {
+        "raw": raw[test], "temperature": apply_temperature(raw[test], t_only, "sigmoid"),
+        "offsets": apply_calibration(raw[test], t, "sigmoid", b)}.items()}
+    assert ece["offsets"] < 0.02 < 0.5 * ece["temperature"] and ece["temperature"] > 0.05
+    np.testing.assert_allclose(b, -np.log(w), atol=0.35)   # the offsets find the weights' inflation
+    assert t == pytest.approx(1.0, abs=0.15)
 
 
 def test_refusals_and_clean_errors(cli, tiny_pack, cxr4_48, nih_48, tmp_path, tmp_path_factory):

@@ -25,7 +25,8 @@ def test_accepted_image_gets_all_three_results(pipeline, cxr):
     assert pred.status == "ok" and pred.gate.accepted
     assert set(pred.cxr4.probabilities) == {"COVID-19", "Normal", "Pneumonia", "Tuberculosis"}
     assert abs(sum(pred.cxr4.probabilities.values()) - 1) < 0.03  # softmax (int8 output steps)
-    assert pred.cxr4.positive == [pred.cxr4.top]
+    flagged = {k for k, p in pred.cxr4.probabilities.items() if p >= pred.cxr4.thresholds[k]}
+    assert set(pred.cxr4.positive) == flagged   # one-vs-rest thresholds flag classes; top is the answer
     assert len(pred.nih14.probabilities) == 14
     assert all((pred.nih14.probabilities[k] >= pred.nih14.thresholds[k]) for k in pred.nih14.positive)
     d = pred.to_dict()
@@ -133,6 +134,34 @@ def test_temperature_from_the_pack_is_applied(tiny_pack, tmp_path, cxr):
     after = Pipeline(pack).predict(cxr).cxr4.probabilities
     assert np.std(list(after.values())) < np.std(list(before.values()))  # softer, same ranking
     assert max(after, key=after.get) == max(before, key=before.get)
+
+
+def test_label_offsets_from_the_pack_are_applied(tiny_pack, tmp_path, cxr):
+    pack = shutil.copytree(tiny_pack, tmp_path / "offsets")
+    before = Pipeline(pack).predict(cxr).nih14.probabilities
+    meta = load_pack(pack)["nih14"].metadata
+    meta.bias = {"Hernia": -3.0, "Effusion": 2.0}
+    rewrite_metadata(pack, {"nih14": meta})
+    after = Pipeline(pack).predict(cxr).nih14.probabilities
+    assert after["Hernia"] < 0.25 * before["Hernia"] and after["Effusion"] > before["Effusion"]
+    assert after["Mass"] == pytest.approx(before["Mass"])
+
+
+def test_a_softmax_profile_flags_classes_beside_the_top_answer(tiny_pack, tmp_path, cxr):
+    from click.testing import CliRunner
+
+    from cxr_edge.cli import main
+
+    pack = shutil.copytree(tiny_pack, tmp_path / "screening")
+    plain = Pipeline(pack).predict(cxr).cxr4
+    low = min(plain.probabilities, key=plain.probabilities.get)   # the least likely class ...
+    meta = load_pack(pack)["cxr4"].metadata
+    meta.thresholds["screening"] = {lbl: (0.0 if lbl == low else 1.01) for lbl in meta.labels}
+    rewrite_metadata(pack, {"cxr4": meta})
+    pred = Pipeline(pack, profile="screening").predict(cxr).cxr4
+    assert pred.top == plain.top != low and pred.positive == [low]   # ... is flagged, the answer unchanged
+    res = CliRunner().invoke(main, ["predict", "--pack", str(pack), "--profile", "screening", str(cxr)])
+    assert f"+{low}" in res.stdout.splitlines()[2]
 
 
 def test_json_keys_are_stable_and_carry_no_arrays(pipeline, cxr):

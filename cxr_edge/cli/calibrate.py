@@ -23,21 +23,28 @@ _path = click.Path(path_type=str)
 @click.option("--default", "make_default", is_flag=True,
               help="Make this profile the pack's default (it also becomes the default when the current default "
                    "was never calibrated).")
-@click.option("--keep-temperature", is_flag=True, help="Keep the pack's temperature; only choose thresholds.")
+@click.option("--keep-temperature", is_flag=True,
+              help="Keep the pack's temperature (and label offsets); only choose thresholds.")
+@click.option("--bias/--no-bias", "bias", default=None,
+              help="With the temperature, fit a logit offset per label (default: on for sigmoid heads -- gate, "
+                   "nih14 -- where training's positive weights inflate every probability; softmax heads get a "
+                   "temperature only).")
 @click.option("--dry-run", is_flag=True, help="Compute and print everything, write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
 @click.option("--allow-test-split", is_flag=True,
               help="Calibrate on the test split anyway (only if it will never be used to report results).")
 @click.option("--allow-train-split", is_flag=True, help="Calibrate on images the model trained on anyway.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64), help="Interpreter threads.")
-def calibrate(pack, data, split, rule, profile, make_default, keep_temperature, dry_run, as_json, allow_test_split,
-              allow_train_split, threads):
+def calibrate(pack, data, split, rule, profile, make_default, keep_temperature, bias, dry_run, as_json,
+              allow_test_split, allow_train_split, threads):
     """Fit a temperature and choose per-label thresholds for PACK on a prepared split.
 
     The model runs on the split exactly as `cxr-edge predict` runs it. A
     temperature T is fitted to its outputs (T > 1 softens an over-confident
-    model), then a threshold per label is chosen by --rule on the rescaled
-    probabilities and stored as a named profile. A pack can hold several
+    model), for sigmoid heads together with a logit offset per label that
+    moves each label's probabilities to its base rate. Then a threshold per
+    label is chosen by --rule on the calibrated probabilities and stored as a
+    named profile. A pack can hold several
     profiles (e.g. screening and balanced); `cxr-edge predict --profile NAME`
     picks one, and the default profile is used otherwise.
 
@@ -58,7 +65,7 @@ def calibrate(pack, data, split, rule, profile, make_default, keep_temperature, 
 
     with StageProgress() as progress:
         result = run_calibrate(pack, list(data), split=split, rule=rule, profile=profile,
-                               make_default=make_default, temperature=not keep_temperature,
+                               make_default=make_default, temperature=not keep_temperature, bias=bias,
                                allow_test_split=allow_test_split, allow_train_split=allow_train_split,
                                dry_run=dry_run, threads=threads, progress=progress)
     click.echo(json.dumps(result) if as_json else format_result(result))
@@ -72,6 +79,7 @@ def format_result(r: dict) -> str:
         lines += [f"{slot}: {m['task']} model ({m['file']}), data {d['prepared']} split {d['split']}: {d['n']} images",
                   f"  temperature {t['before']:.4g} -> {t['after']:.4g}{'' if t['fitted'] else ' (kept)'}    "
                   f"ECE {_f(e['before'])} -> {_f(e['after'])}  (raw outputs {_f(e['raw'])})",
+                  *_bias_line(m.get("bias") or {}),
                   f"  profile {m['profile']!r} by rule {m['rule']}; default profile {m['default_profile']!r}"
                   f"{' (changed: ' + m['default_reason'] + ')' if m['default_changed'] else ''}",
                   f"  {'label':<20} {'n+':>5}  threshold  sensitivity  specificity   F1"]
@@ -79,8 +87,16 @@ def format_result(r: dict) -> str:
             lines.append(f"  {label:<20} {s['n_positive']:>5}  {_f(s['threshold'], 4):>9}  {_f(s['sensitivity']):>11}"
                          f"  {_f(s['specificity']):>11}  {_f(s['f1'])}")
         for name, t_old in m["remapped_profiles"].items():
-            lines.append(f"  profile {name!r}: thresholds re-expressed for the new temperature (was {t_old:.4g}); "
-                         "its decisions are unchanged")
+            lines.append(f"  profile {name!r}: thresholds re-expressed for the new calibration (temperature was "
+                         f"{t_old:.4g}); its decisions are unchanged")
         lines += [f"  warning: {w}" for w in m["warnings"]]
     lines.append(f"written: {r['pack']}" if r["written"] else "dry run: nothing written")
     return "\n".join(lines)
+
+
+def _bias_line(b: dict) -> list[str]:
+    after = b.get("after") or {}
+    if not any(after.values()):
+        return []
+    how = "fitted" if b.get("fitted") else "kept"
+    return [f"  label offsets ({how}): " + ", ".join(f"{k} {v:+.2f}" for k, v in after.items())]

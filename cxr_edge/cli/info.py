@@ -45,6 +45,9 @@ def format_description(desc: dict, origin: str = "") -> str:
                   f"  quantization {q.get('mode', '?')} ({q.get('source', '?')}), I/O {q.get('io_dtype', '?')}",
                   f"  temperature  {m.get('temperature', 1.0):g}   profiles: "
                   + ", ".join(f"{p}{' (default)' if p == m.get('default_profile') else ''}" for p in m["thresholds"])]
+        if m.get("bias"):
+            lines.append("  offsets      " + ", ".join(f"{k} {v:+.2f}" for k, v in m["bias"].items())
+                         + "  (logit, after the temperature)")
         cal = m.get("calibration") or {}
         if cal.get("used") is False:
             lines.append(f"  calibration  none used ({cal.get('note', 'no calibration set')})")

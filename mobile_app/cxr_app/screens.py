@@ -339,10 +339,14 @@ class ResultScreen(AppScreen):
                 self.heatmap_caption.text = ""
 
     def _cxr4(self, body, r: dict) -> None:
-        body.add_widget(text("COVID-19 / Normal / Pneumonia / Tuberculosis", bold=True))
         probs = r["probabilities"]
+        body.add_widget(text(" / ".join(probs), bold=True))    # the pack's labels, in its order
         for label in sorted(probs, key=lambda k: -probs[k]):
             body.add_widget(ProbBar(label=label, value=float(probs[label]), highlight=label == r["top"]))
+        flagged = [lbl for lbl in r.get("positive") or [] if lbl != r["top"]]
+        if flagged:
+            body.add_widget(text(f"Also above the '{r['profile']}' threshold: "
+                                 + ", ".join(f"{lbl} {probs[lbl]:.0%}" for lbl in flagged)))
 
     def _findings(self, body, r: dict) -> None:
         body.add_widget(text(f"Findings above the '{r['profile']}' thresholds ({r['task']})", bold=True))
