@@ -90,3 +90,38 @@ def test_unknown_envelope_is_refused(envelope, tmp_path):
     (tmp_path / "p.json").write_text(json.dumps(policy))
     with pytest.raises(RecipeError, match="check.envelope"):
         load_policy(tmp_path / "p.json")
+
+
+def test_envelope_limit_caps_how_far_an_erratic_float_model_widens_a_check():
+    from cxr_edge.tasks import Int8Tolerance
+
+    spec = get_task("cxr4")
+    x, y, predict = _problem()
+    p_float = predict(x)
+    erratic = {"kind": "one-pixel-shift", "agreement": 0.80, "drop": {"accuracy": 0.15, "macro_f1": 0.15},
+               "shifts": []}
+    p_int8 = p_float.copy()
+    worse = np.flatnonzero(p_float.argmax(1) == y.argmax(1))[:20]     # int8 gets 20 right answers wrong: -5 points
+    p_int8[worse] = np.roll(p_float[worse], 1, axis=1)
+    assert compare(spec, y, p_float, p_int8, spec.tolerance, envelope=erratic)["passed"]   # unlimited: waved through
+    limit = Int8Tolerance(accuracy=0.02, macro_f1=0.03, agreement=0.96)
+    capped = compare(spec, y, p_float, p_int8, spec.tolerance, envelope=erratic, limit=limit)
+    assert not capped["passed"]
+    by = {c["metric"]: c for c in capped["checks"]}
+    assert by["accuracy"]["allowed"] == 0.02 and by["agreement"]["allowed_min"] == 0.96
+    assert any("at most 0.0200" in f for f in failures(capped))
+
+
+def test_shipped_policies_cap_their_envelopes_and_a_stricter_limit_is_refused(tmp_path):
+    from cxr_edge.errors import RecipeError
+    from cxr_edge.training.export_check import load_policy
+
+    root = Path(__file__).resolve().parents[1] / "export"
+    for task in ("gate", "cxr4", "nih14"):
+        pol = load_policy(root / f"{task}.json")
+        assert pol.envelope == "one-pixel-shift" and pol.envelope_limit is not None
+    policy = json.loads((root / "cxr4.json").read_text())
+    policy["check"]["envelope_limit"]["accuracy"] = 0.001    # below the tolerance it is meant to cap
+    (tmp_path / "p.json").write_text(json.dumps(policy))
+    with pytest.raises(RecipeError, match="envelope_limit.*stricter"):
+        load_policy(tmp_path / "p.json")

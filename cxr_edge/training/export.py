@@ -175,7 +175,8 @@ def _candidate(source: str, keras_model, representative, pol: ExportPolicy, spec
     roles = output_roles(content, spec.num_labels)
     lm = _device_model(content, spec, roles)
     probs, feats = _device_outputs(lm, x)
-    result = compare(spec, y, reference[0], probs, pol.tolerance, features=(reference[1], feats), envelope=envelope)
+    result = compare(spec, y, reference[0], probs, pol.tolerance, features=(reference[1], feats), envelope=envelope,
+                     limit=pol.envelope_limit)
     quant = {"mode": "int8", "io_dtype": pol.io_dtype, "source": source, "per_channel": pol.per_channel,
              "input": _tensor_quantization(lm.model.inputs[0]),
              "outputs": {role: _tensor_quantization(lm.model.outputs[i]) for role, i in roles.items()}}
@@ -240,11 +241,28 @@ def _license(prepared) -> dict:
                                     "non_permissive_images")}
 
 
+def _augment_record(run) -> dict | None:
+    """The run's training augmentation (from its resolved recipe.json): TTA uses flips only where
+    training did (``hflip``), and a reader sees whether the model was trained on simulated photos."""
+    import json
+
+    from .runs import RECIPE_JSON
+
+    try:
+        return dict(json.loads((run.path / RECIPE_JSON).read_text()).get("augment") or {}) or None
+    except (OSError, ValueError) as exc:
+        log.warning("%s: no readable %s (%s); the model's training augmentation is not recorded", run.path,
+                    RECIPE_JSON, exc)
+        return None
+
+
 def _training_record(run, prepared) -> dict:
+    from ..paths import portable_path
+
     info = run.info
     return {"recipe": info.get("recipe"), "run": run.path.name, "data_sha256": prepared.data_sha256,
-            "prepared": info.get("prepared"), "alpha": info.get("alpha"), "status": info.get("status"),
-            "best": info.get("best"), "qat": info.get("qat"),
+            "prepared": portable_path(prepared.path), "alpha": info.get("alpha"), "status": info.get("status"),
+            "best": info.get("best"), "qat": info.get("qat"), "augment": _augment_record(run),
             "images": {s: prepared.info["counts"][s]["images"] for s in prepared.splits},
             "license": _license(prepared)}
 
@@ -306,6 +324,8 @@ def write_into_pack(out, slot: str, content: bytes, meta: md.ModelMetadata, *,
     Returns the pack path and the slots it kept from before.
     """
     from ..pack import load_pack, write_pack
+    from ..pipeline import QUALITY_KEY
+    from ..quality import QualitySpec
 
     out = Path(out)
     models, kept, description, extra = {}, [], "", {}
@@ -325,6 +345,8 @@ def write_into_pack(out, slot: str, content: bytes, meta: md.ModelMetadata, *,
         name = name or existing.name
         description, extra = existing.manifest.get("description", ""), dict(existing.manifest.get("extra") or {})
     models[slot] = (content, meta)
+    if QUALITY_KEY not in extra:   # the photo quality thresholds travel with the pack, where a user can see them
+        extra[QUALITY_KEY] = QualitySpec().to_dict()
     description = description or "cxr-edge int8 models (gate -> cxr4 / nih14); decision support only"
     write_pack(out, models, name=name or out.stem, license=_pack_license(models), description=description,
                extra=extra, overwrite=True)
@@ -413,10 +435,11 @@ def export_run(run_dir, *, out=None, int8: bool = True, source: str | None = Non
         head, head_info = best.head
         calibration_record = (dict(cs.record(), used=True) if best.source == "ptq" else
                               {"used": False, "n": 0, "sha256": None,
-                               "note": "QAT model: int8 ranges were learnt in quantization-aware training"})
+                               "note": "QAT model: int8 ranges were learnt in quantization-aware training",
+                               **({"ptq_candidate_set": cs.record()} if cs is not None else {})})
         meta = md.ModelMetadata.for_task(
             spec, best.roles, quantization=best.quantization, calibration=calibration_record,
-            metrics=_metrics_record(best, cands, pol.split, prepared, how),
+            metrics=dict(_metrics_record(best, cands, pol.split, prepared, how), sizes=dict(report["sizes"])),
             extras={"head": head_info, "export": {"policy": pol.path.name if pol.path else None,
                                                   "seconds": round(time.perf_counter() - started, 1)}},
             **meta_base)

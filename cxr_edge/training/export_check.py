@@ -28,7 +28,9 @@ one pixel in each of the four directions, and each check allows the larger of th
 and what the float model itself does on the worst of these four equally valid copies of the images
 (agreement: the smaller of the policy's minimum and the float model's agreement with itself). The
 policy's numbers stay the floor: a stable model is checked exactly as strictly as without it. The
-envelope is measured, reported beside every check and stored in the pack.
+policy's ``check.envelope_limit`` is the ceiling: however unstable the float model, no check is widened
+past it (the shipped cxr4 policy: accuracy at most 2 points, agreement at least 0.96). The envelope is
+measured, reported beside every check and stored in the pack.
 
 numpy only (the metrics are :mod:`cxr_edge.metrics`); no TensorFlow.
 """
@@ -80,6 +82,7 @@ class ExportPolicy:
     recommended_calibration: int = 300
     split: str = "val"
     envelope: str = "none"       # "one-pixel-shift": widen each tolerance to the float model's own 1-px noise
+    envelope_limit: Int8Tolerance | None = None   # ... but never past these (None: no ceiling)
     path: Path | None = None
     raw: dict = field(default_factory=dict, compare=False)
 
@@ -92,7 +95,8 @@ class ExportPolicy:
                 "io_dtype": self.io_dtype, "per_channel": self.per_channel, "from": self.source,
                 "calibration": str(self.calibration) if self.calibration else None,
                 "min_calibration": self.min_calibration, "recommended_calibration": self.recommended_calibration,
-                "split": self.split, "tolerance": self.tolerance.to_dict(), "envelope": self.envelope}
+                "split": self.split, "tolerance": self.tolerance.to_dict(), "envelope": self.envelope,
+                "envelope_limit": self.envelope_limit.to_dict() if self.envelope_limit else None}
 
 
 def _need(d: dict, key: str, where: str):
@@ -137,22 +141,37 @@ def parse_policy(data: dict, *, path: Path | None = None) -> ExportPolicy:
     envelope = check.get("envelope", "none")
     if envelope not in ENVELOPES:
         raise RecipeError(f"{where}: check.envelope {envelope!r}; valid: {', '.join(ENVELOPES)}")
+    limit = None
+    if "envelope_limit" in check:
+        if envelope == "none":
+            raise RecipeError(f"{where}: check.envelope_limit caps the one-pixel envelope; set "
+                              "check.envelope to 'one-pixel-shift' or drop envelope_limit")
+        limit = _parse_tolerance(spec, check["envelope_limit"], where, key="check.envelope_limit")
+        looser = [k for k in checked_keys(spec)
+                  if (getattr(limit, k) < getattr(tolerance, k) if k != "agreement"
+                      else getattr(limit, k) > getattr(tolerance, k))]
+        if looser:
+            raise RecipeError(f"{where}: check.envelope_limit {looser} is stricter than check.tolerance; the "
+                              "limit is how far the envelope may widen a tolerance, so it must be at least as "
+                              "loose")
     return ExportPolicy(spec.name, tolerance, io_dtype, bool(quant.get("per_channel", True)), source,
-                        manifest, min_n, rec_n, split, envelope, path, data)
+                        manifest, min_n, rec_n, split, envelope, limit, path, data)
 
 
-def _parse_tolerance(spec: TaskSpec, tol: dict, where: str) -> Int8Tolerance:
+def _parse_tolerance(spec: TaskSpec, tol: dict, where: str, key: str = "check.tolerance") -> Int8Tolerance:
+    if not isinstance(tol, dict):
+        raise RecipeError(f"{where}: {key} must be an object of allowed deltas, e.g. {{\"accuracy\": 0.005}}")
     missing = [k for k in checked_keys(spec) if k not in tol]
     if missing:
-        raise RecipeError(f"{where}: check.tolerance lacks {missing}, which task {spec.name} is checked on "
+        raise RecipeError(f"{where}: {key} lacks {missing}, which task {spec.name} is checked on "
                           f"(it needs {list(checked_keys(spec))}); state every allowed delta explicitly")
     try:
         parsed = Int8Tolerance.from_dict({k: float(v) for k, v in tol.items()})
     except (ValueError, TypeError) as exc:
-        raise RecipeError(f"{where}: check.tolerance: {exc}") from exc
-    for key, value in parsed.to_dict().items():
+        raise RecipeError(f"{where}: {key}: {exc}") from exc
+    for name, value in parsed.to_dict().items():
         if not math.isfinite(value) or not -1.0 <= value <= 1.0:
-            raise RecipeError(f"{where}: tolerance {key}={value} must be a number in [-1, 1]")
+            raise RecipeError(f"{where}: {key} {name}={value} must be a number in [-1, 1]")
     return parsed
 
 
@@ -273,21 +292,24 @@ def _drop(a, b):
     return None if a is None or b is None else a - b
 
 
-def _check(metric, label, flt, q, tolerance, envelope=None) -> dict:
+def _check(metric, label, flt, q, tolerance, envelope=None, limit=None) -> dict:
     drop = None if flt is None or q is None else flt - q
     allowed = tolerance if envelope is None or envelope <= 0 else max(tolerance, envelope)
+    if limit is not None:
+        allowed = min(allowed, max(limit, tolerance))
     return {"metric": metric, "label": label, "float": flt, "int8": q, "drop": drop, "allowed": allowed,
-            "tolerance": tolerance, "envelope": envelope, "passed": drop is None or drop <= allowed + 1e-12}
+            "tolerance": tolerance, "envelope": envelope, "limit": limit,
+            "passed": drop is None or drop <= allowed + 1e-12}
 
 
 def compare(spec: TaskSpec, y, probs_float, probs_int8, tolerance: Int8Tolerance, *, features=None,
-            envelope: dict | None = None) -> dict:
+            envelope: dict | None = None, limit: Int8Tolerance | None = None) -> dict:
     """Measure the int8 model against the float model on the same images and apply ``tolerance``.
 
     ``features``: optional ``(float, int8)`` pooled feature arrays; their correlation says whether
     drift starts in the backbone (low) or only at the head (high). ``envelope``: the float model's own
-    one-pixel-shift noise (:func:`one_pixel_envelope`); each check then allows the larger of the two.
-    JSON-ready result.
+    one-pixel-shift noise (:func:`one_pixel_envelope`); each check then allows the larger of the two, but
+    never more than ``limit`` (the policy's ``envelope_limit``). JSON-ready result.
     """
     flt, q = summarize(spec, y, probs_float), summarize(spec, y, probs_int8)
     env_drop = (envelope or {}).get("drop", {})
@@ -301,19 +323,24 @@ def compare(spec: TaskSpec, y, probs_float, probs_int8, tolerance: Int8Tolerance
         if key == "agreement":
             env = (envelope or {}).get("agreement")
             allowed_min = tolerance.agreement if env is None or env >= 1 else min(tolerance.agreement, env)
+            floor = None if limit is None else min(limit.agreement, tolerance.agreement)
+            if floor is not None:
+                allowed_min = max(allowed_min, floor)
             checks.append({"metric": "agreement", "label": None, "value": agree["agreement"],
                            "allowed_min": allowed_min, "tolerance": tolerance.agreement, "envelope": env,
+                           "limit": floor,
                            "passed": agree["agreement"] is not None and agree["agreement"] >= allowed_min})
         elif key == "label_auroc":
             for lbl in spec.labels:
                 env = env_drop.get("per_label_auroc", {}).get(lbl) if envelope else None
                 row = _check("auroc", lbl, flt["per_label_auroc"][lbl], q["per_label_auroc"][lbl],
-                             tolerance.label_auroc, env)
+                             tolerance.label_auroc, env, limit.label_auroc if limit else None)
                 checks.append(dict(row, n_positive=flt["n_positive"][lbl]))
         else:
             metric = "auroc" if key == "mean_auroc" and "auroc" in flt else key
             checks.append(_check(metric, None, flt[metric], q[metric], getattr(tolerance, key),
-                                 env_drop.get(metric) if envelope else None))
+                                 env_drop.get(metric) if envelope else None,
+                                 getattr(limit, key) if limit else None))
     return {"n": int(len(np.asarray(probs_float))), "float": flt, "int8": q, "delta": delta,
             "delta_definition": DELTA_DEFINITION, "agreement": agree["agreement"], "agreement_kind": agree["kind"],
             "agreement_per_label": agree.get("per_label"), "max_abs_diff": agree["max_abs_diff"],
@@ -333,7 +360,8 @@ def describe_failure(check: dict) -> str:
     name = check["metric"] + (f"[{check['label']}]" if check["label"] else "")
     extra = f", {check['n_positive']} positive image(s)" if check.get("n_positive") is not None else ""
     change = f"dropped by {check['drop']:.4f}" if check["drop"] > 0 else f"changed by {-check['drop']:+.4f}"
-    env = (f" (the policy's {check['tolerance']:.4f}, widened to what a one-pixel shift does to the float model)"
+    env = (f" (the policy's {check['tolerance']:.4f}, widened to what a one-pixel shift does to the float model"
+           + (f", at most {check['limit']:.4f}" if check.get("limit") is not None else "") + ")"
            if check.get("envelope") is not None and check["envelope"] > check.get("tolerance", check["allowed"])
            else "")
     return (f"{name} {change} (float {check['float']:.4f} -> int8 {check['int8']:.4f}{extra}); "
