@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -148,7 +149,7 @@ def open_pack_model(path, prepared: Prepared, *, profile: str | None = None, thr
     describe = {"kind": "pack", "path": str(pack.path), "pack_name": pack.name, "slot": pm.slot, "file": pm.file,
                 "sha256": pm.sha256, "task": meta.task, "input": meta.input.to_dict(), "backend": lm.model.backend,
                 "backend_version": lm.model.backend_version, "threads": threads, "quantization": meta.quantization,
-                "temperature": meta.temperature, "profile": name, "default_profile": meta.default_profile,
+                "temperature": meta.temperature, "bias": dict(meta.bias), "profile": name, "default_profile": meta.default_profile,
                 "profiles": sorted(meta.thresholds), "training": meta.training}
     return ModelUnderTest("pack", pack.path, pm.spec, pm.slot, float(meta.temperature), name, thresholds,
                           dict(meta.training), dict(meta.extras.get(POSTHOC_KEY) or {}), describe, infer,
@@ -483,13 +484,23 @@ def source_probe(features: np.ndarray, sources, patients, *, seed: int = 0, fold
             "folds": folds, "l2": l2, "features": int(x.shape[1]), "model": "multinomial logistic regression"}
 
 
+_SUBSET = re.compile(r"\s*\((?:official\s+)?(?:train|training|test|testing|val|validation)(?:\s+(?:split|set))?\)\s*$",
+                     re.IGNORECASE)
+
+
+def source_names(datasets) -> np.ndarray:
+    """Source dataset per image, with a collection's own train/test subsets merged ("Kermany pediatric CXR
+    (train split)" and "(test split)" are one hospital's images: a probe must not be asked to tell them apart)."""
+    return np.array([_SUBSET.sub("", str(d)) for d in datasets], dtype=object)
+
+
 def shortcut_check(spec: TaskSpec, features, table, y, patients, seed: int) -> dict:
     """The source probe on all images and within each label (where one label spans several sources)."""
     if features is None:
         return {"skipped": "the model has no 'features' output to probe"}
     if "dataset" not in table:
         return {"skipped": "the data record no source dataset"}
-    sources = table["dataset"]
+    sources = source_names(table["dataset"])
     out = {"all": source_probe(features, sources, patients, seed=seed), "within_label": {}}
     for j, label in enumerate(spec.labels):
         sel = y[:, j] > 0
@@ -644,10 +655,12 @@ def evaluate(model_path, data, *, split: str = "test", photos=None, profile: str
                  "images_sha256": split_fingerprint(prepared, split), **how},
         "leakage": leakage,
         "metrics": metrics,
-        "calibration": {"temperature": model.temperature, "ece_raw": task_ece(spec, y, raw),
+        "calibration": {"temperature": model.temperature, "bias": model.describe.get("bias") or {},
+                        "ece_raw": task_ece(spec, y, raw),
                         "ece": metrics["ece"]["value"], "n_bins": metrics["ece"]["n_bins"]},
         "subgroups": subgroup_results(spec, table, y, probs, thr, patients, n_boot, seed, min_group),
-        "datasets": (_grouped(spec, y, probs, thr, patients, list(table["dataset"]), n_boot, seed, min_group)
+        "datasets": (_grouped(spec, y, probs, thr, patients, list(source_names(table["dataset"])), n_boot, seed,
+                              min_group)
                      if "dataset" in table else {}),
         "shortcut": shortcut_check(spec, pooled, table, y, patients, seed),
         "notes": notes,

@@ -266,3 +266,12 @@ def test_probe_finds_a_planted_source_signal_and_not_a_random_one():
     noise = source_probe(rng.standard_normal((120, 8)), sources, patients)
     assert noise["balanced_accuracy"] < 0.6
     assert "skipped" in source_probe(planted, np.array(["a"] * 118 + ["b", "b"]), patients)
+
+
+def test_a_collections_own_train_and_test_subsets_are_one_source():
+    from cxr_edge.evaluate import source_names
+
+    names = source_names(["Kermany pediatric CXR (train split)", "Kermany pediatric CXR (test split)",
+                          "COVID-19 image data collection (ieee8023)", "TBX11K (validation set)"])
+    assert list(names) == ["Kermany pediatric CXR", "Kermany pediatric CXR",
+                           "COVID-19 image data collection (ieee8023)", "TBX11K"]

@@ -62,7 +62,10 @@ def default_out(recipe_arg: str, name: str) -> Path:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set stages[0].epochs=5 --set train.batch_size=16. Repeatable.")
 @click.option("--check", is_flag=True, help="Only validate and resolve the recipe, print it, and exit.")
-def train(recipe, out, resume, weights, data_dir, strategy, sets, check):
+@click.option("--prepare-only", is_flag=True,
+              help="Prepare (or reuse) the recipe's data folder, print where it is, and exit: for a look with "
+                   "cxr-edge data report before the hours of training.")
+def train(recipe, out, resume, weights, data_dir, strategy, sets, check, prepare_only):
     """Train the model RECIPE describes (train/gate.toml, train/cxr4.toml, train/nih14.toml).
 
     The recipe is checked first: an unknown key, a missing file or an impossible value stops here
@@ -76,6 +79,7 @@ def train(recipe, out, resume, weights, data_dir, strategy, sets, check):
       cxr-edge train train/cxr4.toml --out runs/cxr4
       cxr-edge train runs/cxr4 --resume                 continue after Ctrl-C or a crash
       cxr-edge train train/nih14.toml --set stages[1].epochs=2 --check
+      cxr-edge train train/cxr4.toml --prepare-only     then: cxr-edge data report prepared/cxr4
       TF_CONFIG=... cxr-edge train train/nih14.toml --strategy multiworker   (see train/README.md)
 
     Next: cxr-edge qat RUN_DIR, then cxr-edge export RUN_DIR --int8.
@@ -89,8 +93,19 @@ def train(recipe, out, resume, weights, data_dir, strategy, sets, check):
         click.echo(describe(rec))
         click.echo(json.dumps(rec.to_dict(), indent=2))
         return
-    from ..training.trainer import train as run_training
     from .data import _Progress
+
+    if prepare_only:
+        from ..training.trainer import ensure_data
+
+        if not rec.data.prepares:
+            raise click.UsageError(f"the recipe names no data sources; {rec.data.dir} is used as it is")
+        with _Progress() as progress:
+            prepared = ensure_data(rec, progress=progress)
+        click.echo(f"{prepared.path}: prepared ({', '.join(f'{s} {len(prepared.table(s))}' for s in prepared.splits)}"
+                   f" images). Next: cxr-edge data report {prepared.path}")
+        return
+    from ..training.trainer import train as run_training
 
     run_dir = Path(out) if out else default_out(recipe, rec.name)
     click.echo(describe(rec), err=True)

@@ -85,7 +85,9 @@ def build_model(spec, *, alpha: float = 1.0, input_size: int | None = None, weig
     x = backbone.get_layer(FEATURES).output
     x = keras.layers.GlobalAveragePooling2D(name=POOL)(x)
     x = keras.layers.Dropout(dropout, name=DROPOUT)(x)
-    probs = keras.layers.Dense(spec.num_labels, activation=spec.activation, name=head_name)(x)
+    # float32 even under a mixed_float16 policy (GPU): a sigmoid/softmax in float16 saturates and rounds
+    # probabilities; with the default float32 policy this changes nothing.
+    probs = keras.layers.Dense(spec.num_labels, activation=spec.activation, name=head_name, dtype="float32")(x)
     name = f"cxr_edge_{spec.name}_mobilenetv2_{alpha:g}_{size}"
     return keras.Model(image, probs, name=name)
 
