@@ -15,7 +15,8 @@ run() {  # name, command...
   echo "[$(date -u +%H:%M:%S)] $name: $*" | tee -a $OUT/index.log
   local t0=$(date +%s)
   "$@" > $OUT/$name.md 2> $OUT/$name.err
-  echo "[$(date -u +%H:%M:%S)] $name rc=$? in $(( $(date +%s) - t0 )) s" | tee -a $OUT/index.log
+  local rc=$?   # saved at once: the $(date) below would overwrite $?
+  echo "[$(date -u +%H:%M:%S)] $name rc=$rc in $(( $(date +%s) - t0 )) s" | tee -a $OUT/index.log
 }
 run device_latency $PY benchmarks/device_latency.py --pack $PACK
 run end_to_end $PY benchmarks/end_to_end.py --pack $PACK --runs-dir runs

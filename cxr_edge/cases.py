@@ -41,7 +41,7 @@ from PIL import Image
 from .errors import DataError
 from .images import load_image
 from .report_html import write_bytes_atomic, write_text_atomic
-from .tasks import get_task
+from .tasks import get_task, task_names
 
 log = logging.getLogger(__name__)
 
@@ -453,9 +453,19 @@ class CaseStore:
 # --------------------------------------------------------------------------- CSV
 
 
+def _family_labels(family: str) -> list[str]:
+    """Every label any task of a pack slot can report (cxr4 covers cxr3; nih14 and nih15 cover nih13)."""
+    out: dict[str, None] = {}
+    for name in sorted(task_names(), key=lambda n: (n != family, n)):   # the slot's own task sets the order
+        spec = get_task(name)
+        if spec.family == family:
+            out.update(dict.fromkeys(spec.labels))
+    return list(out)
+
+
 def csv_columns() -> list[str]:
-    cxr4 = [f"cxr4:{lbl}" for lbl in get_task("cxr4").labels]
-    nih = [f"nih:{lbl}" for lbl in get_task("nih14").labels]
+    cxr4 = [f"cxr4:{lbl}" for lbl in _family_labels("cxr4")]
+    nih = [f"nih:{lbl}" for lbl in _family_labels("nih14")]
     return (["case_id", "uid", "created", "status", "summary", "source", "pack", "profile", "gate_score",
              "gate_threshold", "cxr4_top", "cxr4_flagged"] + cxr4 + ["nih_task", "nih_findings"] + nih
             + ["warnings", "quality", "image_file", "note"])

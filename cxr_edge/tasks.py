@@ -111,7 +111,7 @@ class TaskSpec:
     def family(self) -> str:
         """The pipeline slot this task fills: 'gate', 'cxr4' or 'nih14'.
 
-        Variants fill their family's slot: nih13 the 'nih14' slot, cxr3 (no Tuberculosis, for packs
+        Variants fill their family's slot: nih13 and nih15 the 'nih14' slot, cxr3 (no Tuberculosis, for packs
         trained on permissively licensed images only) the 'cxr4' slot.
         """
         if self.name.startswith("nih"):
@@ -195,6 +195,15 @@ register(TaskSpec(
     name="nih13",
     question="Which of the 13 NIH ChestX-ray14 findings (no Pleural_Thickening) are present?",
     labels=tuple(lbl for lbl in NIH14_LABELS if lbl != "Pleural_Thickening"),
+    activation="sigmoid",
+    primary_metric="mean_auroc",
+    metrics=("mean_auroc", "auroc", "f1"),
+))
+
+register(TaskSpec(
+    name="nih15",
+    question="Which of the 14 NIH ChestX-ray14 findings are present, and is there no finding at all?",
+    labels=(*NIH14_LABELS, "No Finding"),   # the NIH notebooks' 15-output variant: No Finding as a 15th sigmoid
     activation="sigmoid",
     primary_metric="mean_auroc",
     metrics=("mean_auroc", "auroc", "f1"),

@@ -249,6 +249,33 @@ class TestFlow(AppTest):
             {"what": "seconds from tapping Continue to the result on screen (tiny test pack, this machine)",
              "runs": timings}, indent=2))
 
+    def test_the_bundled_pack_answers_a_cxr_and_its_real_gate_rejects_a_photo(self):
+        """The product as shipped: the bundled int8 pack, its own gate and thresholds (no test profile)."""
+        from cxr_edge.config import BUNDLED_PACK
+
+        if not (BUNDLED_PACK / "manifest.json").is_file():
+            pytest.skip("the bundled pack is not in this checkout")
+        self.pack = BUNDLED_PACK
+        ctl = self.start()
+        runs = []
+        for name, relative in (("09-result-bundled-pack", CXR), ("10-rejected-bundled-pack", NON_CXR)):
+            self.tap_text("New case")
+            self.pick(relative)
+            result = self.analyse()
+            runs.append(dict(ctl.timings[-1], image=relative, status=ctl.draft.prediction.status))
+            if relative == CXR:
+                pred = ctl.draft.prediction
+                assert pred.status == "ok" and pred.gate.accepted, pred.message
+                self.shoot(name, "Chest X-ray: yes", *pred.cxr4.probabilities, DISCLAIMER)
+                assert result.saved_text.startswith("Saved as")
+            else:
+                self.shoot(name, "Not a chest X-ray", "Not saved: the image is not a chest X-ray.", DISCLAIMER)
+                assert "%" not in self.texts() and ctl.draft.prediction.gate.score < 0.1
+            self.tap_text("Home")
+        (SHOTS / "timings-bundled-pack.json").write_text(json.dumps(
+            {"what": "seconds from tapping Continue to the result on screen (bundled int8 pack, this machine)",
+             "runs": runs}, indent=2))
+
     def test_photo_of_a_film_is_found_and_straightened(self):
         from cxr_edge.images import load_image
         from cxr_edge.photosim import simulate_photo

@@ -193,3 +193,17 @@ def test_redistributable_only_leaves_out_research_only_images_and_says_so(shared
     excluded = list(csv.DictReader(open(p.path / "excluded.csv")))
     assert sum(r["reason"] == "not_redistributable" for r in excluded) == 2
     assert p.info["redistributable_filter"] is True
+
+
+def test_nih15_trains_no_finding_as_its_15th_label(shared_data, tmp_path):
+    p = prepare(_nih_config(shared_data, task="nih15"), tmp_path / "nih15")
+    assert p.task.labels[-1] == "No Finding" and p.labels("train").shape[1] == 15
+    rows = {r["file"].split("/")[-1]: r for r in csv.DictReader(open(shared_data / "nih_cxr14/manifest.csv"))}
+    for split in p.splits:
+        names = [str(f).split("/")[-1] for f in p.table(split)["path"]]
+        y = p.labels(split)
+        expected = np.array([rows[n]["No Finding"] == "1" for n in names])
+        np.testing.assert_array_equal(y[:, -1] == 1, expected)
+        assert not (y[:, -1] == 1)[y[:, :-1].sum(1) > 0].any()     # never beside a finding
+    with pytest.raises(DataError, match="has 'No Finding' as a label already"):
+        prepare(_nih_config(shared_data, task="nih15", no_finding=True), tmp_path / "again")

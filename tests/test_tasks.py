@@ -4,11 +4,13 @@ from cxr_edge.errors import UnknownTaskError
 from cxr_edge.tasks import InputSpec, Int8Tolerance, get_task, task_names
 
 
-def test_registry_has_the_three_models_and_the_13_label_variant():
-    assert task_names() == ["cxr3", "cxr4", "gate", "nih13", "nih14"]
+def test_registry_has_the_three_models_and_the_13_and_15_label_variants():
+    assert task_names() == ["cxr3", "cxr4", "gate", "nih13", "nih14", "nih15"]
     assert get_task("cxr4").labels == ("COVID-19", "Normal", "Pneumonia", "Tuberculosis")
     assert get_task("nih14").num_labels == 14
     assert get_task("nih13").labels == tuple(l for l in get_task("nih14").labels if l != "Pleural_Thickening")
+    assert get_task("nih15").labels == (*get_task("nih14").labels, "No Finding")
+    assert get_task("nih15").family == "nih14"
 
 
 def test_heads_and_losses_match():

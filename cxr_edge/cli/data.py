@@ -57,7 +57,8 @@ def data():
               help="Keep this fraction of patients, preserving the label distribution.")
 @click.option("--size", type=int, help="Input size in pixels (default: the task's).")
 @click.option("--no-finding", is_flag=True,
-              help="NIH: keep 'No Finding' as an extra column (nih13 = 13 labels, nih14 = 14, + this = 15).")
+              help="NIH: keep 'No Finding' as an extra reported column of nih13/nih14 (not a model output; "
+                   "the task nih15 trains it as a 15th label).")
 @click.option("--duplicates", multiple=True, type=_path,
               help="duplicates.csv: groups of the same image, kept in one split. Repeatable.")
 @click.option("--metadata", multiple=True, type=_path,

@@ -20,7 +20,8 @@ def rectify(photo, out, as_json):
     PHOTO is a phone photo of a film on a lightbox, a window, a desk or a
     monitor. The film's four corners are found, and the film is warped to an
     upright rectangle with its own proportions. A grey digital image (a scan,
-    a DICOM export) has no film border to find: it is written unchanged.
+    a DICOM export) has no film border to find: it is written as the 8-bit
+    grey image the models see (16-bit and DICOM images scaled to 0-255).
 
     When no film is found in a colour photo nothing is written and the exit
     code is 2: take the photo again with all four corners of the film visible.
@@ -46,8 +47,8 @@ def rectify(photo, out, as_json):
     if as_json:
         click.echo(json.dumps(dict(result.to_dict(), photo=photo, out=out)))
     elif result.passthrough:
-        click.echo(f"{photo}: a digital image with no film border; written unchanged to {out} "
-                   f"({film.size[0]} x {film.size[1]}).")
+        click.echo(f"{photo}: a digital image with no film border; written as the 8-bit grey image the models "
+                   f"see to {out} ({film.size[0]} x {film.size[1]}).")
     else:
         corners = "  ".join(f"{name} ({x:.1f}, {y:.1f})"
                             for name, (x, y) in zip(("TL", "TR", "BR", "BL"), result.corners))

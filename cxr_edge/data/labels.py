@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from ..errors import DataError
 from ..tasks import NIH14_LABELS, TaskSpec
 
-#: The NIH "no finding" label: not a model output, optionally kept as an extra column ("15 labels").
+#: The NIH "no finding" label: an extra reported column for nih13/nih14 (``--no-finding``), the 15th
+#: output of nih15.
 NO_FINDING = "No Finding"
 #: What an alias may point at besides a task label: the gate's negative class.
 NEGATIVE = "negative"
@@ -96,12 +97,13 @@ class LabelMapper:
             target = self.lookup(raw)
             if target is None:
                 unknown.append(raw)
+            elif target in self._index:   # a task label (No Finding is one for nih15)
+                vec[self._index[target]] = 1
+                no_finding = no_finding or target == NO_FINDING
             elif target == NO_FINDING:
                 no_finding = True
             elif target == NEGATIVE:
                 negative = True
-            elif target in self._index:
-                vec[self._index[target]] = 1
             else:
                 dropped.append(target)
         return Mapped(tuple(vec), no_finding, tuple(unknown), tuple(dropped), negative)

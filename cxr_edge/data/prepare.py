@@ -64,6 +64,8 @@ class PrepareConfig:
         if self.no_finding and task.family != "nih14":
             raise DataError(f"--no-finding keeps NIH's 'No Finding' column; task {task.name} has none. "
                             "Use it with nih14 or nih13.")
+        if self.no_finding and NO_FINDING in task.labels:
+            raise DataError(f"task {task.name} has 'No Finding' as a label already; drop --no-finding.")
         return task.with_input(size=self.size) if self.size else task
 
 

@@ -3,7 +3,7 @@
 It shows the label distribution per split, the label co-occurrence heatmap,
 images and patients per split, view/sex/age breakdowns, labels by source
 dataset (a classifier can learn the hospital instead of the disease: this
-plot shows where that risk is), the class weights training will use, sample
+plot shows where that risk is), the class and positive weights of the train split, sample
 images per label from the cache, licences and every warning from prepare.
 
 matplotlib is imported inside :func:`write_report` only (workstation extra),
@@ -218,7 +218,8 @@ def _weights(p: Prepared):
         for yi, v in zip(y, vals):
             a.text(v, yi, f" {v:.2f}", va="center", fontsize=7)
     ax[0, 1].set_yticklabels([])
-    fig.suptitle(p.info.get("weights_method", ""), fontsize=8)
+    fig.suptitle((p.info.get("weights_method", "") + " -- uncapped; a recipe's loss.weight_cap caps them").strip(),
+                 fontsize=8)
     return fig
 
 
@@ -254,7 +255,8 @@ _FIGURES = (
     ("patients", "Images and patients per split", _patients),
     ("demographics", "View, sex and age", _demographics),
     ("labels_by_dataset", "Labels by source dataset", _by_dataset),
-    ("class_weights", "Class weights used for training", _weights),
+    ("class_weights", "Class and positive weights from the train split (training uses them as the "
+                      "recipe's [loss] says: loss.weight_cap caps them, e.g. at 30 in the shipped nih14)", _weights),
     ("samples", "Sample images", _samples),
 )
 

@@ -21,7 +21,7 @@ from cxr_edge.errors import CxrEdgeError, ImageError
 from cxr_edge.images import load_image
 from cxr_edge.pack import load_pack
 from cxr_edge.pipeline import Pipeline
-from cxr_edge.quality import check_quality
+from cxr_edge.quality import QualitySpec, check_quality
 from cxr_edge.rectify import rectify
 
 from . import android
@@ -220,11 +220,15 @@ class Controller:
         check.busy("Finding the film...")
         self.go("check")
 
+        # the pack's own quality thresholds (manifest extra), as `cxr-edge predict` uses them
+        spec = self.pipeline.quality_spec if self.pipeline is not None else QualitySpec()
+
         def prepare():
             photo = load_image(source, mode="RGB")
             rect = rectify(photo)
             # a digital image passed through has no photo around it: no tilt or colour cast to judge
-            checks = (check_quality(rect.image, photo=None if rect.passthrough else photo, corners=rect.corners)
+            checks = (check_quality(rect.image, photo=None if rect.passthrough else photo, corners=rect.corners,
+                                    spec=spec)
                       if rect.ok else [])
             return photo, rect, checks
 
