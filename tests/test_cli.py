@@ -198,3 +198,19 @@ def test_closed_pipe_ends_quietly():
     _, err = proc.communicate(timeout=60)
     assert b"Internal error" not in err and b"Traceback" not in err, err
     assert proc.returncode == 141
+
+
+def test_hidden_all_models_runs_the_classifiers_on_an_image_the_gate_rejects(run, tiny_pack, shared_data, tmp_path):
+    # the benchmarks' switch: cxr-edge bench measures memory and start-up on a stand-in film with every model
+    pack = shutil.copytree(tiny_pack, tmp_path / "p")
+    from cxr_edge.pack import load_pack, rewrite_metadata
+
+    meta = load_pack(pack)["gate"].metadata
+    meta.thresholds = {"default": {"chest_xray": 1.01}}   # this gate rejects everything
+    rewrite_metadata(pack, {"gate": meta})
+    image = shared_data / "nih_cxr14" / "images" / "00000061_012.png"
+    gated = json.loads(run("predict", "--pack", pack, "--json", image).stdout)
+    forced = json.loads(run("predict", "--pack", pack, "--json", "--all-models", image).stdout)
+    assert gated["status"] == "rejected" and gated["cxr4"] is None
+    assert forced["gate"]["accepted"] is False and forced["cxr4"] and forced["nih14"]
+    assert "--all-models" not in run("predict", "--help").output

@@ -32,11 +32,14 @@ EXIT_SOME_FAILED = 1
               help="Test-time augmentation: average each model over a few shifted/zoomed views (about 4x the "
                    "model time; flips only for models trained with flips).")
 @click.option("--no-ood", "no_ood", is_flag=True, help="Do not score how unusual an image is for the models.")
+@click.option("--all-models", "all_models", is_flag=True, hidden=True,
+              help="Run every model on every image whatever the gate says (benchmarks: cxr-edge bench measures "
+                   "memory and start-up with it, on a stand-in film a real gate rejects).")
 @click.option("--on-poor-photo", "on_poor_photo", default="predict", show_default=True,
               type=click.Choice(["predict", "skip"]),
               help="When a photo fails a quality check: predict anyway with warnings, or skip it (an error entry).")
 def predict(images, pack, as_json, threads, workers, profile, backend, no_rectify, heatmap_dir, tta, no_ood,
-            on_poor_photo):
+            all_models, on_poor_photo):
     """Predict IMAGES (files or folders; folders are searched recursively).
 
     Phone photos of films: the film is found, straightened and checked for
@@ -77,7 +80,8 @@ def predict(images, pack, as_json, threads, workers, profile, backend, no_rectif
 
     pack_path, origin = resolve_pack(pack)
     pipeline = Pipeline(pack_path, threads=threads, profile=profile, backend=backend, rectify=not no_rectify,
-                        heatmaps=heatmap_dir is not None, tta=tta, ood=not no_ood, on_poor_photo=on_poor_photo)
+                        heatmaps=heatmap_dir is not None, tta=tta, ood=not no_ood, on_poor_photo=on_poor_photo,
+                        gate_first=not all_models)
     files = list(iter_image_files(images))
     if not files:
         raise click.UsageError("no image files found in the given folders "
