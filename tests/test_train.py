@@ -242,3 +242,31 @@ def test_mixed_precision_trains_and_saves_a_float32_model(tiny_run, tmp_path):
     model = run.float_model()
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
     assert model.output.dtype == "float32"
+
+
+@pytest.mark.shared
+def test_validation_inputs_stream_from_uint8_pixels_exactly_as_one_pass_would(tiny_run, tmp_path):
+    from dataclasses import replace
+
+    from cxr_edge.data.prepared import open_prepared
+    from cxr_edge.preprocess import normalize
+    from cxr_edge.training.augment import AugmentConfig, photo_batch
+    from cxr_edge.training.trainer import ValInputs, validation_set
+
+    prepared = open_prepared(tiny_run.info["prepared"])
+    recipe = tiny_recipe(tiny_run.info["prepared"], **{"train.val_photo_prob": 0.5})
+    # the reference: the whole split through one photo pass, as float32 (what training held before)
+    t, a = recipe.train, recipe.augment
+    config = replace(AugmentConfig.off(), photo_prob=t.val_photo_prob, photo_severity=a.photo_severity,
+                     photo_effects=a.photo_effects)
+    whole = normalize(photo_batch(np.asarray(prepared.images("val")), config,
+                                  np.random.default_rng([t.seed, 2 ** 20])), prepared.task)
+    in_memory = validation_set(prepared, recipe, chunk=3)
+    mapped = validation_set(prepared, recipe, tmp_path / "val.npy", chunk=5)
+    assert isinstance(in_memory, ValInputs) and in_memory.pixels.dtype == np.uint8
+    assert isinstance(mapped.pixels, np.memmap) and not list(tmp_path.glob(".*tmp*"))
+    for x in (in_memory, mapped):
+        assert x.shape == whole.shape and len(x) == len(whole)
+        np.testing.assert_array_equal(x[:], whole)
+        np.testing.assert_array_equal(x[2:7], whole[2:7])
+    assert (whole != normalize(np.asarray(prepared.images("val")), prepared.task)).any()  # some are photos

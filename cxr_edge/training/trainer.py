@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 # Not "*.weights.h5": tf-keras saves and loads that suffix in the Keras-3 object layout, which does not
 # match between two separately built QAT models; a plain .h5 uses the by-layer-name HDF5 layout.
+#: A val split larger than this keeps its inputs in a memory-mapped file (state/val-inputs.npy), not in memory.
+VAL_IN_MEMORY = 4096
 WEIGHTS_SUFFIX = "-weights.h5"
 OPTIMIZER_SUFFIX = "-optimizer.npz"
 
@@ -158,8 +160,37 @@ def use_mixed_precision(setting: str) -> bool:
 # --------------------------------------------------------------------------- inference helpers
 
 
-def validation_set(prepared, recipe: Recipe) -> np.ndarray:
-    """The val split's model inputs, computed once: float32 (N, S, S, C).
+class ValInputs:
+    """The val split's model inputs, held as uint8 pixels and normalized batch by batch.
+
+    Behaves like the float32 (N, S, S, C) array it stands for where training reads it: ``len``,
+    ``shape`` and slices (``x[i:j]`` is normalized on the fly). Holding the pixels costs a quarter
+    of the float32 array (full NIH val, ~11k images at 224 px: 0.55 GB instead of 2.2 GB), and with
+    ``path`` they live in a memory-mapped file and cost no resident memory at all.
+    """
+
+    def __init__(self, pixels, spec):
+        self.pixels, self.spec = pixels, spec
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self.pixels), self.spec.input.size, self.spec.input.size, self.spec.input.channels)
+
+    def __getitem__(self, index):
+        from ..preprocess import normalize
+
+        return normalize(np.asarray(self.pixels[index]), self.spec)
+
+    def __array__(self, dtype=None, copy=None):
+        x = self[:]
+        return x if dtype is None else x.astype(dtype)
+
+
+def validation_set(prepared, recipe: Recipe, path: Path | None = None, chunk: int = 256) -> ValInputs:
+    """The val split's model inputs, computed once (see :class:`ValInputs`).
 
     Exactly the device preprocessing (:func:`cxr_edge.preprocess.normalize` of the cached pixels),
     except that a ``train.val_photo_prob`` share of the images is turned into simulated phone photos
@@ -167,19 +198,36 @@ def validation_set(prepared, recipe: Recipe) -> np.ndarray:
     so the same images are the same photos in every epoch, process and resume. Checkpoint selection
     then rewards robustness to photos as well as accuracy on digital films (the gate's clean
     validation set saturates at AUROC 1.0 in its first epoch: without photos nothing after it could
-    be chosen).
+    be chosen). The images are read and simulated ``chunk`` at a time with one generator, which
+    draws exactly as one pass over the whole split would. ``path``: keep the pixels in this
+    memory-mapped ``.npy`` (written atomically) instead of in memory.
     """
-    from ..preprocess import normalize
     from .augment import AugmentConfig, photo_batch
 
     t = recipe.train
-    pixels = np.asarray(prepared.images("val"))
+    images = prepared.images("val")
+    n, size = len(images), prepared.task.input.size
+    shape = (n, size, size)
+    if path is not None:
+        tmp = path.with_name(f".{path.name}.tmp.npy")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    else:
+        out = np.empty(shape, np.uint8)
+    config = rng = None
     if t.val_photo_prob > 0:
         a = recipe.augment
         config = replace(AugmentConfig.off(), photo_prob=t.val_photo_prob, photo_severity=a.photo_severity,
                          photo_effects=a.photo_effects)
-        pixels = photo_batch(pixels, config, np.random.default_rng([t.seed, 2 ** 20]))
-    return normalize(pixels, prepared.task)
+        rng = np.random.default_rng([t.seed, 2 ** 20])
+    for start in range(0, n, chunk):
+        block = np.asarray(images.take(np.arange(start, min(n, start + chunk))))
+        out[start:start + len(block)] = photo_batch(block, config, rng) if config is not None else block
+    if path is not None:
+        out.flush()
+        del out
+        os.replace(tmp, path)
+        out = np.load(path, mmap_mode="r")
+    return ValInputs(out, prepared.task)
 
 
 class Predictor:
@@ -199,7 +247,7 @@ class Predictor:
         self._fn = fn if eager else tf.function(fn, reduce_retracing=True)
 
     def __call__(self, data, batch_size: int = 64) -> np.ndarray:
-        if isinstance(data, np.ndarray):
+        if isinstance(data, (np.ndarray, ValInputs)):
             outs = [self._fn(data[i:i + batch_size]).numpy() for i in range(0, len(data), batch_size)]
         else:
             outs = [self._fn(x).numpy() for x, _ in data]
@@ -251,7 +299,7 @@ class Trainer:
         self.loss_weights = self._loss_weights(resolve_weights(self.spec, self.recipe.loss, self.prepared))
         self.loss_fn = make_loss(self.spec, self.loss_weights)
         self.model = self._build_model(resumed)
-        self.x_val = validation_set(self.prepared, self.recipe)
+        self.x_val = validation_set(self.prepared, self.recipe, self._val_file())
         self.y_val = self.prepared.labels("val")
         self.predict = Predictor(self.model, eager=self.run_eagerly)
         if resumed:
@@ -260,6 +308,11 @@ class Trainer:
             self._start()
         self._write_run_info("running")
         return True
+
+    def _val_file(self) -> Path | None:
+        """Large val splits keep their inputs in a memory-mapped file in this worker's state folder."""
+        n = len(self.prepared.table("val"))
+        return self.state_dir / "val-inputs.npy" if n > VAL_IN_MEMORY else None
 
     def _loss_weights(self, weights):
         """The loss weights training uses (the QAT trainer's distillation swaps them)."""
@@ -570,10 +623,15 @@ class Trainer:
                        val_photo_prob=self.recipe.train.val_photo_prob)
         if self.recipe.train.val_photo_prob > 0:  # the same model on the digital films alone
             clean = replace(self.recipe, train=replace(self.recipe.train, val_photo_prob=0.0))
-            digital = self.predict(validation_set(self.prepared, clean))
+            path = self._val_file()
+            digital = self.predict(validation_set(self.prepared, clean,
+                                                  path.with_name("val-digital.npy") if path else None))
             metrics["digital_only"] = task_metrics(self.spec, self.y_val, digital,
                                                    groups=self.prepared.patients("val"), n_resamples=1000)
         self.final_metrics = metrics
+        self.x_val = None
+        for name in ("val-inputs.npy", "val-digital.npy"):   # large, and rebuilt on demand: not kept with the run
+            (self.state_dir / name).unlink(missing_ok=True)
         if self.dist.is_chief:
             write_json_atomic(self.run_dir / self.METRICS, metrics)
             write_history(self.run_dir, self.state.history, self.HISTORY)
