@@ -49,7 +49,10 @@ def fit_to_square(image, spec: TaskSpec | InputSpec) -> np.ndarray:
     if ispec.clahe:
         from .enhance import clahe  # only packs trained with CLAHE pay for it
 
-        pixels = clahe(pixels) if pixels.ndim == 2 else np.stack([clahe(pixels[..., c]) for c in range(3)], -1)
+        def eq(channel):
+            return clahe(channel, clip_limit=ispec.clahe_clip, tiles=ispec.clahe_tiles)
+
+        pixels = eq(pixels) if pixels.ndim == 2 else np.stack([eq(pixels[..., c]) for c in range(3)], -1)
     return pixels
 
 

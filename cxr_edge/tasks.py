@@ -32,6 +32,8 @@ class InputSpec:
     offset: float = -1.0
     resize: str = "letterbox"  # "letterbox" keeps the aspect ratio on a black canvas; "stretch" does not
     clahe: bool = False        # contrast-limited histogram equalisation before scaling (only if trained with it)
+    clahe_clip: float = 0.01   # CLAHE clip limit: the share of a tile's pixels one histogram bin may hold
+    clahe_tiles: int = 8       # CLAHE tiles per side
 
     def __post_init__(self):
         if self.size < 16 or self.size > 2048:
@@ -40,9 +42,16 @@ class InputSpec:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.resize not in ("letterbox", "stretch"):
             raise ValueError(f"resize must be 'letterbox' or 'stretch', got {self.resize!r}")
+        if not 0 < self.clahe_clip <= 1:
+            raise ValueError(f"clahe_clip must be in (0, 1], got {self.clahe_clip}")
+        if not 1 <= self.clahe_tiles <= 64:
+            raise ValueError(f"clahe_tiles must be in 1..64, got {self.clahe_tiles}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.clahe:   # the CLAHE parameters mean nothing without CLAHE; older artifacts never had them
+            del d["clahe_clip"], d["clahe_tiles"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputSpec":

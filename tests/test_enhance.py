@@ -64,3 +64,27 @@ def test_constant_image_and_bad_input():
         clahe(flat.astype(np.float32))
     with pytest.raises(ValueError, match="2-D"):
         clahe(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_clahe_in_the_input_spec_reaches_the_cache_and_every_later_reader(shared_data, tmp_path):
+    """prepare --clahe: the cached pixels are fit_to_square with CLAHE (what predict computes from the pack's
+    input spec), the prepared input spec says so, and a spec without CLAHE serialises as before."""
+    from cxr_edge.data.prepare import PrepareConfig, prepare
+    from cxr_edge.data.sources import SourceSpec
+    from cxr_edge.data.splits import SplitConfig
+    from cxr_edge.preprocess import fit_to_square
+    from cxr_edge.tasks import InputSpec, get_task
+
+    config = PrepareConfig(task="nih14", sources=(SourceSpec(str(shared_data / "nih_cxr14/manifest.csv")),),
+                           split=SplitConfig(official_test=True, sample_fraction=0.05, seed=1), size=64,
+                           clahe=True, clahe_clip=0.02, clahe_tiles=4)
+    p = prepare(config, tmp_path / "clahe")
+    spec = p.task.input
+    assert spec.clahe and spec.clahe_clip == 0.02 and spec.clahe_tiles == 4
+    assert InputSpec.from_dict(spec.to_dict()) == spec
+    path = p.table("train")["path"][0]
+    cached = np.asarray(p.images("train").take([0]))[0]
+    np.testing.assert_array_equal(cached, fit_to_square(path, spec))
+    plain = fit_to_square(path, get_task("nih14").with_input(size=64))
+    assert np.abs(cached.astype(int) - plain).mean() > 5                       # CLAHE changed the film
+    assert "clahe_clip" not in get_task("nih14").input.to_dict()               # no CLAHE: the old form

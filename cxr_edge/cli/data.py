@@ -56,6 +56,13 @@ def data():
 @click.option("--fraction", default=1.0, show_default=True, type=float,
               help="Keep this fraction of patients, preserving the label distribution.")
 @click.option("--size", type=int, help="Input size in pixels (default: the task's).")
+@click.option("--clahe", is_flag=True,
+              help="Contrast-limited histogram equalisation of every cached input; the model trained on them, "
+                   "its pack and predict then apply it too (it is part of the input spec).")
+@click.option("--clahe-clip", default=0.01, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="CLAHE clip limit (share of a tile one histogram bin may hold).")
+@click.option("--clahe-tiles", default=8, show_default=True, type=click.IntRange(1, 64),
+              help="CLAHE tiles per side.")
 @click.option("--no-finding", is_flag=True,
               help="NIH: keep 'No Finding' as an extra reported column of nih13/nih14 (not a model output; "
                    "the task nih15 trains it as a 15th label).")
@@ -76,7 +83,7 @@ def data():
 @click.option("--workers", type=int, help="Decoding threads (default: CPU count).")
 @click.option("--force", is_flag=True, help="Rebuild an output prepared with other parameters (swapped in when done).")
 def prepare(task, sources, positives, negatives, out, images, root, official_test, test_list, fractions, seed,
-            fraction, size, no_finding, duplicates, metadata, aliases, patient_pattern, license_, permissive_only,
+            fraction, size, clahe, clahe_clip, clahe_tiles, no_finding, duplicates, metadata, aliases, patient_pattern, license_, permissive_only,
             redistributable_only, shard_size, workers, force):
     """Read TASK's data sources, split them by patient and cache the model-size images in OUT.
 
@@ -100,8 +107,9 @@ def prepare(task, sources, positives, negatives, out, images, root, official_tes
         source_options=SourceOptions(images=images, root=root, test_list=test_list, metadata=metadata,
                                      patient_pattern=patient_pattern, license=license_, aliases=aliases),
         split=SplitConfig(fractions=fractions, seed=seed, official_test=official_test, sample_fraction=fraction),
-        size=size, no_finding=no_finding, duplicates=duplicates, permissive_only=permissive_only,
-        redistributable_only=redistributable_only, shard_size=shard_size)
+        size=size, clahe=clahe, clahe_clip=clahe_clip, clahe_tiles=clahe_tiles, no_finding=no_finding,
+        duplicates=duplicates, permissive_only=permissive_only, redistributable_only=redistributable_only,
+        shard_size=shard_size)
     with _Progress() as progress:
         prepared = run_prepare(config, out, force=force, workers=workers, progress=progress)
     click.echo(describe(prepared))

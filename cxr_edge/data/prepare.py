@@ -53,6 +53,9 @@ class PrepareConfig:
     source_options: SourceOptions = field(default_factory=SourceOptions)
     split: SplitConfig = field(default_factory=SplitConfig)
     size: int | None = None              # input size (default: the task's)
+    clahe: bool = False                  # CLAHE the cached inputs: the model (and its pack) then expects it
+    clahe_clip: float = 0.01
+    clahe_tiles: int = 8
     no_finding: bool = False             # keep NIH 'No Finding' as an extra reported column ("15 labels")
     duplicates: tuple[str, ...] = ()     # duplicates.csv files: groups kept in one split
     permissive_only: bool = False        # leave out images whose licence is not permissive
@@ -66,7 +69,10 @@ class PrepareConfig:
                             "Use it with nih14 or nih13.")
         if self.no_finding and NO_FINDING in task.labels:
             raise DataError(f"task {task.name} has 'No Finding' as a label already; drop --no-finding.")
-        return task.with_input(size=self.size) if self.size else task
+        changes = {"size": self.size} if self.size else {}
+        if self.clahe:
+            changes.update(clahe=True, clahe_clip=self.clahe_clip, clahe_tiles=self.clahe_tiles)
+        return task.with_input(**changes) if changes else task
 
 
 def prepare(config: PrepareConfig, out, *, force: bool = False, workers: int | None = None,

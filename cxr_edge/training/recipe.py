@@ -65,6 +65,9 @@ class DataConfig:
     seed: int = 0
     fraction: float = 1.0
     size: int | None = None
+    clahe: bool = False
+    clahe_clip: float = 0.01
+    clahe_tiles: int = 8
     no_finding: bool = False
     permissive_only: bool = False
     redistributable_only: bool = False
@@ -93,7 +96,8 @@ class DataConfig:
                                          license=self.license, aliases=self.aliases),
             split=SplitConfig(fractions=self.split, seed=self.seed, official_test=self.official_test,
                               sample_fraction=self.fraction),
-            size=self.size, no_finding=self.no_finding, duplicates=self.duplicates,
+            size=self.size, clahe=self.clahe, clahe_clip=self.clahe_clip, clahe_tiles=self.clahe_tiles,
+            no_finding=self.no_finding, duplicates=self.duplicates,
             permissive_only=self.permissive_only, redistributable_only=self.redistributable_only,
             shard_size=self.shard_size)
 
@@ -199,6 +203,9 @@ class Recipe:
         data["split"] = list(self.data.split)
         for key in ("sources", "positives", "negatives", "images", "metadata", "duplicates"):
             data[key] = list(data[key])
+        if not self.data.clahe:   # as in InputSpec: no CLAHE parameters without CLAHE (older recipe.json had none)
+            for key in ("clahe", "clahe_clip", "clahe_tiles"):
+                data.pop(key)
         if not self.data.prepares:  # the prepared folder is used as it is: no prepare arguments apply
             data = {"dir": self.data.dir, "size": self.data.size}
         loss = asdict(self.loss)
@@ -492,6 +499,9 @@ def _data(t: _Table, base: Path, name: str) -> DataConfig:
         seed=t.get("seed", int, 0),
         fraction=t.get("fraction", float, 1.0, check=lambda v: 0 < v <= 1, rule="in (0, 1]"),
         size=size,
+        clahe=t.get("clahe", bool, False),
+        clahe_clip=t.get("clahe_clip", float, 0.01, check=lambda v: 0 < v <= 1, rule="in (0, 1]"),
+        clahe_tiles=t.get("clahe_tiles", int, 8, check=lambda v: 1 <= v <= 64, rule="in 1..64"),
         no_finding=t.get("no_finding", bool, False),
         permissive_only=t.get("permissive_only", bool, False),
         redistributable_only=t.get("redistributable_only", bool, False),
@@ -509,7 +519,7 @@ def _data(t: _Table, base: Path, name: str) -> DataConfig:
 def _check_prepared(t: _Table, cfg: DataConfig) -> None:
     """Without sources the data comes from data.dir as it is: the prepare arguments would be ignored."""
     ignored = [k for k in ("images", "metadata", "duplicates", "root", "test_list", "official_test",
-                           "no_finding", "permissive_only", "redistributable_only", "aliases", "patient_pattern", "license") if t.has(k)]
+                           "no_finding", "clahe", "clahe_clip", "clahe_tiles", "permissive_only", "redistributable_only", "aliases", "patient_pattern", "license") if t.has(k)]
     if ignored:
         t.fail(ignored[0], "is a prepare argument, but the recipe names no data.sources/positives/negatives, "
                            "so the prepared data in data.dir is used as it is. Remove it or add the sources")
