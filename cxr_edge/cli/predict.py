@@ -86,10 +86,9 @@ def predict(images, pack, as_json, threads, workers, profile, backend, no_rectif
     if not files:
         raise click.UsageError("no image files found in the given folders "
                                "(looked for .png .jpg .jpeg .bmp .tif .tiff .webp .gif .dcm)")
-    if not as_json:
-        info = pipeline.describe()
-        click.echo(f"pack: {pack_path} ({origin}); {info['backend']} {info['backend_version']}, "
-                   f"{threads} thread(s)", err=True)
+    info = pipeline.describe()   # on stderr, so that --json output stays one object per line on stdout
+    click.echo(f"pack: {pack_path} ({origin}); {info['backend']} {info['backend_version']} "
+               f"({info['delegate']}), {threads} thread(s)", err=True)
     failed = 0
     taken: set = set()
     table = _Table(files, pipeline)
