@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark on the bundled pack, one after the other, each into build/measure/<name>.md (what
-# benchmarks/RESULTS.md quotes). About 15 minutes on an idle 2-core machine; needs the [train] extra, the
+# benchmarks/RESULTS.md quotes). About 25 minutes on an idle 2-core machine; needs the [train] extra, the
 # training runs in runs/ and the prepared data in prepared/ (release/build_default_pack.py makes both), and
 # /tmp/tflrt-venv for the tflite-runtime row (see README.md).
 set -u
@@ -26,6 +26,11 @@ run model_latency $PY benchmarks/model_latency.py --pack $PACK --runs-dir runs -
 run photo_cxr4 $PY benchmarks/photo_pipeline.py accuracy --pack $PACK --data prepared/cxr4 --tta
 run photo_nih14 $PY benchmarks/photo_pipeline.py accuracy --pack $PACK --data prepared/nih14
 run photo_gate $PY benchmarks/photo_pipeline.py accuracy --pack $PACK --data prepared/gate
+for sev in mild severe; do   # the same films at the other two severities
+  for t in gate cxr4 nih14; do
+    run photo_${t}_$sev $PY benchmarks/photo_pipeline.py accuracy --pack $PACK --data prepared/$t --severity $sev
+  done
+done
 run photo_ood $PY benchmarks/photo_pipeline.py ood --pack $PACK --data prepared/gate
 run photo_speed $PY benchmarks/photo_pipeline.py speed --pack $PACK --rounds 15
 run data_pipeline $PY benchmarks/data_pipeline.py --prepared prepared/nih14 --rounds 3
