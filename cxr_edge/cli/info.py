@@ -76,6 +76,12 @@ def _metric_lines(metrics: dict) -> list[str]:
     if known:
         worst = min(known, key=known.get)
         out.append(f"    per-label AUROC Δ from {known[worst]:+.4f} ({worst}) to {max(known.values()):+.4f}")
+    sizes = metrics.get("sizes") or {}
+    if sizes.get("float_h5_bytes"):
+        int8 = [f"{k[5:-6]} {v / 1e6:.2f} MB" for k, v in sorted(sizes.items())
+                if k.startswith("int8_") and k.endswith("_bytes")]
+        out.append(f"    sizes          float .h5 {sizes['float_h5_bytes'] / 1e6:.2f} MB, float32 weights "
+                   f"{sizes.get('float32_weights_bytes', 0) / 1e6:.2f} MB; int8 " + ", ".join(int8))
     out += _check_lines(metrics)
     return out
 
@@ -97,8 +103,11 @@ def _check_lines(metrics: dict) -> list[str]:
         out.append("    allowed        " + ", ".join(f"{k} {v}" for k, v in allowed.items()))
     env = metrics.get("envelope")
     if env:
+        limits = {c["metric"] if c.get("label") is None else "per-label auroc": c["limit"]
+                  for c in checks if c.get("limit") is not None}
         out.append(f"    1-px envelope  the float model agrees with itself on {env['agreement']:.4f} of decisions when "
-                   "the images move by one pixel; tolerances widened to it where it is larger")
+                   "the images move by one pixel; tolerances widened to it where it is larger"
+                   + (" (never past " + ", ".join(f"{k} {v:.4g}" for k, v in limits.items()) + ")" if limits else ""))
     for c in checks:
         if not c.get("passed", True):
             out.append(f"    FAILED         {c['metric']}{'[' + c['label'] + ']' if c.get('label') else ''}")
