@@ -42,7 +42,9 @@ def _allowed(c: dict | None) -> str:
     if not c:
         return "not checked"
     if c.get("envelope") is not None and c["allowed"] > c.get("tolerance", c["allowed"]):
-        return f"{_f(c['allowed'])} (1-px envelope; policy {_f(c['tolerance'])})"
+        capped = c.get("limit") is not None and c["envelope"] > c["allowed"]
+        how = f"1-px envelope {_f(c['envelope'])}, capped by the policy's limit" if capped else "1-px envelope"
+        return f"{_f(c['allowed'])} ({how}; policy {_f(c['tolerance'])})"
     return _f(c["allowed"])
 
 
@@ -50,7 +52,9 @@ def _allowed_min(c: dict | None) -> str:
     if not c:
         return ""
     if c.get("envelope") is not None and c["allowed_min"] < c.get("tolerance", c["allowed_min"]):
-        return f">= {_f(c['allowed_min'])} (1-px envelope; policy {_f(c['tolerance'])})"
+        capped = c.get("limit") is not None and c["envelope"] < c["allowed_min"]
+        how = f"1-px envelope {_f(c['envelope'])}, capped by the policy's limit" if capped else "1-px envelope"
+        return f">= {_f(c['allowed_min'])} ({how}; policy {_f(c['tolerance'])})"
     return f">= {_f(c['allowed_min'])}"
 
 
