@@ -6,6 +6,7 @@ QAT steps run eagerly here (--eager): tracing a QAT MobileNetV2 costs ~25 s, mor
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,3 +156,42 @@ def test_distillation_trains_on_the_float_models_outputs(run_copy):
     assert set(np.unique(hard.numpy())) <= {0.0, 1.0}          # validation keeps the real labels
     done = qat(run_copy, epochs=1, distill=1.0, restart=True, verbose=0, run_eagerly=True)
     assert done.info["qat"]["status"] == "complete" and done.info["qat"]["distill"] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_select_float_agreement_keeps_the_epoch_closest_to_float(run_copy):
+    """--select float_agreement: every epoch logs its val decision agreement with the float model, and qat.h5
+    is the epoch (or the calibrated start, epoch 0) with the highest one -- checked by predicting again."""
+    from cxr_edge.metrics import agreement
+    from cxr_edge.training.trainer import Predictor, validation_set
+
+    result = CliRunner().invoke(main, ["qat", str(run_copy), "--eager", "--epochs", "2", "--distill", "1",
+                                       "--select", "float_agreement"])
+    assert result.exit_code == 0, result.output
+    assert "agree_float" in result.output and "best float_agreement" in result.output
+    run = load_run(run_copy)
+    q = run.info["qat"]
+    assert q["metric"] == "float_agreement" and q["select"] == "float_agreement"
+    hist = json.loads((run_copy / "qat_history.json").read_text())["epochs"]
+    scores = [r["val_float_agreement"] for r in hist]
+    assert len(scores) == 2 and all(0.0 <= a <= 1.0 for a in scores)
+    assert q["value"] >= max(scores) - 1e-6          # nothing beat the kept checkpoint (history: 6 decimals)
+    if q["epoch"] > 0:
+        assert q["value"] == pytest.approx(scores[q["epoch"] - 1], abs=1e-6)
+    recipe = run.recipe()
+    x_val, spec = validation_set(run.prepared(), recipe), recipe.spec      # the val inputs QAT scored on
+    float_probs = Predictor(run.float_model(), eager=True)(x_val)
+    qat_probs = Predictor(run.qat_model(), eager=True)(x_val)
+    assert agreement(spec, qat_probs, float_probs)["agreement"] == pytest.approx(q["value"], abs=1e-6)
+
+
+def test_recipe_refuses_an_unknown_qat_selection():
+    from cxr_edge.errors import RecipeError
+    from cxr_edge.training.recipe import load_recipe, with_qat
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "train" / "tiny.toml")
+    assert recipe.qat.select == "primary"                      # the default
+    assert with_qat(recipe, select="float_agreement").qat.select == "float_agreement"
+    with pytest.raises(RecipeError, match="select"):
+        with_qat(recipe, select="auroc")                       # checked as the [qat] table is

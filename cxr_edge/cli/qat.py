@@ -18,19 +18,24 @@ import click
 @click.option("--distill", type=click.FloatRange(0.0, 1.0),
               help="Share of each training target taken from the float model's output (default: qat.distill; "
                    "1 = learn to decide as the float model does under quantization, 0 = the labels only).")
+@click.option("--select", type=click.Choice(["primary", "float_agreement"]),
+              help="Which epoch becomes qat.h5 (default: qat.select): the best on the task's primary validation "
+                   "metric, or float_agreement, the one whose val decisions agree most with the float model's "
+                   "(what the export check asks of int8).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted QAT fine-tune from its last epoch.")
 @click.option("--restart", is_flag=True, help="Discard an earlier QAT result and fine-tune again from float.h5.")
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default="default",
               show_default=True, help="tf.distribute strategy, as for cxr-edge train.")
 @click.option("--eager", is_flag=True, hidden=True, help="Run eagerly (tests: skips ~25 s of graph tracing).")
-def qat(run_dir, epochs, lr, batch_size, calibrate_batches, distill, resume, restart, strategy, eager):
+def qat(run_dir, epochs, lr, batch_size, calibrate_batches, distill, select, resume, restart, strategy, eager):
     """Fine-tune RUN_DIR's best float model with quantization-aware training.
 
     The model is wrapped with tensorflow-model-optimization's 8-bit scheme, its activation ranges
     are measured on a few training batches, and it is fine-tuned on the train split with the
     recipe's augmentation at a low learning rate. The best epoch on the task's primary validation
-    metric is written to RUN_DIR/qat.h5 and recorded in run.json ("qat"). A layer that cannot be
-    quantized is named in the error.
+    metric (or, with --select float_agreement, the epoch agreeing most with the float model) is
+    written to RUN_DIR/qat.h5 and recorded in run.json ("qat"). A layer that cannot be quantized is
+    named in the error.
 
     \b
     Examples:
@@ -47,11 +52,12 @@ def qat(run_dir, epochs, lr, batch_size, calibrate_batches, distill, resume, res
     if resume and restart:
         raise click.UsageError("--resume and --restart exclude each other")
     run = run_qat(run_dir, epochs=epochs, lr=lr, batch_size=batch_size, calibrate_batches=calibrate_batches,
-                  distill=distill, resume=resume, restart=restart,
+                  distill=distill, select=select, resume=resume, restart=restart,
                   strategy=strategy, verbose=1 if sys.stdout.isatty() else 0, run_eagerly=eager,
                   on_epoch=lambda row: click.echo(epoch_line(row), err=True))
     q = run.info.get("qat") or {}
+    primary = run.recipe().spec.primary_metric
     click.echo(f"{run.path}/qat.h5: {q.get('status')}; best {q.get('metric')} {q.get('value', float('nan')):.4f} "
-               f"(epoch {q.get('epoch')}; float {q.get('float_value', float('nan')):.4f}, after range calibration "
-               f"{q.get('calibrated_value', float('nan')):.4f}); {q.get('wall_time_s')} s")
+               f"(epoch {q.get('epoch')}; {primary}: float {q.get('float_value', float('nan')):.4f}, after range "
+               f"calibration {q.get('calibrated_value', float('nan')):.4f}); {q.get('wall_time_s')} s")
     click.echo(f"next: cxr-edge export {run.path} --int8")

@@ -14,7 +14,8 @@ def epoch_line(row: dict) -> str:
     """One line per epoch: where it is, the losses, the validation metrics, speed, a * for a new best."""
     parts = [f"epoch {row['epoch']:>3}  {row['stage']} {row['stage_epoch']}"]
     for key, label in (("lr", "lr"), ("loss", "loss"), ("val_loss", "val_loss"), ("val_mean_auroc", "val_mean_auroc"),
-                       ("val_auroc", "val_auroc"), ("val_macro_f1", "val_macro_f1"), ("val_accuracy", "val_acc")):
+                       ("val_auroc", "val_auroc"), ("val_macro_f1", "val_macro_f1"), ("val_accuracy", "val_acc"),
+                       ("val_float_agreement", "agree_float")):
         if key == "val_mean_auroc" and row.get("val_auroc") is not None:
             continue  # one label: the same number
         value = row.get(key)

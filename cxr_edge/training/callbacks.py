@@ -94,8 +94,9 @@ class Validation:
     metrics into the epoch logs and keeps the full metrics dict in ``self.metrics``.
     """
 
-    def __init__(self, spec, y_val, predict, loss_fn):
+    def __init__(self, spec, y_val, predict, loss_fn, reference=None):
         self.spec, self.y_val, self.predict, self.loss_fn = spec, y_val, predict, loss_fn
+        self.reference = reference  # the float model's val outputs (QAT): logs val_float_agreement with them
         self.metrics: dict = {}
         self.monitor = "val_" + spec.primary_metric
 
@@ -109,6 +110,10 @@ class Validation:
             if key in self.metrics:
                 value = self.metrics[key]["value"]
                 logs["val_" + key] = float("nan") if value is None else float(value)
+        if self.reference is not None:
+            from ..metrics import agreement
+
+            logs["val_float_agreement"] = float(agreement(self.spec, probs, self.reference)["agreement"])
 
 
 class LearningRate:
@@ -197,7 +202,8 @@ class EarlyStopping:
 
 
 HISTORY_FIELDS = ("epoch", "stage", "stage_epoch", "trainable", "cached", "lr", "loss", "val_loss",
-                  "val_mean_auroc", "val_auroc", "val_macro_f1", "val_accuracy", "best", "seconds", "images_per_s")
+                  "val_mean_auroc", "val_auroc", "val_macro_f1", "val_accuracy", "val_float_agreement", "best",
+                  "seconds", "images_per_s")
 
 
 class HistoryLog:
@@ -314,16 +320,20 @@ def keras_callback(parts):
 
 
 def epoch_callbacks(*, state: RunState, spec, y_val, predict, loss_fn, optimizer, stage, train_cfg, run_dir,
-                    save_best, save_state, images_per_epoch, epochs, on_epoch=None, history_name="history"):
-    """The callback chain for one stage (see the module docstring), as one Keras callback plus parts."""
-    monitor = "val_" + spec.primary_metric
+                    save_best, save_state, images_per_epoch, epochs, on_epoch=None, history_name="history",
+                    reference=None, monitor=None):
+    """The callback chain for one stage (see the module docstring), as one Keras callback plus parts.
+
+    ``reference``: the float model's val outputs, scored as ``val_float_agreement`` (QAT); ``monitor``: the
+    logged metric the best checkpoint, the plateau schedule and early stopping follow (default: the primary)."""
+    monitor = monitor or "val_" + spec.primary_metric
     timer = Timer(state, images_per_epoch)
     stopper = EarlyStopping(state, monitor, stage.early_stopping if stage.early_stopping is not None
                             else train_cfg.early_stopping, train_cfg.min_delta)
     history = HistoryLog(state, run_dir, stage.name, stage.trainable, stage.cache_features, on_epoch, history_name)
     parts = [
         timer,
-        Validation(spec, y_val, predict, loss_fn),
+        Validation(spec, y_val, predict, loss_fn, reference),
         LearningRate(optimizer, state, kind=stage.schedule or train_cfg.schedule, lr=stage.lr, epochs=epochs,
                      min_lr=stage.min_lr if stage.min_lr is not None else train_cfg.min_lr,
                      factor=train_cfg.plateau_factor, patience=train_cfg.plateau_patience, monitor=monitor),

@@ -6,7 +6,9 @@ fine-tuned on the train split with the recipe's data pipeline (augmentation and 
 included), every layer trainable and BatchNormalization frozen, at a low learning rate.
 Depthwise kernels are fake-quantized per channel, as the converter quantizes them
 (:mod:`cxr_edge.training.qat_depthwise`; ``qat.depthwise_per_channel = false`` keeps tfmot's
-per-tensor scheme). The best QAT checkpoint on the task's primary validation metric is ``qat.h5``;
+per-tensor scheme). The best QAT checkpoint on the task's primary validation metric is ``qat.h5``
+(``qat.select = "float_agreement"``: the checkpoint whose val decisions agree most with the float
+model's -- what the export check asks of int8, and with distillation the quantity being trained);
 run.json gets a ``qat`` entry. Resumable like training (state in ``state/qat/``).
 
 Range calibration before fine-tuning (``qat.calibrate_batches``): tfmot starts every activation
@@ -199,13 +201,26 @@ class QatTrainer(Trainer):
         freeze_wrapped_batchnorm(model)
         return model
 
+    def _float_val_probs(self):
+        """The float model's outputs on the val split (computed once; a resumed QAT computes them again)."""
+        if getattr(self, "_float_probs", None) is None:
+            self._float_probs = Predictor(self.float_model, eager=self.run_eagerly)(self.x_val)
+        return self._float_probs
+
+    def _selection(self) -> dict:
+        """``qat.select = "float_agreement"``: qat.h5 is the epoch whose decisions on val agree most with the
+        float model's (ties: lower val loss), the quantity the export check holds the int8 model to."""
+        if self.recipe.qat.select != "float_agreement":
+            return {}
+        return {"reference": self._float_val_probs(), "monitor": "val_float_agreement"}
+
     def _start(self) -> None:
         """Float and calibrated-QAT scores, and the calibrated model as the first candidate ("epoch 0")."""
         from ..metrics import task_metrics
         from .losses import loss_value
 
         q = self.recipe.qat
-        float_probs = Predictor(self.float_model, eager=self.run_eagerly)(self.x_val)
+        float_probs = self._float_val_probs()
         float_value = task_metrics(self.spec, self.y_val, float_probs, n_resamples=0)["primary"]["value"]
         n = 0
         if q.calibrate_batches:
@@ -218,11 +233,18 @@ class QatTrainer(Trainer):
                  "after range calibration" if n else "before fine-tuning", value)
         self.info["qat"] = {"status": "running", "float_value": float_value, "calibrated_value": value,
                             "calibrate_batches": n, "epochs": q.epochs, "lr": q.lr, "schedule": q.schedule,
-                            "distill": q.distill,
+                            "distill": q.distill, "select": q.select,
                             "batch_size": self.recipe.train.batch_size,
                             "depthwise_per_channel": q.depthwise_per_channel}
-        entry = {"metric": self.spec.primary_metric, "value": value, "epoch": 0, "stage": "calibrated",
-                 "val_loss": loss_value(self.loss_fn, self.y_val, probs)}
+        if q.select == "float_agreement":
+            from ..metrics import agreement
+
+            agree = float(agreement(self.spec, probs, float_probs)["agreement"])
+            log.info("QAT start: decision agreement with float on val %.4f (qat.h5 follows it)", agree)
+            entry = {"metric": "float_agreement", "value": agree}
+        else:
+            entry = {"metric": self.spec.primary_metric, "value": value}
+        entry.update(epoch=0, stage="calibrated", val_loss=loss_value(self.loss_fn, self.y_val, probs))
         entry["sha256"] = self.save_best(entry)
         self.state.best = entry
 
@@ -256,13 +278,15 @@ class QatTrainer(Trainer):
 
 
 def qat(run_dir, *, epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
-        calibrate_batches: int | None = None, distill: float | None = None, resume: bool = False,
+        calibrate_batches: int | None = None, distill: float | None = None, select: str | None = None,
+        resume: bool = False,
         restart: bool = False,
         strategy: str = "default", verbose: int = 1, on_epoch=None,
         run_eagerly: bool = False):
     """QAT fine-tune ``run_dir``'s best float model (see the module docstring); returns the :class:`~.runs.Run`.
 
-    ``epochs``/``lr``/``batch_size``/``calibrate_batches``/``distill`` override the recipe's ``[qat]`` values.
+    ``epochs``/``lr``/``batch_size``/``calibrate_batches``/``distill``/``select`` override the recipe's ``[qat]``
+    values.
     ``run_eagerly`` skips graph tracing (tests: tracing a QAT MobileNetV2 takes ~25 s, longer than a
     tiny epoch).
     """
@@ -271,7 +295,7 @@ def qat(run_dir, *, epochs: int | None = None, lr: float | None = None, batch_si
         raise RecipeError(f"{run.path} has not finished training (status {run.info.get('status')!r}); finish it "
                           f"with: cxr-edge train {Path(run.path) / 'recipe.json'} --resume")
     recipe = with_qat(run.recipe(), epochs=epochs, lr=lr, batch_size=batch_size, calibrate_batches=calibrate_batches,
-                      distill=distill)
+                      distill=distill, select=select)
     trainer = QatTrainer(run, recipe, resume=resume, restart=restart, strategy=strategy, verbose=verbose,
                          on_epoch=on_epoch, run_eagerly=run_eagerly)
     trainer.execute(f"cxr-edge qat {run.path} --resume")

@@ -161,6 +161,11 @@ class StageConfig:
     min_lr: float | None = None
 
 
+#: how ``cxr-edge qat`` picks the epoch that becomes qat.h5: the task's primary validation metric, or the
+#: decision agreement with the float model on val (what the export check measures of the int8 model)
+QAT_SELECT = ("primary", "float_agreement")
+
+
 @dataclass(frozen=True)
 class QatConfig:
     """``[qat]``: the quantization-aware fine-tune ``cxr-edge qat`` runs on the best float model."""
@@ -173,6 +178,7 @@ class QatConfig:
     calibrate_batches: int = 8
     depthwise_per_channel: bool = True
     distill: float = 0.0          # share of each training target taken from the float model's output
+    select: str = "primary"       # qat.h5 = the epoch best on: "primary" metric, or "float_agreement"
 
 
 @dataclass(frozen=True)
@@ -686,6 +692,7 @@ def _qat(t: _Table) -> QatConfig:
         calibrate_batches=t.get("calibrate_batches", int, 8, check=lambda v: 0 <= v <= 1000, rule="in 0..1000"),
         depthwise_per_channel=t.get("depthwise_per_channel", bool, True),
         distill=t.get("distill", float, 0.0, check=lambda v: 0.0 <= v <= 1.0, rule="a share in [0, 1]"),
+        select=t.get("select", str, "primary", choices=QAT_SELECT),
     )
     t.finish(list(QatConfig.__dataclass_fields__))
     return c

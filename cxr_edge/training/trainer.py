@@ -522,7 +522,11 @@ class Trainer:
             optimizer=optimizer, stage=stage, train_cfg=self.recipe.train,
             run_dir=self.write_dir, save_best=self.save_best,
             save_state=lambda s: self.save_state(s, optimizer), images_per_epoch=images_per_epoch,
-            epochs=stage.epochs, on_epoch=self.on_epoch, history_name=self.HISTORY)
+            epochs=stage.epochs, on_epoch=self.on_epoch, history_name=self.HISTORY, **self._selection())
+
+    def _selection(self) -> dict:
+        """Extra ``epoch_callbacks`` arguments choosing what the best checkpoint follows (QAT overrides)."""
+        return {}
 
     def _run_full(self, index: int, stage) -> None:
         from .dataset import steps_per_epoch
