@@ -34,6 +34,7 @@ without --install its model card and record go to release/permissive-pack/ and t
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -76,6 +77,7 @@ class Build:
         done = self.dir / "steps" / f"{name}.done"
         if done.is_file() and name not in self.redo and not redo:
             print(f"[skip] {name} (done)", flush=True)
+            self._save()
             return
         log = self.dir / "logs" / f"{name}.log"
         print(f"[run ] {name}: {' '.join(argv)}", flush=True)
@@ -105,8 +107,24 @@ class Build:
         done.write_text(f"{seconds}\n")
         print(f"[ ok ] {name} in {seconds:.0f} s", flush=True)
 
+    def _epoch_seconds(self) -> None:
+        """Train and QAT steps also carry their epochs' time summed from the run's history, which counts the
+        attempts an interruption cut short (a resumed step's own ``seconds`` is only its last attempt)."""
+        for name, step in self.info["steps"].items():
+            run, _, kind = name.rpartition("-")
+            history = {"train": "history.csv", "qat": "qat_history.csv"}.get(kind)
+            path = self.runs / run / history if history else None
+            if path is not None and path.is_file():
+                with open(path, newline="") as f:
+                    step["epoch_seconds"] = round(sum(float(r["seconds"]) for r in csv.DictReader(f)), 1)
+
+    @staticmethod
+    def step_seconds(step: dict) -> float:
+        return max(step["seconds"], step.get("epoch_seconds", 0.0))
+
     def _save(self) -> None:
-        self.info["wall_time_s"] = round(sum(s["seconds"] for s in self.info["steps"].values()), 1)
+        self._epoch_seconds()
+        self.info["wall_time_s"] = round(sum(self.step_seconds(s) for s in self.info["steps"].values()), 1)
         tmp = self.record.with_name(".build.json.tmp")
         tmp.write_text(json.dumps(self.info, indent=2) + "\n")
         os.replace(tmp, self.record)

@@ -459,8 +459,11 @@ def failure_modes(b: Build) -> str:
 
 def reproduce(b: Build) -> str:
     steps = b.build.get("steps", {})
-    total = sum(s["seconds"] for s in steps.values())
-    slowest = sorted(steps.items(), key=lambda kv: -kv[1]["seconds"])[:6]
+    def secs(step: dict) -> float:  # train/QAT: their epochs across interrupted attempts, when recorded
+        return max(step["seconds"], step.get("epoch_seconds", 0.0))
+
+    total = sum(secs(s) for s in steps.values())
+    slowest = sorted(steps.items(), key=lambda kv: -secs(kv[1]))[:6]
     return f"""## How every number here was made
 
 ```
@@ -468,7 +471,7 @@ def reproduce(b: Build) -> str:
 ```
 
 One command, resumable; on this project's 2-core workstation it took **{total / 60:.0f} minutes** of step time
-(slowest steps: {", ".join(f"{k} {v['seconds'] / 60:.1f} min" for k, v in slowest)}). The per-step commands
+(slowest steps: {", ".join(f"{k} {secs(v) / 60:.1f} min" for k, v in slowest)}). The per-step commands
 and times are in the build folder's `build.json`; the JSON every table was rendered from is in its `eval/`.
 `cxr-edge info` shows the same metadata from the pack itself.
 """
