@@ -80,7 +80,7 @@ def test_gate_manifest_takes_patient_ids_from_metadata(shared_data):
     recs = loaded.records
     assert Counter(r.labels for r in recs) == {(1,): 3243, (0,): 220}
     by_path = {r.path: r for r in recs}
-    nih = by_path[str(d / "nih_cxr14/images/00000061_012.png")]
+    nih = by_path[str((d / "nih_cxr14/images/00000061_012.png").resolve())]  # sources resolve their paths
     assert nih.patient_id == "nih:61" and nih.sex == "M" and nih.age == 77
 
 

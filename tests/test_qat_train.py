@@ -151,7 +151,9 @@ def test_distillation_trains_on_the_float_models_outputs(run_copy):
     weights = trainer.loss_weights
     assert weights.kind == "ce" and set(weights.w_pos) == {1.0} and weights.label_smoothing == 0.0
     x, soft = next(iter(trainer._dataset("train", augment=False, shuffle=False, batch_size=8)))
-    np.testing.assert_allclose(soft.numpy(), trainer.float_model(x, training=False).numpy(), atol=1e-5)
+    # the targets come from the float model in the tf.data graph, the reference from an eager call: float32
+    # kernels may differ in the last digits (1.02e-5 seen once); another model's outputs differ by far more
+    np.testing.assert_allclose(soft.numpy(), trainer.float_model(x, training=False).numpy(), atol=1e-4)
     val_x, hard = next(iter(trainer._dataset("val", augment=False, shuffle=False, batch_size=8)))
     assert set(np.unique(hard.numpy())) <= {0.0, 1.0}          # validation keeps the real labels
     done = qat(run_copy, epochs=1, distill=1.0, restart=True, verbose=0, run_eagerly=True)

@@ -390,5 +390,46 @@ class CxrEdgeApp(App):
 
 
 def main(pack=None, threads: int | None = None, data_dir=None) -> None:
-    """Run the app (desktop or Android)."""
-    CxrEdgeApp(pack=pack, threads=threads, data_dir=data_dir).run()
+    """Run the app (desktop or Android). Ctrl-C in the terminal stops it the way closing the window does
+    (``on_stop`` closes the case store), then raises KeyboardInterrupt for the CLI's exit 130."""
+    app = CxrEdgeApp(pack=pack, threads=threads, data_dir=data_dir)
+    with _stop_on_sigint(app) as interrupted:
+        app.run()
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+class _stop_on_sigint:
+    """While the app runs, SIGINT asks the main loop to stop instead of raising KeyboardInterrupt wherever
+    the main thread happens to be: inside a Kivy callback the exception can be swallowed (the app then
+    never ends), or cut a save short. A second Ctrl-C raises at once. True when SIGINT arrived."""
+
+    def __init__(self, app):
+        self.app, self.hit, self.previous = app, False, None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGINT"):
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+    def __bool__(self):
+        return self.hit
+
+    def _handler(self, signum, frame):
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+        log.info("interrupted: stopping the app")
+        from kivy.clock import Clock
+
+        Clock.schedule_once(lambda dt: self.app.stop(), 0)
