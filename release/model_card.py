@@ -422,7 +422,11 @@ def staged(b: Build) -> str:
     out = ["## The staged recipe against the frozen-backbone baseline", "",
            "`benchmarks/staged_vs_head_only.py`: the best model after stage 1 (frozen ImageNet backbone, new head "
            "only: what the source projects shipped) against the final float model (staged fine-tuning), same "
-           "run and split; photo = every image as a simulated, rectified phone photo (500 bootstrap resamples).",
+           "run and split; photo = every image in the training augmentation's rectified-photo look "
+           "(`simulate_rectified`: glare, blur, noise, contrast on the already straightened film; 500 bootstrap "
+           "resamples). It is milder than a full simulated photo found and straightened by `predict` (the "
+           "photo table above): the photo simulator compresses the film's contrast (on a desk to a peak of "
+           "about 67/255) far beyond what training shows, and rectification does not undo that.",
            ""]
     rows = []
     for run in b.staged:
