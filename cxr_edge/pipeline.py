@@ -344,7 +344,7 @@ class Pipeline:
         timings["quality"] = (time.perf_counter() - t1) * 1e3
         info = dict(r.to_dict(), photo=True, corners=np.round(corners, 2).tolist(), photo_size=list(size),
                     searched_at=list(img.size))
-        return Film(r.image, info, checks, timings)
+        return Film(r.film, info, checks, timings)
 
     def prepare(self, image) -> dict[str, np.ndarray]:
         """Model inputs for every slot from one decoded image (sizes may differ per model)."""

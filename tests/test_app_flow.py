@@ -285,7 +285,7 @@ class TestFlow(AppTest):
         ctl.open_image(photo, name="photo")
         self.wait(lambda: ctl.screen("check").film_note, "the Check screen")
         assert ctl.draft.rect.found and not ctl.draft.rect.passthrough
-        self.shoot("03b-check-photo", "Film found and straightened.", *[q.name for q in ctl.draft.checks])
+        self.shoot("03b-check-photo", "Film found, straightened and its contrast evened out.", *[q.name for q in ctl.draft.checks])
 
     def test_progress_shows_while_models_run_and_the_ui_keeps_running(self):
         ctl = self.start()

@@ -182,3 +182,24 @@ def test_a_film_that_fills_the_frame_to_its_edges_is_found(films):
             assert res.found, res.detection.reason
             errors.append(worst_corner_error(res.corners, photo.corners))
     assert np.median(errors) < MEDIAN_TOL and max(errors) < 2 * MEDIAN_TOL, errors
+
+
+def test_photographed_film_reaches_the_models_with_its_levels_stretched(films):
+    """A film lying on a desk photographs dark and flat; what the models see (``film``) spans the grey
+    range again and still is the same film. ``image`` keeps the warp's levels for the quality checks."""
+    from cxr_edge.rectify import level_film
+
+    sim = simulate_photo(films[0], "mild", 3, background="desk", long_side=960)
+    res = rectify(sim.photo)
+    assert res.found and not res.passthrough
+    raw, seen = np.asarray(res.image), np.asarray(res.film)
+    lo, hi = np.percentile(raw, [0.5, 99.5])
+    assert hi - lo < 200                                    # the photo did compress the film's levels
+    slo, shi = np.percentile(seen, [0.5, 99.5])
+    assert slo <= 3 and shi >= 250 and res.film.mode == "L" and res.film.size == res.image.size
+    assert np.corrcoef(raw.ravel(), seen.ravel())[0, 1] > 0.99    # a monotone map: the same picture
+    # a digital image is what the models see, untouched; a flat (blank) film is not blown up into noise
+    digital = rectify(films[1])
+    assert digital.passthrough and digital.film is digital.image
+    flat = Image.fromarray(np.random.default_rng(0).integers(120, 128, (200, 160), dtype=np.uint8))
+    assert level_film(flat) is flat

@@ -18,8 +18,10 @@ def rectify(photo, out, as_json):
     """Find the X-ray film in PHOTO, straighten it and write it to --out as PNG.
 
     PHOTO is a phone photo of a film on a lightbox, a window, a desk or a
-    monitor. The film's four corners are found, and the film is warped to an
-    upright rectangle with its own proportions. A grey digital image (a scan,
+    monitor. The film's four corners are found, the film is warped to an
+    upright rectangle with its own proportions, and its grey levels are
+    stretched to the full range (a photographed film rarely spans it): what
+    the models see. A grey digital image (a scan,
     a DICOM export) has no film border to find: it is written as the 8-bit
     grey image the models see (16-bit and DICOM images scaled to 0-255).
 
@@ -42,7 +44,7 @@ def rectify(photo, out, as_json):
             f"{photo}: no X-ray film found ({result.detection.reason}). Take the photo again with the "
             "whole film in view, all four corners visible, against a plain background such as a lightbox "
             "or a window.", kind="no_film", path=photo)
-    film = result.image.convert("L") if result.passthrough else result.image
+    film = result.image.convert("L") if result.passthrough else result.film
     _save_png(film, out)
     if as_json:
         click.echo(json.dumps(dict(result.to_dict(), photo=photo, out=out)))

@@ -52,7 +52,7 @@ class Draft:
 
     @property
     def film(self):
-        return self.rect.image if self.rect is not None else None
+        return self.rect.film if self.rect is not None else None   # what the models see (levels stretched)
 
 
 class Controller:

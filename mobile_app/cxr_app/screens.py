@@ -226,11 +226,11 @@ class CheckScreen(AppScreen):
             reason = rect.detection.reason or "no film outline was found"
             self.film_note = f"No film found in this photo ({reason}). Retake it with the whole film in view."
             return
-        self.ids.film.texture = to_texture(rect.image)
+        self.ids.film.texture = to_texture(rect.film)
         if rect.passthrough:
             self.film_note = "Digital image: used as it is."
         else:
-            self.film_note = "Film found and straightened."
+            self.film_note = "Film found, straightened and its contrast evened out."
         order = {"fail": 0, "warn": 1, "pass": 2}  # what needs acting on first
         for check in sorted(checks, key=lambda c: order.get(c.verdict, 0)):
             box.add_widget(text(f"{check.verdict.upper()}  {check.name}: {check.message}",
