@@ -519,9 +519,10 @@ def _predict_photo_by_steps(pipeline, source):
     photo = load_image(source, mode="RGB", min_size=PHOTO_MIN_SIDE)
     t1 = time.perf_counter()
     r = rectify(photo)
-    film = r.image if r.ok else photo.convert("L")
+    judged = r.image if r.ok else photo.convert("L")
+    film = r.film if r.ok else judged    # the models see the film with its levels stretched, as predict does
     t2 = time.perf_counter()
-    check_quality(film, photo=None if r.passthrough else photo, corners=r.corners)
+    check_quality(judged, photo=None if r.passthrough else photo, corners=r.corners)
     t3 = time.perf_counter()
     pred = pipeline.predict(film)
     times.update(decode=(t1 - t0) * 1e3, rectify=(t2 - t1) * 1e3, quality=(t3 - t2) * 1e3)

@@ -551,7 +551,8 @@ def _photo_batches(prepared, split, spec, severity, seed, photo_size, simulate, 
             if rectify is not None:
                 r = rectify(photo)
                 status["found" if r.found else "passthrough" if r.passthrough else "not_found"] += 1
-                rect.append(fit_to_square(load_image(r.image, mode="L", min_size=spec.input.size), spec)
+                # r.film: the film as predict hands it to the models (levels stretched)
+                rect.append(fit_to_square(load_image(r.film, mode="L", min_size=spec.input.size), spec)
                             if r.ok else raw[-1])
         yield normalize(np.stack(raw), spec), normalize(np.stack(rect), spec) if rect else None
 
