@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every benchmark on the bundled pack, one after the other, each into build/measure/<name>.md (what
-# benchmarks/RESULTS.md quotes). About 25 minutes on an idle 2-core machine; needs the [train] extra, the
-# training runs in runs/ and the prepared data in prepared/ (release/build_default_pack.py makes both), and
-# /tmp/tflrt-venv for the tflite-runtime row (see README.md).
+# benchmarks/RESULTS.md quotes). About 20 minutes on an idle 2-core machine; needs the [train] extra, the
+# prepared data in prepared/ (cxr-edge train train/<task>.toml --prepare-only) and /tmp/tflrt-venv for the
+# tflite-runtime row (see README.md). The training runs in runs/ are optional: without them the Keras and
+# TFLite float rows time stand-ins of the same architecture.
 set -u
 cd "$(dirname "$0")/.."
 export TF_USE_LEGACY_KERAS=1
