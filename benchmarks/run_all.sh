@@ -32,6 +32,7 @@ for sev in mild severe; do   # the same films at the other two severities
     run photo_${t}_$sev $PY benchmarks/photo_pipeline.py accuracy --pack $PACK --data prepared/$t --severity $sev
   done
 done
+run photo_levels_cxr4 $PY benchmarks/photo_pipeline.py levels --pack $PACK --data prepared/cxr4
 run photo_ood $PY benchmarks/photo_pipeline.py ood --pack $PACK --data prepared/gate
 run photo_speed $PY benchmarks/photo_pipeline.py speed --pack $PACK --rounds 15
 run data_pipeline $PY benchmarks/data_pipeline.py --prepared prepared/nih14 --rounds 3
