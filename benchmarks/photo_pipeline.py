@@ -87,12 +87,16 @@ def _model_ms(pred) -> float:
 # --------------------------------------------------------------------------- accuracy
 
 
-def accuracy(args) -> dict:
+def _split(args):
+    """(prepared, task spec, pack slot, split table, images used, labels) for ``--data/--split/--limit``."""
     prepared = open_prepared(args.data)
-    spec, slot = prepared.task, prepared.task.family
     table = prepared.table(args.split)
     n = min(len(table), args.limit or len(table))
-    y = prepared.labels(args.split)[:n]
+    return prepared, prepared.task, prepared.task.family, table, n, prepared.labels(args.split)[:n]
+
+
+def accuracy(args) -> dict:
+    prepared, spec, slot, table, n, y = _split(args)
     plain = Pipeline(args.pack, gate_first=False, ood=False)
     tta = Pipeline(args.pack, gate_first=False, ood=False, tta=True) if args.tta else None
     labels = plain.models[slot].spec.labels
@@ -147,11 +151,7 @@ def accuracy(args) -> dict:
 def levels(args) -> dict:
     from cxr_edge.rectify import level_film, warp_film
 
-    prepared = open_prepared(args.data)
-    spec, slot = prepared.task, prepared.task.family
-    table = prepared.table(args.split)
-    n = min(len(table), args.limit or len(table))
-    y = prepared.labels(args.split)[:n]
+    prepared, spec, slot, table, n, y = _split(args)
     pipe = Pipeline(args.pack, gate_first=False, ood=False)
     labels = pipe.models[slot].spec.labels
     keys = ("photo", "photo_levelled", "scene_only", "scene_only_levelled")
@@ -289,30 +289,23 @@ def speed(args) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("accuracy")
-    a.add_argument("--pack", required=True, type=Path)
-    a.add_argument("--data", required=True, type=Path)
-    a.add_argument("--split", default="test")
-    a.add_argument("--severity", default="moderate")
-    a.add_argument("--long-side", type=int, default=1280)
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--limit", type=int, default=0)
+    photos = argparse.ArgumentParser(add_help=False)     # what accuracy and levels share
+    photos.add_argument("--pack", required=True, type=Path)
+    photos.add_argument("--data", required=True, type=Path)
+    photos.add_argument("--split", default="test")
+    photos.add_argument("--severity", default="moderate")
+    photos.add_argument("--long-side", type=int, default=1280)
+    photos.add_argument("--seed", type=int, default=0)
+    photos.add_argument("--limit", type=int, default=0)
+    photos.add_argument("--progress", action="store_true")
+    a = sub.add_parser("accuracy", parents=[photos])
     a.add_argument("--tta", action="store_true")
-    a.add_argument("--progress", action="store_true")
     o = sub.add_parser("ood")
     o.add_argument("--pack", required=True, type=Path)
     o.add_argument("--data", required=True, type=Path)
     o.add_argument("--split", default="test")
     o.add_argument("--limit", type=int, default=0)
-    lv = sub.add_parser("levels")
-    lv.add_argument("--pack", required=True, type=Path)
-    lv.add_argument("--data", required=True, type=Path)
-    lv.add_argument("--split", default="test")
-    lv.add_argument("--severity", default="moderate")
-    lv.add_argument("--long-side", type=int, default=1280)
-    lv.add_argument("--seed", type=int, default=0)
-    lv.add_argument("--limit", type=int, default=0)
-    lv.add_argument("--progress", action="store_true")
+    sub.add_parser("levels", parents=[photos])
     s = sub.add_parser("speed")
     s.add_argument("--pack", required=True, type=Path)
     s.add_argument("--rounds", type=int, default=30)
