@@ -9,6 +9,8 @@ main thread. Nothing here opens a network connection.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -408,16 +410,11 @@ class _stop_on_sigint:
         self.app, self.hit, self.previous = app, False, None
 
     def __enter__(self):
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGINT"):
+        if threading.current_thread() is threading.main_thread():   # only the main thread may set handlers
             self.previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
     def __exit__(self, *exc):
-        import signal
-
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
         return False
