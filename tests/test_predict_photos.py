@@ -66,7 +66,7 @@ def test_a_photo_of_a_film_goes_end_to_end(cli, tiny_pack, photos):
     assert err.max() < 0.01 * _diag(photos["clean_corners"]), err       # within 1 % of the film's diagonal
     assert d["quality"]["verdict"] == "pass" and d["warnings"] == []
     assert {c["name"] for c in d["quality"]["checks"]} >= {"blur", "glare", "resolution", "tilt", "color_cast"}
-    assert {"decode", "rectify", "quality", "gate", "cxr4", "nih14"} <= set(d["timings_ms"])
+    assert {"decode", "rectify", "quality", "levels", "gate", "cxr4", "nih14"} <= set(d["timings_ms"])
 
 
 def test_no_film_is_an_error_entry_and_the_batch_goes_on(cli, tiny_pack, photos, shared_data):
