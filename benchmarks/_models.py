@@ -132,7 +132,7 @@ def tflite(src: Source, mode: str) -> bytes:
 
 def calibration_images(size: int, n: int = CALIBRATION_N) -> np.ndarray:
     """``n`` real NIH CXRs preprocessed for a ``size``-px model: (n, size, size, 1) float32 in [-1, 1]."""
-    from cxr_edge.preprocess import preprocess
+    from cxr_edge.runtime.preprocess import preprocess
     from cxr_edge.tasks import get_task
 
     spec = get_task("cxr4").with_input(size=size)
@@ -155,7 +155,7 @@ def bench_pack(pack: Path | None, runs: Path | None = None) -> tuple[Path, dict[
 
     Returns the path and, per slot, what its model is.
     """
-    from cxr_edge.pack import load_pack
+    from cxr_edge.runtime.pack import load_pack
 
     if pack is not None and Path(pack).exists():
         loaded = load_pack(pack)
@@ -186,9 +186,9 @@ def pack_lines(path: Path, what: dict[str, str]) -> str:
 
 
 def _write_standin_pack(out: Path, srcs: dict[str, Source]) -> None:
-    from cxr_edge import metadata as md
-    from cxr_edge.interpreter import TFLiteModel
-    from cxr_edge.pack import write_pack
+    from cxr_edge.runtime import metadata as md
+    from cxr_edge.runtime.interpreter import TFLiteModel
+    from cxr_edge.runtime.pack import write_pack
     from cxr_edge.tasks import get_task
     from cxr_edge.training.convert import roles_from_shapes
     from cxr_edge.training.model import head_weights

@@ -19,7 +19,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cxr_edge.bench import (Stats, describe_machine, interleave, machine_info, peak_rss_of,  # noqa: E402,F401
+from cxr_edge.tools.bench.sections import (Stats, describe_machine, interleave, machine_info, peak_rss_of,  # noqa: E402,F401
                             run_child, time_calls, timed)
 
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402
 from _timing import header, shared_data, table  # noqa: E402
 
-from cxr_edge.bench import _accepting_profile, batch, cli_command, format_batch, run_child  # noqa: E402
+from cxr_edge.tools.bench.sections import _accepting_profile, batch, cli_command, format_batch, run_child  # noqa: E402
 
 
 def image_files(n: int) -> list[Path]:
@@ -57,8 +57,8 @@ def model_ceiling(pack, thread_counts, batch_sizes=(1, 8), rounds: int = 5) -> l
     the most any predict loop could reach here."""
     import numpy as np
 
-    from cxr_edge.bench import interleave, timed
-    from cxr_edge.interpreter import TFLiteModel
+    from cxr_edge.tools.bench.sections import interleave, timed
+    from cxr_edge.runtime.interpreter import TFLiteModel
 
     measures = {}
     for t in thread_counts:
@@ -79,7 +79,7 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="interpreter threads to compare")
     args = ap.parse_args()
-    from cxr_edge.pack import load_pack
+    from cxr_edge.runtime.pack import load_pack
 
     pack_path, what = _models.bench_pack(args.pack, args.runs_dir)
     pack = load_pack(pack_path)

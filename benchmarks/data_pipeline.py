@@ -63,7 +63,7 @@ def prepared_set(args, tmp: Path):
 
 def naive_batches(paths, labels, spec, batch_size, threads=1, augment=None):
     """A batch function 'decode + preprocess every image every step' (+ the same TF augmentation)."""
-    from cxr_edge.preprocess import fit_to_square, normalize
+    from cxr_edge.runtime.preprocess import fit_to_square, normalize
 
     def preprocess(path):
         return fit_to_square(path, spec) if augment else normalize(fit_to_square(path, spec), spec)

@@ -26,7 +26,7 @@ SHARED = REPO.parent / "shared"
 
 def startup(runs: int, pack: Path | None = None, image: Path | None = None) -> dict:
     """{command: (median ms, p90 ms)}: python -c pass, cxr-edge --help (and a first prediction), interleaved."""
-    from cxr_edge.bench import cli_command, run_child
+    from cxr_edge.tools.bench.sections import cli_command, run_child
 
     cmd = cli_command()
     commands = {"python -c pass": [sys.executable, "-c", "pass"], "cxr-edge --help": cmd + ["--help"]}
@@ -41,8 +41,8 @@ def startup(runs: int, pack: Path | None = None, image: Path | None = None) -> d
 
 
 def latency(model_path: Path, image: Path, runs: int) -> dict:
-    from cxr_edge.interpreter import TFLiteModel
-    from cxr_edge.preprocess import preprocess
+    from cxr_edge.runtime.interpreter import TFLiteModel
+    from cxr_edge.runtime.preprocess import preprocess
     from cxr_edge.tasks import InputSpec
 
     model = TFLiteModel(model_path, threads=1)

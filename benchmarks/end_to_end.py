@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402
 from _timing import header  # noqa: E402
 
-from cxr_edge.bench import _accepting_profile, end_to_end, format_end_to_end, phone_jpeg  # noqa: E402
+from cxr_edge.tools.bench.sections import _accepting_profile, end_to_end, format_end_to_end, phone_jpeg  # noqa: E402
 
 
 def main():
@@ -44,7 +44,7 @@ def main():
     args = ap.parse_args()
     from PIL import Image
 
-    from cxr_edge.pack import load_pack
+    from cxr_edge.runtime.pack import load_pack
 
     pack_path, what = _models.bench_pack(args.pack, args.runs_dir)
     pack = load_pack(pack_path)

@@ -25,7 +25,7 @@ import _models  # noqa: E402
 from _timing import header  # noqa: E402
 from batch_predict import image_files, linked_folder  # noqa: E402
 
-from cxr_edge.bench import format_memory, peak_rss  # noqa: E402
+from cxr_edge.tools.bench.sections import format_memory, peak_rss  # noqa: E402
 
 
 def main():

@@ -42,14 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402
 from _timing import header, interleave, shared_dir, table  # noqa: E402
 
-from cxr_edge.bench import KerasWorker, model_measures  # noqa: E402
+from cxr_edge.tools.bench.sections import KerasWorker, model_measures  # noqa: E402
 
 FORMATS = ("float32", "float16", "dynamic", "int8")
 
 
 def task_input(size: int) -> np.ndarray:
     """One real NIH CXR preprocessed for a ``size``-px grey model."""
-    from cxr_edge.preprocess import preprocess
+    from cxr_edge.runtime.preprocess import preprocess
     from cxr_edge.tasks import get_task
 
     return preprocess(_models.real_cxrs(1)[0], get_task("cxr4").with_input(size=size))
@@ -192,7 +192,7 @@ class ChildInvoke:
 
 
 def backends(args, results: list[dict]) -> None:
-    from cxr_edge.interpreter import TFLiteModel, available_backends
+    from cxr_edge.runtime.interpreter import TFLiteModel, available_backends
 
     imagenet = (shared_dir() / "weights" / _models.IMAGENET_INT8).read_bytes()
     ours = next((r for r in results if r["size"] == 224), results[0])
@@ -211,7 +211,7 @@ def backends(args, results: list[dict]) -> None:
                 measures[(label, b)] = _invoke(interp, idx, q)
             if args.tflite_runtime_python:
                 path = Path(tmp) / f"m{len(children)}.tflite"
-                from cxr_edge.metadata import split_model
+                from cxr_edge.runtime.metadata import split_model
 
                 path.write_bytes(split_model(content)[0])
                 child = ChildInvoke(args.tflite_runtime_python, path, q, 1, Path(tmp))
@@ -233,7 +233,7 @@ def backends(args, results: list[dict]) -> None:
 
 
 def _invoke(interp, index, q):
-    from cxr_edge.bench import timed
+    from cxr_edge.tools.bench.sections import timed
 
     def call():
         interp.set_tensor(index, q)
@@ -253,7 +253,7 @@ def main():
     ap.add_argument("--tflite-runtime-python", default=None,
                     help="a Python with tflite-runtime and numpy<2, for the backend table")
     args = ap.parse_args()
-    from cxr_edge.pack import load_pack
+    from cxr_edge.runtime.pack import load_pack
 
     pack = load_pack(args.pack) if args.pack and args.pack.exists() else None
     print(header("Per-model latency: Keras float vs TFLite float32 / float16 / dynamic / int8"))

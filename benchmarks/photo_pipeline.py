@@ -54,10 +54,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cxr_edge.data.prepared import open_prepared  # noqa: E402
-from cxr_edge.images import load_image  # noqa: E402
-from cxr_edge.metrics import auroc, task_metrics  # noqa: E402
-from cxr_edge.photosim import simulate_photo  # noqa: E402
-from cxr_edge.pipeline import Pipeline  # noqa: E402
+from cxr_edge.runtime.images import load_image  # noqa: E402
+from cxr_edge.tools.metrics import auroc, task_metrics  # noqa: E402
+from cxr_edge.tools.photosim import simulate_photo  # noqa: E402
+from cxr_edge.runtime.pipeline import Pipeline  # noqa: E402
 
 
 def shared_data() -> Path:
@@ -149,7 +149,7 @@ def accuracy(args) -> dict:
 
 
 def levels(args) -> dict:
-    from cxr_edge.rectify import level_film, warp_film
+    from cxr_edge.runtime.photo.rectify import level_film, warp_film
 
     prepared, spec, slot, table, n, y = _split(args)
     pipe = Pipeline(args.pack, gate_first=False, ood=False)

@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _timing import shared_data  # noqa: E402
 
-from cxr_edge.photosim import BACKGROUNDS, simulate_photo  # noqa: E402
-from cxr_edge.rectify import find_film, rectify  # noqa: E402
+from cxr_edge.tools.photosim import BACKGROUNDS, simulate_photo  # noqa: E402
+from cxr_edge.runtime.photo.rectify import find_film, rectify  # noqa: E402
 
 SEVERITIES = ("mild", "moderate", "severe")
 

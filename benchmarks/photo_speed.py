@@ -31,10 +31,10 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _timing import shared_data, timeit  # noqa: E402
 
-from cxr_edge.enhance import clahe  # noqa: E402
-from cxr_edge.photosim import simulate_photo, simulate_rectified  # noqa: E402
-from cxr_edge.quality import check_quality  # noqa: E402
-from cxr_edge.rectify import find_film, rectify  # noqa: E402
+from cxr_edge.runtime.enhance import clahe  # noqa: E402
+from cxr_edge.tools.photosim import simulate_photo, simulate_rectified  # noqa: E402
+from cxr_edge.runtime.photo.quality import check_quality  # noqa: E402
+from cxr_edge.runtime.photo.rectify import find_film, rectify  # noqa: E402
 
 FILM = "nih_cxr14/images/00000061_012.png"
 

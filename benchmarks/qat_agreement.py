@@ -39,7 +39,7 @@ def split_inputs(prepared, split):
 
 
 def tflite_probs(tflite: bytes, x: np.ndarray, num_labels: int) -> np.ndarray:
-    from cxr_edge.interpreter import TFLiteModel
+    from cxr_edge.runtime.interpreter import TFLiteModel
     from cxr_edge.training.convert import output_roles
 
     model = TFLiteModel(tflite, threads=2)
@@ -48,7 +48,7 @@ def tflite_probs(tflite: bytes, x: np.ndarray, num_labels: int) -> np.ndarray:
 
 
 def measure(run_dir: Path, splits, n_calib: int) -> dict:
-    from cxr_edge.metrics import agreement, task_metrics
+    from cxr_edge.tools.metrics import agreement, task_metrics
     from cxr_edge.training.convert import convert
     from cxr_edge.training.runs import load_run
     from cxr_edge.training.trainer import Predictor

@@ -34,7 +34,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 def inputs(prepared, split, photo_severity):
     """(digital, photo) float32 model inputs of a split."""
-    from cxr_edge.preprocess import normalize
+    from cxr_edge.runtime.preprocess import normalize
     from cxr_edge.training.augment import AugmentConfig, photo_batch
 
     pixels = np.asarray(prepared.images(split))
@@ -44,7 +44,7 @@ def inputs(prepared, split, photo_severity):
 
 
 def measure(run_dir: Path, splits, photo_severity) -> dict:
-    from cxr_edge.metrics import task_metrics
+    from cxr_edge.tools.metrics import task_metrics
     from cxr_edge.training.runs import _load, load_run
     from cxr_edge.training.trainer import Predictor
 

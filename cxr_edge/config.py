@@ -8,13 +8,27 @@ package (``cxr_edge/packs/default``).
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 from pathlib import Path
 
 from .errors import PackError
 
-BUNDLED_PACK = Path(__file__).resolve().parent / "packs" / "default"
+
+def package_data(*parts: str) -> Path:
+    """A file or folder shipped inside the installed package (``packs/default``, ``resources/export``...),
+    found through :mod:`importlib.resources`, so a wheel finds it as a source checkout does."""
+    ref = importlib.resources.files("cxr_edge")
+    for part in parts:
+        ref = ref.joinpath(part)
+    if not isinstance(ref, Path):   # a zipped install: packs and policies must be real files
+        raise PackError(f"cxr-edge's package data ({'/'.join(parts)}) is not on the file system ({ref}); "
+                        "install cxr-edge unzipped (pip install, not a zipapp)")
+    return ref
+
+
+BUNDLED_PACK = package_data("packs", "default")
 
 
 def config_path() -> Path:

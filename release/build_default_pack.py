@@ -47,6 +47,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "cxr_edge" / "packs" / "default"
+CALIBRATION_DATA = REPO / "cxr_edge" / "resources" / "calibration_data"   # the shipped calibration sets
 RECORD = REPO / "release" / "{variant}-pack"   # what the bundled card was rendered from (JSON, image list)
 
 #: variant -> (slot, recipe) per model; a model's run is runs/<recipe name>, its data the recipe's data.dir.
@@ -141,7 +142,7 @@ def run(args) -> None:
     for slot, recipe in VARIANTS[args.variant]:
         if slot in args.models:
             rec = load_recipe(REPO / recipe)
-            models.append((slot, recipe, rec.name, Path(rec.data.dir), REPO / "calibration_data" / f"{rec.name}.csv"))
+            models.append((slot, recipe, rec.name, Path(rec.data.dir), CALIBRATION_DATA / f"{rec.name}.csv"))
     for slot, recipe, name, data, calib in models:
         run_dir = b.runs / name
         b.step(f"{name}-train", cx + ["train", recipe, "--out", str(run_dir), "--resume"])

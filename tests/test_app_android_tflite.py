@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from cxr_edge.errors import BackendError
-from cxr_edge.interpreter import TFLiteModel
+from cxr_edge.runtime.interpreter import TFLiteModel
 
-MODULE = "cxr_edge.android_tflite"
+MODULE = "cxr_edge.runtime.android_tflite"
 
 
 # --------------------------------------------------------------------------- the fake Java side
@@ -237,7 +237,7 @@ def test_buffer_conversion_round_trips(java_backend):
 
 
 def test_same_outputs_as_litert_through_tfliteModel(java_backend, tiny_pack):
-    from cxr_edge.pack import load_pack
+    from cxr_edge.runtime.pack import load_pack
 
     content = load_pack(tiny_pack)["nih14"].content
     ref = TFLiteModel(content, backend="ai-edge-litert")
@@ -254,7 +254,7 @@ def test_same_outputs_as_litert_through_tfliteModel(java_backend, tiny_pack):
 
 
 def test_whole_pipeline_agrees(java_backend, tiny_pack, shared_data):
-    from cxr_edge.pipeline import Pipeline
+    from cxr_edge.runtime.pipeline import Pipeline
 
     cxr = shared_data / "nih_cxr14" / "images" / "00000061_012.png"
     a = Pipeline(tiny_pack, backend="tflite-java").predict(cxr).to_dict()

@@ -30,12 +30,6 @@ def test_a_missing_pack_is_refused_before_anything_starts(tmp_path):
     assert CliRunner().invoke(main, ["app", "--threads", "0"]).exit_code == 2
 
 
-def test_missing_app_folder_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("CXR_EDGE_APP_DIR", str(tmp_path))
-    result = CliRunner().invoke(main, ["app"])
-    assert result.exit_code == 2 and "source checkout" in result.output and "CXR_EDGE_APP_DIR" in result.output
-
-
 def test_cxr_edge_app_starts_the_app_and_loads_the_pack(tiny_pack, tmp_path):
     """A real launch, headless; Ctrl-C ends it the way the CLI ends any command (exit 130)."""
     env = dict(os.environ, SDL_VIDEODRIVER="offscreen", KIVY_HOME=str(tmp_path / "kivy"),

@@ -43,7 +43,7 @@ from kivy.tests.common import GraphicUnitTest, UnitTestTouch  # noqa: E402
 from kivy.uix.image import Image as KivyImage  # noqa: E402
 from kivy.uix.scrollview import ScrollView  # noqa: E402
 
-from cxr_edge.pipeline import DISCLAIMER  # noqa: E402
+from cxr_edge.runtime.pipeline import DISCLAIMER  # noqa: E402
 from cxr_edge.tasks import get_task  # noqa: E402
 
 assert cgl_get_backend_name() != "mock", "KIVY_GL_BACKEND=mock silently disables these tests; unset it"
@@ -70,7 +70,7 @@ class FakeCamera(KivyImage):
         super().__init__(**kw)
         self._camera = object()
         if FakeCamera.picture is not None:
-            from cxr_app.imaging import to_texture
+            from cxr_edge.app.imaging import to_texture
 
             self.texture = to_texture(FakeCamera.picture)
 
@@ -84,7 +84,7 @@ class AppTest(GraphicUnitTest):
         SHOTS.mkdir(parents=True, exist_ok=True)
 
     def start(self, **kw):
-        from cxr_app.app import Controller
+        from cxr_edge.app.app import Controller
 
         self.Window.size = (360, 640)
         self.ctl = Controller(self.tmp / "userdata", pack=self.pack, **kw)
@@ -277,8 +277,8 @@ class TestFlow(AppTest):
              "runs": runs}, indent=2))
 
     def test_photo_of_a_film_is_found_and_straightened(self):
-        from cxr_edge.images import load_image
-        from cxr_edge.photosim import simulate_photo
+        from cxr_edge.runtime.images import load_image
+        from cxr_edge.tools.photosim import simulate_photo
 
         ctl = self.start()
         photo = simulate_photo(load_image(self.data / CXR), "mild", 1, background="desk", long_side=800).to_image()
@@ -377,7 +377,7 @@ class TestFlow(AppTest):
 
 class TestCamera(AppTest):
     def test_a_camera_that_fails_to_open_falls_back_to_the_picker(self):
-        from cxr_app.camera import CameraFacade
+        from cxr_edge.app.camera import CameraFacade
 
         def broken(**kw):
             raise RuntimeError("camera device busy")
@@ -389,7 +389,7 @@ class TestCamera(AppTest):
         assert "Choose an image file instead." in capture.message and capture.ids.take.disabled
 
     def test_a_camera_that_sends_no_picture_falls_back_after_a_timeout(self):
-        from cxr_app.camera import CameraFacade
+        from cxr_edge.app.camera import CameraFacade
 
         FakeCamera.picture = None
         ctl = self.start(camera=CameraFacade(factory=FakeCamera, first_frame_timeout=0.2))
@@ -407,10 +407,10 @@ class TestCamera(AppTest):
         assert ctl.screen("capture").message == "Camera permission was refused."
 
     def test_a_working_camera_previews_with_a_guide_and_captures(self):
-        from cxr_app.camera import CameraFacade
-        from cxr_edge.photosim import simulate_photo
+        from cxr_edge.app.camera import CameraFacade
+        from cxr_edge.tools.photosim import simulate_photo
 
-        from cxr_edge.images import load_image
+        from cxr_edge.runtime.images import load_image
 
         photo = simulate_photo(load_image(self.data / CXR), "mild", 2, background="lightbox",
                                long_side=640).to_image()

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mobile_app"))
 
 from kivy.clock import Clock  # noqa: E402
 
-from cxr_app.settings import AppSettings  # noqa: E402
-from cxr_app.worker import Worker  # noqa: E402
+from cxr_edge.app.settings import AppSettings  # noqa: E402
+from cxr_edge.app.worker import Worker  # noqa: E402
 
 
 def pump(cond, timeout=5.0):
@@ -95,8 +95,8 @@ def test_settings_round_trip_and_survive_a_damaged_file(tmp_path):
 def test_camera_frames_come_out_upright():
     from kivy.core.window import Window  # a GL context for textures
 
-    from cxr_app.camera import texture_to_image
-    from cxr_app.imaging import to_texture
+    from cxr_edge.app.camera import texture_to_image
+    from cxr_edge.app.imaging import to_texture
 
     assert Window is not None
     img = Image.fromarray(np.arange(12 * 8 * 3, dtype=np.uint8).reshape(8, 12, 3), "RGB")
@@ -110,7 +110,7 @@ def test_camera_frames_come_out_upright():
 
 
 def test_android_only_code_stays_out_of_the_way_on_a_desktop():
-    from cxr_app import android
+    from cxr_edge.app import android
 
     assert not android.ON_ANDROID
     answers = []
@@ -125,7 +125,7 @@ def test_main_py_is_the_apps_entry_point():
     spec = importlib.util.spec_from_file_location("cxr_main", Path(__file__).resolve().parents[1] / "mobile_app/main.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # imports the app without running it
-    from cxr_app.app import CxrEdgeApp, main
+    from cxr_edge.app.app import CxrEdgeApp, main
 
     assert module.main is main and CxrEdgeApp().name == "cxredge"  # the user data folder is named after it
 
@@ -134,7 +134,8 @@ def test_no_app_module_imports_a_network_library():
     import ast
 
     network = {"socket", "urllib", "http", "requests", "ssl", "ftplib", "smtplib", "websocket", "asyncio"}
-    for path in (Path(__file__).resolve().parents[1] / "mobile_app").rglob("*.py"):
+    for path in [*(Path(__file__).resolve().parents[1] / "cxr_edge" / "app").rglob("*.py"),
+                 Path(__file__).resolve().parents[1] / "mobile_app" / "main.py"]:
         tree = ast.parse(path.read_text())
         names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cxr_edge.bench import (KerasWorker, Stats, count_macs, interleave, keras_rows, peak_rss_of, phone_jpeg,
+from cxr_edge.tools.bench.sections import (KerasWorker, Stats, count_macs, interleave, keras_rows, peak_rss_of, phone_jpeg,
                             synthetic_film)
 from cxr_edge.cli import main
 
@@ -43,7 +43,7 @@ def test_stats_of_samples():
 
 
 def test_counted_macs_of_mobilenet_v2_match_the_published_300_million(shared_weights):
-    from cxr_edge.interpreter import TFLiteModel
+    from cxr_edge.runtime.interpreter import TFLiteModel
 
     macs = count_macs(TFLiteModel(shared_weights / "mobilenet_v2_1.0_224_quant.tflite"))
     assert 290e6 < macs < 315e6
@@ -99,8 +99,8 @@ def test_batch_times_every_model_even_when_the_gate_rejects(tiny_pack, tmp_path)
 
     from PIL import Image
 
-    from cxr_edge.bench import batch, write_batch
-    from cxr_edge.pack import load_pack, rewrite_metadata
+    from cxr_edge.tools.bench.sections import batch, write_batch
+    from cxr_edge.runtime.pack import load_pack, rewrite_metadata
 
     pack = shutil.copytree(tiny_pack, tmp_path / "strict")
     meta = load_pack(pack)["gate"].metadata
@@ -130,7 +130,7 @@ def test_keras_rows_are_skipped_with_a_note_without_tensorflow(tiny_pack):
 
 
 def test_keras_rows_need_the_alpha_the_pack_records(tiny_pack):
-    from cxr_edge.pack import load_pack
+    from cxr_edge.runtime.pack import load_pack
 
     out = keras_rows(load_pack(tiny_pack), {}, (1,), rounds=1, runs=1)
     assert out["rows"] == [] and "alpha" in out["note"]

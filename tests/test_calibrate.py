@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from test_evaluate import _root, cli, cxr4_48, informative_cxr4, small_prepared  # noqa: F401 (fixtures)
 
-from cxr_edge.calibrate import calibrate
-from cxr_edge.calibration import (apply_calibration, apply_temperature, fit_temperature, fit_temperature_and_bias,
+from cxr_edge.tools.posthoc_pack import calibrate
+from cxr_edge.tools.posthoc_fit import (apply_calibration, apply_temperature, fit_temperature, fit_temperature_and_bias,
                                   remap_threshold)
 from cxr_edge.errors import CxrEdgeError, DataError
-from cxr_edge.evaluate import evaluate
-from cxr_edge.metrics import expected_calibration_error
-from cxr_edge.pack import load_pack
-from cxr_edge.pipeline import Pipeline
+from cxr_edge.tools.evaluate import evaluate
+from cxr_edge.tools.metrics import expected_calibration_error
+from cxr_edge.runtime.pack import load_pack
+from cxr_edge.runtime.pipeline import Pipeline
 
 
 @pytest.fixture

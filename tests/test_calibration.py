@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cxr_edge import calibration as cal
-from cxr_edge import metrics as m
+from cxr_edge.tools import posthoc_fit as cal
+from cxr_edge.tools import metrics as m
 from cxr_edge.errors import CxrEdgeError, DataError
 from cxr_edge.tasks import get_task
 
@@ -89,7 +89,7 @@ def test_apply_temperature_identity_and_direction():
 
 def test_temperature_at_bound_is_logged(caplog):
     y = np.ones(50, dtype=int)  # one class: NLL keeps falling as T shrinks
-    with caplog.at_level(logging.WARNING, logger="cxr_edge.calibration"):
+    with caplog.at_level(logging.WARNING, logger="cxr_edge.tools.posthoc_fit"):
         t = cal.fit_temperature(np.full(50, 0.8), y, "sigmoid")
     assert t == pytest.approx(cal.T_MIN, rel=0.01)
     assert "bound" in caplog.text
@@ -186,7 +186,7 @@ def test_choose_thresholds_per_label_with_one_class_fallback(caplog):
     y = (rng.random((200, 14)) < 0.3).astype(int)
     p = np.clip(rng.random(y.shape) * 0.7 + 0.25 * y, 0, 1)
     y[:, 13] = 0  # no Hernia in the fit data
-    with caplog.at_level(logging.WARNING, logger="cxr_edge.calibration"):
+    with caplog.at_level(logging.WARNING, logger="cxr_edge.tools.posthoc_fit"):
         thresholds = cal.choose_thresholds(spec, y, p, "sensitivity:0.9")
     assert list(thresholds) == list(spec.labels)
     assert thresholds["Hernia"] == spec.default_threshold

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from test_evaluate import _root, cxr4_48, small_prepared  # noqa: F401 (fixture)
 
-from cxr_edge.calibration_set import (NONE_STRATUM, ROOT_ENV, _allocate, build_calibration_set,
+from cxr_edge.tools.ptq_set import (NONE_STRATUM, ROOT_ENV, _allocate, build_calibration_set,
                                       load_calibration_set, resolve_data_root, set_sha256, write_calibration_set)
 from cxr_edge.cli import main
 from cxr_edge.errors import DataError
@@ -147,7 +147,7 @@ def test_cli_build_and_verify(cxr4_small, shared_data, tmp_path):
 
 @pytest.mark.parametrize("task", ["gate", "cxr4", "nih14"])
 def test_committed_manifests_are_valid_and_their_files_exist(task, shared_data):
-    path = REPO / "calibration_data" / f"{task}.csv"
+    path = REPO / "cxr_edge" / "resources" / "calibration_data" / f"{task}.csv"
     if not path.is_file():
         pytest.skip(f"{path} not built yet")
     cs = load_calibration_set(path)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_edge import cam
+from cxr_edge.runtime import cam
 from cxr_edge.tasks import InputSpec
 
 SPEC = InputSpec(size=224)
@@ -46,7 +46,7 @@ def test_peak_lands_on_the_same_spot_of_a_letterboxed_film():
 
 
 def test_box_of_a_letterboxed_film_matches_fit_to_square():
-    from cxr_edge.preprocess import fit_to_square
+    from cxr_edge.runtime.preprocess import fit_to_square
 
     film = Image.new("L", (300, 120), 200)
     px = fit_to_square(film, SPEC)
@@ -111,9 +111,9 @@ def test_overlays_are_written_with_unique_names(tmp_path):
 def test_real_int8_features_peak_on_a_bright_patch(tiny_pack):
     """The tiny int8 model's own features, read through the pack's CAM path: a head that reads the channel
     responding most to a bright patch puts the map's peak on the patch, on a letterboxed film."""
-    from cxr_edge.pack import load_pack
-    from cxr_edge.pipeline import LoadedModel
-    from cxr_edge.preprocess import preprocess
+    from cxr_edge.runtime.pack import load_pack
+    from cxr_edge.runtime.pipeline import LoadedModel
+    from cxr_edge.runtime.preprocess import preprocess
 
     lm = LoadedModel.from_pack(load_pack(tiny_pack)["cxr4"], threads=1, backend=None)
     film = np.full((120, 240), 30, np.uint8)
@@ -130,7 +130,7 @@ def test_real_int8_features_peak_on_a_bright_patch(tiny_pack):
 
 
 def test_pipeline_heatmaps_stay_out_of_the_json(tiny_pack, shared_data):
-    from cxr_edge.pipeline import Pipeline
+    from cxr_edge.runtime.pipeline import Pipeline
 
     pred = Pipeline(tiny_pack, heatmaps=True).predict(shared_data / "nih_cxr14" / "images" / "00000061_012.png")
     reported = [pred.cxr4.top] + [lbl if lbl != pred.cxr4.top else f"{lbl} (nih14)" for lbl in pred.nih14.positive]
@@ -146,10 +146,10 @@ def test_pipeline_heatmaps_stay_out_of_the_json(tiny_pack, shared_data):
 def test_heatmaps_need_head_weights(tmp_path, tiny_pack):
     import shutil
 
-    from cxr_edge import metadata as md
+    from cxr_edge.runtime import metadata as md
     from cxr_edge.errors import PackError
-    from cxr_edge.pack import load_pack, write_pack
-    from cxr_edge.pipeline import Pipeline
+    from cxr_edge.runtime.pack import load_pack, write_pack
+    from cxr_edge.runtime.pipeline import Pipeline
 
     pack = load_pack(tiny_pack)
     bare = {s: (md.embed(m.content, m.metadata, {}), m.metadata) for s, m in pack.models.items()}
@@ -164,9 +164,9 @@ def test_heatmaps_need_head_weights(tmp_path, tiny_pack):
 def test_maps_average_back_to_the_models_own_probabilities(tiny_pack, shared_data):
     """head.npz and the 'features' output agree with the int8 model: each label's map, averaged over the
     grid, plus its bias, is the logit the model turned into its probability (up to int8 steps)."""
-    from cxr_edge.pack import load_pack
-    from cxr_edge.pipeline import LoadedModel
-    from cxr_edge.preprocess import preprocess
+    from cxr_edge.runtime.pack import load_pack
+    from cxr_edge.runtime.pipeline import LoadedModel
+    from cxr_edge.runtime.preprocess import preprocess
 
     for slot in ("cxr4", "nih14"):
         lm = LoadedModel.from_pack(load_pack(tiny_pack)[slot], threads=1, backend=None)

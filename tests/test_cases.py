@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_edge import cases as cases_mod
-from cxr_edge.cases import SCHEMA_VERSION, CaseStore, CaseStoreError, csv_columns, jsonable, summarize
+from cxr_edge.runtime import cases as cases_mod
+from cxr_edge.runtime.cases import SCHEMA_VERSION, CaseStore, CaseStoreError, csv_columns, jsonable, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ WRITER = r"""
 import hashlib, sys, time
 import numpy as np
 from PIL import Image
-from cxr_edge.cases import CaseStore
+from cxr_edge.runtime.cases import CaseStore
 store = CaseStore(sys.argv[1])
 seed = int(sys.argv[2])
 rng = np.random.default_rng(seed)

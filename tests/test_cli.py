@@ -123,7 +123,7 @@ def test_unexpected_errors_are_reported_as_bugs_without_traceback(run, tiny_pack
     def boom(*a, **k):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr("cxr_edge.pipeline.Pipeline.describe", boom)
+    monkeypatch.setattr("cxr_edge.runtime.pipeline.Pipeline.describe", boom)
     res = CliRunner().invoke(main, ["predict", "--pack", str(tiny_pack),
                                     str(shared_data / "nih_cxr14" / "images" / "00000061_012.png")])
     assert res.exit_code == EXIT_INTERNAL and "bug in cxr-edge" in res.output and "kaboom" in res.output
@@ -132,7 +132,7 @@ def test_unexpected_errors_are_reported_as_bugs_without_traceback(run, tiny_pack
 
 def test_an_unexpected_error_on_one_image_does_not_stop_the_batch(run, tiny_pack, monkeypatch, shared_data,
                                                                   tmp_path):
-    from cxr_edge.pipeline import Pipeline
+    from cxr_edge.runtime.pipeline import Pipeline
 
     real = Pipeline.classify
 
@@ -141,7 +141,7 @@ def test_an_unexpected_error_on_one_image_does_not_stop_the_batch(run, tiny_pack
             raise TypeError("kaboom")
         return real(self, inputs, pred, **kw)
 
-    monkeypatch.setattr("cxr_edge.pipeline.Pipeline.classify", classify)
+    monkeypatch.setattr("cxr_edge.runtime.pipeline.Pipeline.classify", classify)
     src = shared_data / "nih_cxr14" / "images" / "00000061_012.png"
     for name in ("first.png", "second.png"):
         shutil.copy(src, tmp_path / name)
@@ -157,7 +157,7 @@ def test_a_damaged_tiff_in_a_batch_is_its_own_error(run, tiny_pack, shared_data,
     from test_images import _fuzzed
 
     from cxr_edge.errors import ImageError
-    from cxr_edge.images import load_image
+    from cxr_edge.runtime.images import load_image
 
     for i, data in enumerate(_fuzzed("TIFF", 300)):   # the first damaged TIFF that does not decode
         try:
@@ -203,7 +203,7 @@ def test_closed_pipe_ends_quietly():
 def test_hidden_all_models_runs_the_classifiers_on_an_image_the_gate_rejects(run, tiny_pack, shared_data, tmp_path):
     # the benchmarks' switch: cxr-edge bench measures memory and start-up on a stand-in film with every model
     pack = shutil.copytree(tiny_pack, tmp_path / "p")
-    from cxr_edge.pack import load_pack, rewrite_metadata
+    from cxr_edge.runtime.pack import load_pack, rewrite_metadata
 
     meta = load_pack(pack)["gate"].metadata
     meta.thresholds = {"default": {"chest_xray": 1.01}}   # this gate rejects everything

@@ -22,7 +22,7 @@ pytest.importorskip("ai_edge_litert", reason="needs ai-edge-litert to run conver
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from cxr_edge.errors import CxrEdgeError, RecipeError  # noqa: E402
-from cxr_edge.interpreter import TFLiteModel  # noqa: E402
+from cxr_edge.runtime.interpreter import TFLiteModel  # noqa: E402
 from cxr_edge.tasks import get_task  # noqa: E402
 from cxr_edge.training import model as M  # noqa: E402
 from cxr_edge.training.convert import convert, output_roles, roles_from_shapes  # noqa: E402

@@ -14,7 +14,7 @@ from cxr_edge.data.prepared import open_prepared
 from cxr_edge.data.sources import SourceSpec
 from cxr_edge.data.splits import SplitConfig
 from cxr_edge.errors import DataError
-from cxr_edge.preprocess import fit_to_square
+from cxr_edge.runtime.preprocess import fit_to_square
 
 
 def _nih_config(shared_data, **kw):

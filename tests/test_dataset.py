@@ -8,7 +8,7 @@ from cxr_edge.data.prepare import PrepareConfig, prepare
 from cxr_edge.data.sources import SourceSpec
 from cxr_edge.data.splits import SplitConfig
 from cxr_edge.errors import RecipeError
-from cxr_edge.preprocess import normalize
+from cxr_edge.runtime.preprocess import normalize
 from cxr_edge.training.augment import AugmentConfig
 
 pytest.importorskip("tensorflow", reason="the input pipeline needs TensorFlow (pip install -e '.[train]')")

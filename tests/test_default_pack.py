@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cxr_edge.config import BUNDLED_PACK, resolve_pack
-from cxr_edge.pack import SLOTS, load_pack
+from cxr_edge.runtime.pack import SLOTS, load_pack
 
 REPO = Path(__file__).resolve().parents[1]
 RECORD = REPO / "release" / "default-pack"
@@ -35,7 +35,7 @@ def test_bundled_pack_files_match_their_manifest(manifest):
 def test_recorded_int8_metrics_are_within_the_shipped_tolerances(manifest):
     for slot, entry in manifest["models"].items():
         metrics = entry["metadata"]["metrics"]
-        policy = json.loads((REPO / "export" / f"{slot}.json").read_text())
+        policy = json.loads((REPO / "cxr_edge" / "resources" / "export" / f"{slot}.json").read_text())
         assert metrics["passed"] is True, slot
         stated = policy["check"]["tolerance"]
         assert {k: metrics["tolerance"][k] for k in stated} == stated, f"{slot}: exported under another tolerance"

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import cxr_edge
 
-WORKSTATION = {"training", "data"}  # subpackages that may import TensorFlow (inside their own modules)
-ANDROID_ONLY = {"android_tflite"}   # imports pyjnius: fails off Android by design (backend selection skips it)
+WORKSTATION = {"training"}        # the layer that imports TensorFlow (inside its own modules)
+UI = {"app"}                       # the Kivy app (Kivy is the [app] extra; tested in test_app_*.py)
+ANDROID_ONLY = {"android_tflite"}  # imports pyjnius: fails off Android by design (backend selection skips it)
 
 BLOCKER = """
 import sys, importlib.abc
@@ -23,11 +24,12 @@ sys.meta_path.insert(0, Block())
 
 
 def device_modules() -> list[str]:
+    """Every module of the package but the workstation layer, the UI and the Android-only backend: the
+    shared core, runtime (with photo/), data, tools (with bench/) and the CLI's command modules."""
     root = Path(cxr_edge.__file__).parent
-    names = [f"cxr_edge.{m.name}" for m in pkgutil.iter_modules([str(root)])
-             if m.name not in WORKSTATION | ANDROID_ONLY]
-    names += [f"cxr_edge.cli.{m.name}" for m in pkgutil.iter_modules([str(root / "cli")])]
-    return sorted(n for n in names if n != "cxr_edge.cli")
+    names = [m.name for m in pkgutil.walk_packages([str(root)], prefix="cxr_edge.")]
+    skip = WORKSTATION | UI | ANDROID_ONLY
+    return sorted(n for n in names if not skip & set(n.split(".")[1:]))
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -41,7 +43,8 @@ def test_blocker_really_blocks():
 
 def test_every_device_module_imports_without_tensorflow():
     modules = device_modules()
-    assert "cxr_edge.pipeline" in modules and "cxr_edge.interpreter" in modules
+    assert "cxr_edge.runtime.pipeline" in modules and "cxr_edge.runtime.interpreter" in modules
+    assert "cxr_edge.tools.evaluate" in modules and "cxr_edge.cli.predict" in modules
     res = _run(f"import importlib\nfor m in {modules!r}:\n    importlib.import_module(m)\nprint('ok')")
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
 

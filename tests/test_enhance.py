@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_edge.enhance import clahe
+from cxr_edge.runtime.enhance import clahe
 
 # Stated tolerance against skimage.exposure.equalize_adapthist (x 255): mean abs diff < 0.5 grey
 # levels and max <= 1. The implementation follows scikit-image step by step, so in practice the
@@ -72,7 +72,7 @@ def test_clahe_in_the_input_spec_reaches_the_cache_and_every_later_reader(shared
     from cxr_edge.data.prepare import PrepareConfig, prepare
     from cxr_edge.data.sources import SourceSpec
     from cxr_edge.data.splits import SplitConfig
-    from cxr_edge.preprocess import fit_to_square
+    from cxr_edge.runtime.preprocess import fit_to_square
     from cxr_edge.tasks import InputSpec, get_task
 
     config = PrepareConfig(task="nih14", sources=(SourceSpec(str(shared_data / "nih_cxr14/manifest.csv")),),

@@ -12,9 +12,9 @@ from cxr_edge.data.prepare import PrepareConfig, prepare
 from cxr_edge.data.sources import SourceSpec
 from cxr_edge.data.splits import SplitConfig
 from cxr_edge.errors import CxrEdgeError, DataError, PackError
-from cxr_edge.evaluate import _fit_softmax, _predict_softmax, evaluate, source_probe
-from cxr_edge.pipeline import Pipeline
-from cxr_edge.preprocess import normalize
+from cxr_edge.tools.evaluate import _fit_softmax, _predict_softmax, evaluate, source_probe
+from cxr_edge.runtime.pipeline import Pipeline
+from cxr_edge.runtime.preprocess import normalize
 
 # --------------------------------------------------------------------------- shared builders
 # Also used by test_calibrate.py. They build under the session's base temp folder and reuse what
@@ -43,8 +43,8 @@ def informative_cxr4(prepared, root, scale: float = 4.0):
         return pack, run
     from tinypack import convert_int8, output_roles, tiny_keras_model
 
-    from cxr_edge import metadata as md
-    from cxr_edge.pack import write_pack
+    from cxr_edge.runtime import metadata as md
+    from cxr_edge.runtime.pack import write_pack
 
     spec = prepared.task
     model = tiny_keras_model("cxr4", spec.input.size, seed=0)
@@ -160,7 +160,7 @@ def test_text_output_and_subgroup_minimum(cli, informative, cxr4_48):
 
 
 def test_photos_raw_and_rectified_beside_digital(cli, tiny_pack, cxr4_tiny, tmp_path):
-    pytest.importorskip("cxr_edge.photosim", reason="the phone-photo simulator is not in this checkout")
+    pytest.importorskip("cxr_edge.tools.photosim", reason="the phone-photo simulator is not in this checkout")
     res = cli("evaluate", tiny_pack, "--data", cxr4_tiny.path, "--photos", "moderate", "--photo-size", 192,
               "--n-boot", 50, "--json", "--report", tmp_path / "rep")
     assert res.exit_code == 0, res.output
@@ -233,7 +233,7 @@ def test_bad_inputs_are_clean_errors(cli, tiny_pack, cxr4_48, tmp_path):
         res = cli(*args)
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, (args, res.output)
     gate_only = tmp_path / "gate-only"
-    from cxr_edge.pack import load_pack, write_pack
+    from cxr_edge.runtime.pack import load_pack, write_pack
 
     pm = load_pack(tiny_pack)["gate"]
     write_pack(gate_only, {"gate": (pm.content, pm.metadata)})
@@ -269,7 +269,7 @@ def test_probe_finds_a_planted_source_signal_and_not_a_random_one():
 
 
 def test_a_collections_own_train_and_test_subsets_are_one_source():
-    from cxr_edge.evaluate import source_names
+    from cxr_edge.tools.evaluate import source_names
 
     names = source_names(["Kermany pediatric CXR (train split)", "Kermany pediatric CXR (test split)",
                           "COVID-19 image data collection (ieee8023)", "TBX11K (validation set)"])

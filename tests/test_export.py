@@ -29,17 +29,17 @@ pytest.importorskip("ai_edge_litert", reason="needs ai-edge-litert to run conver
 
 from test_device_side import BLOCKER  # noqa: E402
 
-from cxr_edge import metadata as md  # noqa: E402
-from cxr_edge.calibration_set import build_calibration_set, write_calibration_set  # noqa: E402
+from cxr_edge.runtime import metadata as md  # noqa: E402
+from cxr_edge.tools.ptq_set import build_calibration_set, write_calibration_set  # noqa: E402
 from cxr_edge.cli import main  # noqa: E402
 from cxr_edge.data.prepare import PrepareConfig, prepare  # noqa: E402
 from cxr_edge.data.sources import SourceOptions, SourceSpec  # noqa: E402
 from cxr_edge.data.splits import SplitConfig  # noqa: E402
 from cxr_edge.errors import RecipeError  # noqa: E402
-from cxr_edge.evaluate import _fit_softmax  # noqa: E402
-from cxr_edge.pack import load_pack  # noqa: E402
-from cxr_edge.pipeline import Pipeline  # noqa: E402
-from cxr_edge.preprocess import normalize  # noqa: E402
+from cxr_edge.tools.evaluate import _fit_softmax  # noqa: E402
+from cxr_edge.runtime.pack import load_pack  # noqa: E402
+from cxr_edge.runtime.pipeline import Pipeline  # noqa: E402
+from cxr_edge.runtime.preprocess import normalize  # noqa: E402
 from cxr_edge.training.export import write_into_pack  # noqa: E402
 from cxr_edge.training.export_check import parse_policy  # noqa: E402
 
@@ -98,7 +98,7 @@ def gate_run(prepared, weights: Path, run: Path) -> Path:
 def write_policy(path: Path, manifest: Path, **changes) -> Path:
     """The shipped gate policy with this module's calibration set (60 images: min 20 here) and changes
     (``section__field=value``; ``None`` drops the field)."""
-    policy = json.loads((REPO / "export" / "gate.json").read_text())
+    policy = json.loads((REPO / "cxr_edge" / "resources" / "export" / "gate.json").read_text())
     policy["calibration"].update(manifest=str(manifest), min_size=20)
     for key, value in changes.items():
         section, _, field = key.partition("__")
@@ -308,12 +308,12 @@ def test_cli_argument_errors(setup, tmp_path):
 
 
 def test_policy_parsing():
-    gate = json.loads((REPO / "export" / "gate.json").read_text())
+    gate = json.loads((REPO / "cxr_edge" / "resources" / "export" / "gate.json").read_text())
     assert parse_policy(gate).tolerance.agreement == 0.98
     for task in ("gate", "cxr4", "nih14"):   # the shipped policies parse and name existing manifests
-        policy = parse_policy(json.loads((REPO / "export" / f"{task}.json").read_text()),
-                              path=REPO / "export" / f"{task}.json")
-        assert policy.calibration == (REPO / "calibration_data" / f"{task}.csv").resolve()
+        policy = parse_policy(json.loads((REPO / "cxr_edge" / "resources" / "export" / f"{task}.json").read_text()),
+                              path=REPO / "cxr_edge" / "resources" / "export" / f"{task}.json")
+        assert policy.calibration == (REPO / "cxr_edge" / "resources" / "calibration_data" / f"{task}.csv").resolve()
         assert policy.split == "val" and policy.min_calibration <= policy.recommended_calibration
     bad = json.loads(json.dumps(gate))
     del bad["check"]["tolerance"]["agreement"]
@@ -383,7 +383,7 @@ def test_tiny_recipe_train_qat_export_predict(shared_data, tmp_path):
     assert res.exit_code == 0, res.output
     prepared = json.loads((run / "run.json").read_text())["prepared"]
     cal = write_calibration_set(build_calibration_set(prepared, n=30, data_root=shared_data), tmp_path / "cal.csv")
-    policy = json.loads((REPO / "export" / "cxr4.json").read_text())
+    policy = json.loads((REPO / "cxr_edge" / "resources" / "export" / "cxr4.json").read_text())
     policy["calibration"].update(manifest=str(cal), min_size=10, recommended_size=30)
     policy["check"]["tolerance"] = {"accuracy": 1.0, "macro_f1": 1.0, "agreement": 0.0}
     policy["check"].pop("envelope_limit", None)      # a ceiling below "anything goes" would be refused

@@ -85,7 +85,7 @@ def test_unknown_envelope_is_refused(envelope, tmp_path):
     from cxr_edge.errors import RecipeError
     from cxr_edge.training.export_check import load_policy
 
-    policy = json.loads((Path(__file__).resolve().parents[1] / "export" / "cxr4.json").read_text())
+    policy = json.loads((Path(__file__).resolve().parents[1] / "cxr_edge" / "resources" / "export" / "cxr4.json").read_text())
     policy["check"]["envelope"] = envelope
     (tmp_path / "p.json").write_text(json.dumps(policy))
     with pytest.raises(RecipeError, match="check.envelope"):
@@ -116,7 +116,7 @@ def test_shipped_policies_cap_their_envelopes_and_a_stricter_limit_is_refused(tm
     from cxr_edge.errors import RecipeError
     from cxr_edge.training.export_check import load_policy
 
-    root = Path(__file__).resolve().parents[1] / "export"
+    root = Path(__file__).resolve().parents[1] / "cxr_edge" / "resources" / "export"
     for task in ("gate", "cxr4", "nih14"):
         pol = load_policy(root / f"{task}.json")
         assert pol.envelope == "one-pixel-shift" and pol.envelope_limit is not None

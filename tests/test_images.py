@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from cxr_edge.errors import ImageError
-from cxr_edge.images import iter_image_files, load_image
+from cxr_edge.runtime.images import iter_image_files, load_image
 
 
 def _gradient(w=64, h=48):

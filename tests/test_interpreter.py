@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from cxr_edge.errors import BackendError
-from cxr_edge.interpreter import TFLiteModel, available_backends
-from cxr_edge.preprocess import preprocess
+from cxr_edge.runtime.interpreter import TFLiteModel, available_backends
+from cxr_edge.runtime.preprocess import preprocess
 from cxr_edge.tasks import InputSpec
 
 # The Coral model's input is uint8 with scale 1/128 and zero point 128: x = pixel/128 - 1 maps back exactly.

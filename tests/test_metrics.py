@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cxr_edge import metrics as m
+from cxr_edge.tools import metrics as m
 from cxr_edge.errors import DataError
 from cxr_edge.tasks import get_task
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from test_evaluate import cli, cxr4_48  # noqa: F401 (fixtures)
 
-from cxr_edge import ood
-from cxr_edge.metrics import auroc
+from cxr_edge.runtime import ood
+from cxr_edge.tools.metrics import auroc
 from cxr_edge.tasks import get_task
 
 
@@ -80,7 +80,7 @@ def fitted(tiny_pack, cxr4_48, tmp_path_factory):
 
 
 def test_fit_writes_a_valid_copy_and_leaves_the_original(fitted, tiny_pack):
-    from cxr_edge.pack import load_pack
+    from cxr_edge.runtime.pack import load_pack
 
     out, record = fitted
     pack = load_pack(out)                                   # verifies checksums and embedded metadata
@@ -96,7 +96,7 @@ def test_fit_writes_a_valid_copy_and_leaves_the_original(fitted, tiny_pack):
 
 def test_score_ranks_non_cxr_above_cxr(fitted, cxr4_48, shared_data):
     """Even the tiny random-weight model's features tell CT/MRI/photos/documents from CXRs."""
-    from cxr_edge.pipeline import Pipeline
+    from cxr_edge.runtime.pipeline import Pipeline
 
     pipe = Pipeline(fitted[0])
     cxrs = list(cxr4_48.table("test")["path"])[:60]
@@ -107,7 +107,7 @@ def test_score_ranks_non_cxr_above_cxr(fitted, cxr4_48, shared_data):
 
 
 def test_unusual_images_are_flagged_even_when_the_gate_accepts(fitted, shared_data):
-    from cxr_edge.pipeline import Pipeline
+    from cxr_edge.runtime.pipeline import Pipeline
 
     pipe = Pipeline(fitted[0])
     preds = [pipe.predict(f) for f in sorted((shared_data / "noncxr" / "images").glob("*.png"))[:40]]

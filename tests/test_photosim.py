@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_edge.photosim import (BACKGROUNDS, FILM_EFFECTS, PHOTO_EFFECTS, resolve_severity, simulate_photo,
+from cxr_edge.tools.photosim import (BACKGROUNDS, FILM_EFFECTS, PHOTO_EFFECTS, resolve_severity, simulate_photo,
                                simulate_rectified)
 
 SIDE = 480  # small photos keep these tests fast; the effects scale with the photo size

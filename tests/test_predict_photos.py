@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 from test_evaluate import cli  # noqa: F401 (fixture)
 
-from cxr_edge.images import load_image
-from cxr_edge.photosim import simulate_photo
-from cxr_edge.pipeline import GREY_SEARCH_MIN_SIDE, POOR_PHOTO, Pipeline
+from cxr_edge.runtime.images import load_image
+from cxr_edge.tools.photosim import simulate_photo
+from cxr_edge.runtime.pipeline import GREY_SEARCH_MIN_SIDE, POOR_PHOTO, Pipeline
 
 CXR = "nih_cxr14/images/00000061_012.png"
 
@@ -95,12 +95,12 @@ def test_poor_photos_can_be_skipped(tiny_pack, photos):
 
 
 def test_digital_images_skip_the_photo_path(pipe, shared_data, monkeypatch):
-    import cxr_edge.rectify
+    import cxr_edge.runtime.photo.rectify
 
     def no_search(*a, **k):
         raise AssertionError("a small digital image must not be searched for a film")
 
-    monkeypatch.setattr(cxr_edge.rectify, "find_film", no_search)
+    monkeypatch.setattr(cxr_edge.runtime.photo.rectify, "find_film", no_search)
     grey = pipe.predict(shared_data / CXR)
     as_rgb = pipe.predict(load_image(shared_data / CXR, mode="RGB"))     # grey pixels stored as RGB
     for pred in (grey, as_rgb):
@@ -156,16 +156,16 @@ def test_heatmap_files_are_listed_in_the_json(cli, tiny_pack, photos, shared_dat
 
 
 def test_the_app_film_is_not_rectified_twice(pipe, photos, monkeypatch):
-    import cxr_edge.rectify
+    import cxr_edge.runtime.photo.rectify
 
     film = pipe.predict(photos["clean"], heatmaps=True).film
-    monkeypatch.setattr(cxr_edge.rectify, "find_film", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(cxr_edge.runtime.photo.rectify, "find_film", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
     pred = pipe.predict(film, rectify=False)
     assert pred.status == "ok" and pred.rectify is None
 
 
 def test_dicom_is_never_searched_for_a_film(tmp_path):
-    from cxr_edge.pipeline import _peek
+    from cxr_edge.runtime.pipeline import _peek
 
     dicom = b"\0" * 128 + b"DICM" + b"\0" * 64
     (tmp_path / "scan.dcm").write_bytes(dicom)
@@ -175,7 +175,7 @@ def test_dicom_is_never_searched_for_a_film(tmp_path):
 
 def test_quality_thresholds_come_from_the_pack(tiny_pack, photos, tmp_path):
     from cxr_edge.errors import PackError
-    from cxr_edge.pack import load_pack, write_pack
+    from cxr_edge.runtime.pack import load_pack, write_pack
 
     models = {s: (m.content, m.metadata) for s, m in load_pack(tiny_pack).models.items()}
     strict = write_pack(tmp_path / "strict", models, extra={"quality_spec": {"tilt_warn_deg": 0.01}})

@@ -165,7 +165,7 @@ def test_distillation_trains_on_the_float_models_outputs(run_copy):
 def test_select_float_agreement_keeps_the_epoch_closest_to_float(run_copy):
     """--select float_agreement: every epoch logs its val decision agreement with the float model, and qat.h5
     is the epoch (or the calibrated start, epoch 0) with the highest one -- checked by predicting again."""
-    from cxr_edge.metrics import agreement
+    from cxr_edge.tools.metrics import agreement
     from cxr_edge.training.trainer import Predictor, validation_set
 
     result = CliRunner().invoke(main, ["qat", str(run_copy), "--eager", "--epochs", "2", "--distill", "1",

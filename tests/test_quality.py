@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_edge.photosim import gaussian_blur
-from cxr_edge.quality import (QualitySpec, check_blur, check_color_cast, check_exposure, check_glare,
+from cxr_edge.tools.photosim import gaussian_blur
+from cxr_edge.runtime.photo.quality import (QualitySpec, check_blur, check_color_cast, check_exposure, check_glare,
                               check_quality, check_resolution, check_tilt, overall_verdict)
 
 BIG_SQUARE = np.array([[100, 100], [1100, 100], [1100, 1100], [100, 1100]], float)

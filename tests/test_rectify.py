@@ -11,8 +11,8 @@ from PIL import Image
 
 from cxr_edge.cli import LazyGroup
 from cxr_edge.cli.rectify import rectify as rectify_command
-from cxr_edge.photosim import BACKGROUNDS, simulate_photo
-from cxr_edge.rectify import find_film, homography, perspective_coeffs, rectify, warp_film
+from cxr_edge.tools.photosim import BACKGROUNDS, simulate_photo
+from cxr_edge.runtime.photo.rectify import find_film, homography, perspective_coeffs, rectify, warp_film
 
 # Stated accuracy on simulated phone photos (960 px long side) of real CXRs, mild and moderate:
 # per background the median of the worst corner's error is under 2 % of the film's diagonal, and
@@ -187,7 +187,7 @@ def test_a_film_that_fills_the_frame_to_its_edges_is_found(films):
 def test_photographed_film_reaches_the_models_with_its_levels_stretched(films):
     """A film lying on a desk photographs dark and flat; what the models see (``film``) spans the grey
     range again and still is the same film. ``image`` keeps the warp's levels for the quality checks."""
-    from cxr_edge.rectify import level_film
+    from cxr_edge.runtime.photo.rectify import level_film
 
     sim = simulate_photo(films[0], "mild", 3, background="desk", long_side=960)
     res = rectify(sim.photo)

@@ -85,7 +85,7 @@ def test_every_stage_runs_and_the_loss_goes_down(tiny_run):
 
 @pytest.mark.shared
 def test_trained_model_converts_to_full_int8(tiny_run):
-    from cxr_edge.interpreter import TFLiteModel
+    from cxr_edge.runtime.interpreter import TFLiteModel
     from cxr_edge.training.convert import convert
     from cxr_edge.training.dataset import make_dataset
 
@@ -249,7 +249,7 @@ def test_validation_inputs_stream_from_uint8_pixels_exactly_as_one_pass_would(ti
     from dataclasses import replace
 
     from cxr_edge.data.prepared import open_prepared
-    from cxr_edge.preprocess import normalize
+    from cxr_edge.runtime.preprocess import normalize
     from cxr_edge.training.augment import AugmentConfig, photo_batch
     from cxr_edge.training.trainer import ValInputs, validation_set
 

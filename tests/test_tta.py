@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from cxr_edge.tta import TTAConfig, trained_with_flips, uses_flip, views
+from cxr_edge.runtime.tta import TTAConfig, trained_with_flips, uses_flip, views
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_a_flip_view_only_when_trained_with_flips(ramp):
 
 
 def test_pipeline_averages_the_views(tiny_pack, shared_data):
-    from cxr_edge.pipeline import Pipeline
+    from cxr_edge.runtime.pipeline import Pipeline
 
     cxr = shared_data / "nih_cxr14" / "images" / "00000061_012.png"
     pipe = Pipeline(tiny_pack, tta=True)
@@ -56,8 +56,8 @@ def test_pipeline_averages_the_views(tiny_pack, shared_data):
 
 
 def test_a_model_trained_with_flips_gets_the_flip_view(tiny_pack, tmp_path, shared_data):
-    from cxr_edge.pack import load_pack, rewrite_metadata
-    from cxr_edge.pipeline import Pipeline
+    from cxr_edge.runtime.pack import load_pack, rewrite_metadata
+    from cxr_edge.runtime.pipeline import Pipeline
 
     pack = shutil.copytree(tiny_pack, tmp_path / "flips")
     meta = load_pack(pack)["nih14"].metadata

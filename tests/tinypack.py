@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_edge import metadata as md
-from cxr_edge.pack import write_pack
+from cxr_edge.runtime import metadata as md
+from cxr_edge.runtime.pack import write_pack
 from cxr_edge.tasks import get_task
 
 TINY_SIZES = {"gate": 32, "cxr4": 48, "nih14": 48}
@@ -61,7 +61,7 @@ def convert_int8(model, size: int, seed: int = 0) -> bytes:
 
 
 def output_roles(model_bytes: bytes, num_labels: int) -> dict[str, int]:
-    from cxr_edge.interpreter import TFLiteModel
+    from cxr_edge.runtime.interpreter import TFLiteModel
 
     m = TFLiteModel(model_bytes)
     roles = {}

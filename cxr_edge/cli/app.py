@@ -3,26 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import click
-
-APP_DIR_ENV = "CXR_EDGE_APP_DIR"
-
-
-def find_app_dir() -> Path:
-    """The ``mobile_app`` folder: ``$CXR_EDGE_APP_DIR``, else the one beside the package in a source checkout."""
-    from ..errors import DependencyError
-
-    env = os.environ.get(APP_DIR_ENV)
-    candidate = Path(env) if env else Path(__file__).resolve().parents[2] / "mobile_app"
-    if (candidate / "cxr_app" / "app.py").is_file():
-        return candidate
-    raise DependencyError(
-        f"the app's code was not found in {candidate}. cxr-edge app runs the mobile_app/ folder of a cxr-edge "
-        f"source checkout: clone the project and pip install -e '.[app]', or set {APP_DIR_ENV} to that folder."
-    )
 
 
 @click.command()
@@ -48,11 +31,9 @@ def app(pack, threads):
     if pack and not Path(pack).exists():
         raise PackError(f"model pack {pack} does not exist. Pass an existing pack directory or .zip, "
                         "or leave --pack out to use the default pack.")
-    app_dir = find_app_dir()
     os.environ.setdefault("KIVY_NO_ARGS", "1")  # Kivy must not read cxr-edge's own arguments
     os.environ.setdefault("KIVY_LOG_MODE", "PYTHON")  # Kivy logs through cxr-edge's logging, leaves stderr alone
     require("kivy", "app", "cxr-edge app")
-    sys.path.insert(0, str(app_dir))
-    from cxr_app.app import main
+    from ..app.app import main
 
     main(pack=pack, threads=threads)

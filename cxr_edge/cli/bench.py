@@ -41,7 +41,7 @@ def bench(pack, threads, as_json, image, quick, sections, no_keras, batch_images
       cxr-edge bench --pack my_pack --threads 4 --json > bench.json
       cxr-edge bench --only models --only end_to_end
     """
-    from ..bench import format_report, run_bench
+    from ..tools.bench.sections import format_report, run_bench
 
     report = run_bench(pack, threads=threads, image=image, quick=quick, keras=not no_keras,
                        batch_images=batch_images, sections=sections or None, backend=backend,

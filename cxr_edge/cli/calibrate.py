@@ -61,7 +61,7 @@ def calibrate(pack, data, split, rule, profile, make_default, keep_temperature, 
       cxr-edge calibrate my_pack --data prepared/gate --data prepared/cxr4 --data prepared/nih14
       cxr-edge calibrate my_pack --data prepared/nih14 --rule youden --dry-run --json
     """
-    from ..calibrate import calibrate as run_calibrate
+    from ..tools.posthoc_pack import calibrate as run_calibrate
 
     with StageProgress() as progress:
         result = run_calibrate(pack, list(data), split=split, rule=rule, profile=profile,

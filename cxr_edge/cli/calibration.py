@@ -36,7 +36,7 @@ def build(prepared, split, n, seed, data_root, out, force):
       cxr-edge calibration build /data/prepared/cxr4 --out calibration_data/cxr4.csv
       cxr-edge calibration build /data/prepared/nih14 --n 500 --seed 1 --out calibration_data/nih14.csv --force
     """
-    from ..calibration_set import build_calibration_set, write_calibration_set
+    from ..tools.ptq_set import build_calibration_set, write_calibration_set
 
     cs = build_calibration_set(prepared, split=split, n=n, seed=seed, data_root=data_root)
     path = write_calibration_set(cs, out, overwrite=force)
@@ -51,7 +51,7 @@ def build(prepared, split, n, seed, data_root, out, force):
 @click.option("--data-root", type=_path, default=None, help="The shared data folder (see build).")
 def verify(manifest, data_root):
     """Check that every file of MANIFEST exists under the data root with its recorded sha256."""
-    from ..calibration_set import load_calibration_set, resolve_data_root
+    from ..tools.ptq_set import load_calibration_set, resolve_data_root
 
     cs = load_calibration_set(manifest)
     root = resolve_data_root(data_root, manifest)

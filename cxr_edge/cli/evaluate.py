@@ -91,7 +91,7 @@ def evaluate(model, data, split, photos, photo_size, profile, n_boot, seed, min_
       cxr-edge evaluate runs/cxr4 --data prepared/cxr4 --json > cxr4_float.json
       cxr-edge evaluate my_pack --data prepared/nih14 --profile screening --n-boot 0
     """
-    from ..evaluate import evaluate as run_evaluate
+    from ..tools.evaluate import evaluate as run_evaluate
 
     with StageProgress() as progress:
         ev = run_evaluate(model, data, split=split, photos=photos, photo_size=photo_size, profile=profile,

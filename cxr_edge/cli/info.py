@@ -18,7 +18,7 @@ def info(pack, as_json):
     at export.
     """
     from ..config import resolve_pack
-    from ..pack import load_pack
+    from ..runtime.pack import load_pack
 
     path, origin = resolve_pack(pack)
     desc = load_pack(path).describe()

@@ -75,8 +75,8 @@ def predict(images, pack, as_json, threads, workers, profile, backend, no_rectif
       cxr-edge predict a.png b.dcm --pack my_pack --profile screening --tta
     """
     from ..config import resolve_pack
-    from ..images import iter_image_files
-    from ..pipeline import DISCLAIMER, Pipeline
+    from ..runtime.images import iter_image_files
+    from ..runtime.pipeline import DISCLAIMER, Pipeline
 
     pack_path, origin = resolve_pack(pack)
     pipeline = Pipeline(pack_path, threads=threads, profile=profile, backend=backend, rectify=not no_rectify,
@@ -104,7 +104,7 @@ def predict(images, pack, as_json, threads, workers, profile, backend, no_rectif
             if heatmap_dir is not None and pred.heatmaps:
                 from pathlib import Path
 
-                from ..cam import write_overlays
+                from ..runtime.cam import write_overlays
 
                 pred.extras["heatmaps"] = write_overlays(pred.film, pred.heatmaps, heatmap_dir,
                                                          Path(pred.file).stem, taken)

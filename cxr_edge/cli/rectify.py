@@ -34,8 +34,8 @@ def rectify(photo, out, as_json):
       cxr-edge rectify IMG_2041.jpg --out film.png --json
     """
     from ..errors import ImageError
-    from ..images import load_image
-    from ..rectify import rectify as rectify_film
+    from ..runtime.images import load_image
+    from ..runtime.photo.rectify import rectify as rectify_film
 
     image = load_image(photo, mode="RGB")
     result = rectify_film(image)

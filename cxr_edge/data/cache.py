@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, ImageError
-from ..preprocess import fit_to_square
+from ..runtime.preprocess import fit_to_square
 from ..tasks import InputSpec
 
 log = logging.getLogger(__name__)

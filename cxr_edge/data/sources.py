@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
-from ..images import IMAGE_SUFFIXES
+from ..runtime.images import IMAGE_SUFFIXES
 from ..tasks import TaskSpec
 from .labels import NO_FINDING, LabelMapper, Mapped, norm_key, split_names
 from .licenses import is_permissive

@@ -206,7 +206,7 @@ def photo_batch(pixels, config: AugmentConfig, rng):
     import numpy as np
 
     try:
-        from ..photosim import simulate_rectified
+        from ..tools.photosim import simulate_rectified
     except ImportError as exc:  # the simulator is a separate device-side module
         raise RecipeError(f"augment.photo_prob > 0 needs cxr_edge.photosim, which cannot be imported ({exc}). "
                           "Set photo_prob to 0 or install a cxr-edge that ships it.") from exc

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metrics import task_metrics
+from ..tools.metrics import task_metrics
 from .runs import write_json_atomic
 from .tf_env import load
 
@@ -111,7 +111,7 @@ class Validation:
                 value = self.metrics[key]["value"]
                 logs["val_" + key] = float("nan") if value is None else float(value)
         if self.reference is not None:
-            from ..metrics import agreement
+            from ..tools.metrics import agreement
 
             logs["val_float_agreement"] = float(agreement(self.spec, probs, self.reference)["agreement"])
 

@@ -227,6 +227,6 @@ def output_roles(tflite, num_labels: int) -> dict:
     (:class:`cxr_edge.interpreter.TFLiteModel`), so the indices are those of
     ``TFLiteModel.outputs`` / ``run()``. ``'features'`` is absent for a one-output model.
     """
-    from ..interpreter import TFLiteModel
+    from ..runtime.interpreter import TFLiteModel
 
     return roles_from_shapes([o.shape for o in TFLiteModel(tflite).outputs], num_labels)

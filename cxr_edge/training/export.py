@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import metadata as md
-from ..calibration_set import CalibrationSet, load_calibration_set, resolve_data_root
+from ..runtime import metadata as md
+from ..tools.ptq_set import CalibrationSet, load_calibration_set, resolve_data_root
 from ..errors import DataError, ExportCheckError, PackError, RecipeError
 from ..tasks import TaskSpec
 from .export_check import (VARIANTS, ExportPolicy, compare, default_policy_path, failures, likely_fixes,
@@ -112,7 +112,7 @@ def _calibration(pol: ExportPolicy, spec: TaskSpec, data_root, notes: list) -> t
 
 def _held_out(prepared, split: str, spec: TaskSpec, notes: list) -> tuple[np.ndarray, np.ndarray, dict]:
     """Model inputs (N, S, S, C), labels (N, L) and how the pixels were obtained, in table order."""
-    from ..evaluate import _cache_usable, _digital_batches   # the pixel path evaluate (and predict) use
+    from ..tools.evaluate import _cache_usable, _digital_batches   # the pixel path evaluate (and predict) use
 
     if split == "train":
         raise DataError("the float-vs-int8 check never runs on the train split; use val (default) or test")
@@ -142,8 +142,8 @@ def _keras_outputs(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]
 
 def _device_model(content: bytes, spec: TaskSpec, roles: dict, threads: int = 1):
     """The converted model wrapped exactly as a pack model is for predict (LoadedModel)."""
-    from ..interpreter import TFLiteModel
-    from ..pipeline import LoadedModel
+    from ..runtime.interpreter import TFLiteModel
+    from ..runtime.pipeline import LoadedModel
 
     meta = md.ModelMetadata.for_task(spec, roles)
     return LoadedModel(spec.family, spec, meta, TFLiteModel(content, threads=threads, name=f"{spec.name} int8"), {})
@@ -187,7 +187,7 @@ def _candidate(source: str, keras_model, representative, pol: ExportPolicy, spec
 
 def _qat_keras_diagnostic(qat_two, spec, x, y, int8_probs_source: Candidate) -> dict:
     """How the QAT Keras model itself scores, and how its int8 conversion agrees with it."""
-    from ..metrics import agreement
+    from ..tools.metrics import agreement
 
     probs, _ = _keras_outputs(qat_two, x)
     lm = _device_model(int8_probs_source.content, spec, int8_probs_source.roles)
@@ -212,7 +212,7 @@ def _sources(source: str, run, notes: list) -> list[str]:
 
 
 def _variant(mode: str, float_two, spec: TaskSpec, x, reference, out_dir: Path, meta_base: dict) -> dict:
-    from ..metrics import agreement
+    from ..tools.metrics import agreement
     from .convert import convert, output_roles
 
     started = time.perf_counter()
@@ -224,7 +224,7 @@ def _variant(mode: str, float_two, spec: TaskSpec, x, reference, out_dir: Path, 
     meta = md.ModelMetadata.for_task(spec, roles, quantization={"mode": mode, "io_dtype": "float32",
                                                                 "source": "float"}, **meta_base)
     path = out_dir / f"{spec.name}.{mode}.tflite"
-    from ..report_html import write_bytes_atomic
+    from ..tools.report_html import write_bytes_atomic
 
     write_bytes_atomic(path, md.embed(content, meta))
     return {"mode": mode, "file": str(path), "bytes": len(content), "convert_seconds": round(seconds, 1),
@@ -257,7 +257,7 @@ def _augment_record(run) -> dict | None:
 
 
 def _training_record(run, prepared) -> dict:
-    from ..paths import portable_path
+    from ..tools.paths import portable_path
 
     info = run.info
     return {"recipe": info.get("recipe"), "run": run.path.name, "data_sha256": prepared.data_sha256,
@@ -323,9 +323,9 @@ def write_into_pack(out, slot: str, content: bytes, meta: md.ModelMetadata, *,
 
     Returns the pack path and the slots it kept from before.
     """
-    from ..pack import load_pack, write_pack
-    from ..pipeline import QUALITY_KEY
-    from ..quality import QualitySpec
+    from ..runtime.pack import load_pack, write_pack
+    from ..runtime.pipeline import QUALITY_KEY
+    from ..runtime.photo.quality import QualitySpec
 
     out = Path(out)
     models, kept, description, extra = {}, [], "", {}

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RecipeError
-from ..metrics import agreement, task_metrics
+from ..tools.metrics import agreement, task_metrics
 from ..tasks import Int8Tolerance, TaskSpec, get_task
 
 POLICY_FORMAT = "cxr-edge-export-policy"
@@ -188,8 +188,11 @@ def load_policy(path) -> ExportPolicy:
 
 
 def default_policy_path(spec: TaskSpec) -> Path:
-    """``export/<task>.json`` (else ``export/<family>.json``) under the working directory, then the repository."""
-    roots = [Path.cwd() / "export", Path(__file__).resolve().parents[2] / "export"]
+    """``export/<task>.json`` (else ``export/<family>.json``) under the working directory, then the policies
+    shipped in the package (``cxr_edge/resources/export``)."""
+    from ..config import package_data
+
+    roots = [Path.cwd() / "export", package_data("resources", "export")]
     for root in roots:
         for name in dict.fromkeys((spec.name, spec.family)):
             if (root / f"{name}.json").is_file():

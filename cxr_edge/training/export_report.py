@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..report_html import Page, write_text_atomic
+from ..tools.report_html import Page, write_text_atomic
 from .export_check import SCALARS
 
 SOURCE_TITLES = {"ptq": "int8 from the float model (post-training quantization)",

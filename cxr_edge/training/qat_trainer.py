@@ -216,7 +216,7 @@ class QatTrainer(Trainer):
 
     def _start(self) -> None:
         """Float and calibrated-QAT scores, and the calibrated model as the first candidate ("epoch 0")."""
-        from ..metrics import task_metrics
+        from ..tools.metrics import task_metrics
         from .losses import loss_value
 
         q = self.recipe.qat
@@ -237,7 +237,7 @@ class QatTrainer(Trainer):
                             "batch_size": self.recipe.train.batch_size,
                             "depthwise_per_channel": q.depthwise_per_channel}
         if q.select == "float_agreement":
-            from ..metrics import agreement
+            from ..tools.metrics import agreement
 
             agree = float(agreement(self.spec, probs, float_probs)["agreement"])
             log.info("QAT start: decision agreement with float on val %.4f (qat.h5 follows it)", agree)

@@ -180,7 +180,7 @@ class ValInputs:
         return (len(self.pixels), self.spec.input.size, self.spec.input.size, self.spec.input.channels)
 
     def __getitem__(self, index):
-        from ..preprocess import normalize
+        from ..runtime.preprocess import normalize
 
         return normalize(np.asarray(self.pixels[index]), self.spec)
 
@@ -446,7 +446,7 @@ class Trainer:
 
     def _rescore_best(self, path: Path, sha: str) -> dict:
         """float.h5 matches no record (killed while its run.json entry was being written): measure it."""
-        from ..metrics import task_metrics
+        from ..tools.metrics import task_metrics
         from .runs import _load
 
         model = _load(path, qat=self.MODEL_FILE != FLOAT_MODEL)
@@ -615,7 +615,7 @@ class Trainer:
     # -- the end -------------------------------------------------------------------------------
 
     def _finish(self, started_epoch: int) -> None:
-        from ..metrics import task_metrics
+        from ..tools.metrics import task_metrics
 
         if not (self.write_dir / self.MODEL_FILE).is_file():
             raise RecipeError("no epoch produced a usable validation metric (NaN); nothing was saved. Check the "

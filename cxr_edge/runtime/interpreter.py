@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BackendError
+from ..errors import BackendError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ _MODULES = {
     "ai-edge-litert": "ai_edge_litert.interpreter",
     "tflite-runtime": "tflite_runtime.interpreter",
     "tf.lite": "tensorflow",
-    "tflite-java": "cxr_edge.android_tflite",
+    "tflite-java": "cxr_edge.runtime.android_tflite",
 }
 _DIST = {"ai-edge-litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime", "tf.lite": "tensorflow",
          "tflite-java": "pyjnius"}

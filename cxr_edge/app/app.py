@@ -17,14 +17,14 @@ from pathlib import Path
 
 from kivy.app import App
 
-from cxr_edge.cases import CaseStore
+from cxr_edge.runtime.cases import CaseStore
 from cxr_edge.config import resolve_pack
 from cxr_edge.errors import CxrEdgeError, ImageError
-from cxr_edge.images import load_image
-from cxr_edge.pack import load_pack
-from cxr_edge.pipeline import Pipeline
-from cxr_edge.quality import QualitySpec, check_quality
-from cxr_edge.rectify import rectify
+from cxr_edge.runtime.images import load_image
+from cxr_edge.runtime.pack import load_pack
+from cxr_edge.runtime.pipeline import Pipeline
+from cxr_edge.runtime.photo.quality import QualitySpec, check_quality
+from cxr_edge.runtime.photo.rectify import rectify
 
 from . import android
 from .camera import CameraFacade

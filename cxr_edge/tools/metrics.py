@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 

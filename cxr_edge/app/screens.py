@@ -25,9 +25,9 @@ from kivy.uix.spinner import Spinner
 from kivy.uix.togglebutton import ToggleButton
 from kivy.uix.widget import Widget
 
-from cxr_edge.cam import overlay
-from cxr_edge.images import IMAGE_SUFFIXES
-from cxr_edge.quality import overall_verdict
+from cxr_edge.runtime.cam import overlay
+from cxr_edge.runtime.images import IMAGE_SUFFIXES
+from cxr_edge.runtime.photo.quality import overall_verdict
 
 from .imaging import to_texture
 

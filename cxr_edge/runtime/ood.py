@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, PackError
+from ..errors import DataError, PackError
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,8 @@ def fit_pack(pack, data, *, split: str = "train", threshold_split: str | None = 
     ``pack`` untouched. Returns the record stored in ``extras['ood']``
     (plus the pack path and size).
     """
-    from .data.prepared import open_prepared
-    from .evaluate import model_outputs, open_pack_model
+    from ..data.prepared import open_prepared
+    from ..tools.evaluate import model_outputs, open_pack_model
     from .metadata import utc_now
     from .pack import load_pack
 

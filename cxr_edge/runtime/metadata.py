@@ -22,9 +22,9 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from . import __version__
-from .errors import PackError
-from .tasks import InputSpec, TaskSpec
+from .. import __version__
+from ..errors import PackError
+from ..tasks import InputSpec, TaskSpec
 
 # 2: ``bias`` (per-label logit offsets) joined ``temperature``; a toolkit that ignored them would report other
 # probabilities than the pack was calibrated to, so version-1 readers refuse these packs.

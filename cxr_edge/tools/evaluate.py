@@ -44,15 +44,15 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__
-from .data.prepared import Prepared, open_prepared
-from .errors import CxrEdgeError, DataError, ImageError, PackError
-from .images import load_image
-from .metadata import utc_now
+from .. import __version__
+from ..data.prepared import Prepared, open_prepared
+from ..errors import CxrEdgeError, DataError, ImageError, PackError
+from ..runtime.images import load_image
+from ..runtime.metadata import utc_now
 from .metrics import (_jsonable, _summary_fn, bootstrap_ci, expected_calibration_error, resolve_thresholds,
                       task_metrics)
-from .preprocess import fit_to_square, normalize
-from .tasks import TaskSpec, get_task
+from ..runtime.preprocess import fit_to_square, normalize
+from ..tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,8 @@ def _pooled(features) -> np.ndarray | None:
 def open_pack_model(path, prepared: Prepared, *, profile: str | None = None, threads: int = 1,
                     backend: str | None = None) -> ModelUnderTest:
     """The pack's model for ``prepared``'s task, run through the device path (LoadedModel)."""
-    from .pack import load_pack
-    from .pipeline import LoadedModel
+    from ..runtime.pack import load_pack
+    from ..runtime.pipeline import LoadedModel
 
     pack = load_pack(path)
     pm = select_pack_model(pack, prepared)
@@ -158,7 +158,7 @@ def open_pack_model(path, prepared: Prepared, *, profile: str | None = None, thr
 
 def open_run_model(path, prepared: Prepared, *, profile: str | None = None) -> ModelUnderTest:
     """A training run's float Keras model (TensorFlow is imported here, not at module import)."""
-    from .training.runs import load_run
+    from ..training.runs import load_run
 
     run = load_run(path)
     spec = run.task
@@ -169,7 +169,7 @@ def open_run_model(path, prepared: Prepared, *, profile: str | None = None) -> M
                            "the exported pack.")
     model = run.float_model()
     try:
-        from .training.model import with_feature_output
+        from ..training.model import with_feature_output
 
         model = with_feature_output(model)
     except (CxrEdgeError, ValueError, KeyError) as exc:  # a model without the standard layer names
@@ -521,7 +521,7 @@ def _photo_tools():
         raise CxrEdgeError(f"--photos needs the phone-photo simulator (cxr_edge.photosim), which is not "
                            f"available here ({exc}). Evaluate without --photos.") from exc
     try:
-        from .rectify import rectify
+        from ..runtime.photo.rectify import rectify
     except ImportError:
         log.warning("cxr_edge.rectify is not available: photos are evaluated without rectification")
         rectify = None

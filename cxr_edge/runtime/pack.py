@@ -30,10 +30,10 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 from . import metadata as md
-from .errors import PackError, UnknownTaskError
-from .tasks import TaskSpec, get_task
+from ..errors import PackError, UnknownTaskError
+from ..tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 

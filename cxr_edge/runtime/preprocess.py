@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .images import load_image
-from .tasks import InputSpec, TaskSpec
+from ..tasks import InputSpec, TaskSpec
 
 _RESAMPLE = Image.Resampling.BILINEAR  # antialiased when shrinking; LANCZOS costs 2x for no gain at 224 px
 

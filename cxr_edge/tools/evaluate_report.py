@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DependencyError, require
+from ..errors import DependencyError, require
 from .metrics import reliability_curve, roc_curve
 from .report_html import Page, write_bytes_atomic
 
@@ -74,7 +74,7 @@ def _variants(ev) -> dict[str, np.ndarray]:
 
 
 def _roc(ev):
-    from .data.report import _figure
+    from ..data.report import _figure
 
     labels = ev.spec.labels
     ncols = min(4, len(labels))
@@ -102,7 +102,7 @@ def _roc(ev):
 
 
 def _reliability(ev):
-    from .data.report import _figure
+    from ..data.report import _figure
 
     multiclass = not ev.spec.multilabel
     truth = ev.y.argmax(axis=1) if multiclass else ev.y
@@ -141,7 +141,7 @@ def _reliability(ev):
 def _confusion(ev):
     if ev.spec.multilabel:
         return None
-    from .data.report import _figure, _heatmap
+    from ..data.report import _figure, _heatmap
 
     labels = list(ev.spec.labels)
     variants = _variants(ev)
@@ -192,7 +192,7 @@ def _forest(ev):
     panels = _forest_rows(ev)
     if not panels:
         return None
-    from .data.report import _figure
+    from ..data.report import _figure
 
     tall = max(len(p[0]) for p in panels)
     fig, ax = _figure(5.2 * len(panels) + 1.5, 0.9 + 0.28 * tall, 1, len(panels))

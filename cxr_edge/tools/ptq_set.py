@@ -39,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .errors import DataError, ImageError
-from .preprocess import preprocess
-from .tasks import TaskSpec, get_task
+from .. import __version__
+from ..errors import DataError, ImageError
+from ..runtime.preprocess import preprocess
+from ..tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,9 @@ class CalibrationSet:
 def resolve_data_root(explicit=None, manifest=None) -> Path:
     """The folder manifest paths are relative to.
 
-    Order: ``explicit`` (``--data-root``), ``$CXR_EDGE_DATA_ROOT``, ``$CXR_EDGE_SHARED/data``, then
-    ``<repo>/../shared/data`` for a manifest kept in ``<repo>/calibration_data/``.
+    Order: ``explicit`` (``--data-root``), ``$CXR_EDGE_DATA_ROOT``, ``$CXR_EDGE_SHARED/data``, then for a
+    manifest shipped in the package ``../shared/data`` beside the working directory (a checkout run from
+    its root), for another one ``<repo>/../shared/data`` when it is kept in ``<repo>/calibration_data/``.
     """
     tried = []
     candidates = []
@@ -153,7 +154,9 @@ def resolve_data_root(explicit=None, manifest=None) -> Path:
         candidates.append((ROOT_ENV, Path(os.environ[ROOT_ENV]).expanduser()))
     if os.environ.get("CXR_EDGE_SHARED"):
         candidates.append(("CXR_EDGE_SHARED", Path(os.environ["CXR_EDGE_SHARED"]).expanduser() / "data"))
-    if manifest is not None:
+    if manifest is not None and _shipped(manifest):
+        candidates.append(("beside the working directory", Path.cwd().parent / "shared" / "data"))
+    elif manifest is not None:
         repo = Path(manifest).resolve().parent.parent
         candidates.append(("beside the repository", repo.parent / "shared" / "data"))
     for origin, path in candidates:
@@ -164,6 +167,13 @@ def resolve_data_root(explicit=None, manifest=None) -> Path:
             break
     raise DataError(f"cannot find the data root that calibration manifests are relative to (tried: "
                     f"{', '.join(tried) or 'nothing'}); {_ROOT_HELP}")
+
+
+def _shipped(manifest) -> bool:
+    """Whether ``manifest`` is one of the calibration manifests shipped in the package."""
+    from ..config import package_data
+
+    return Path(manifest).resolve().parent == package_data("resources", "calibration_data").resolve()
 
 
 # --------------------------------------------------------------------------- building
@@ -225,7 +235,7 @@ def build_calibration_set(prepared, *, split: str = "train", n: int = DEFAULT_N,
     ``prepared`` is a :class:`cxr_edge.data.prepared.Prepared` (or its folder). The test split is
     refused: calibration images must not be the images results are reported on.
     """
-    from .data.prepared import Prepared, open_prepared
+    from ..data.prepared import Prepared, open_prepared
 
     if not isinstance(prepared, Prepared):
         prepared = open_prepared(prepared)

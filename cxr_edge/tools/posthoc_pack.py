@@ -36,14 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .calibration import (T_MAX, T_MIN, apply_calibration, choose_thresholds, fit_temperature,
+from .. import __version__
+from .posthoc_fit import (T_MAX, T_MIN, apply_calibration, choose_thresholds, fit_temperature,
                           fit_temperature_and_bias, parse_rule, remap_threshold)
-from .data.prepared import Prepared, open_prepared
-from .errors import CxrEdgeError, DataError
+from ..data.prepared import Prepared, open_prepared
+from ..errors import CxrEdgeError, DataError
 from .evaluate import (POSTHOC_KEY, Progress, check_leakage, model_outputs, open_pack_model, select_pack_model,
                        split_fingerprint, task_ece)
-from .metadata import ModelMetadata, utc_now
+from ..runtime.metadata import ModelMetadata, utc_now
 from .metrics import _jsonable, binary_stats
 from .paths import portable_path
 
@@ -199,7 +199,7 @@ def calibrate_model(pack_path, prepared: Prepared, *, split: str, rule, profile:
 
 
 def _load(pack_path):
-    from .pack import load_pack
+    from ..runtime.pack import load_pack
 
     return load_pack(pack_path)
 
@@ -241,7 +241,7 @@ def calibrate(pack, data, *, split: str = "val", rule="max-f1", profile: str | N
                                f"{prepared.path}); give one per task.")
         updates[slot], models[slot] = meta, summary
     if not dry_run:
-        from .pack import rewrite_metadata
+        from ..runtime.pack import rewrite_metadata
 
         rewrite_metadata(pack_path, updates)
         log.info("wrote calibration of %s into %s", ", ".join(updates), pack_path)

@@ -50,14 +50,14 @@ from PIL import Image
 from . import cam
 from . import ood as _ood
 from . import tta as _tta
-from .errors import CxrEdgeError, ImageError, PackError
+from ..errors import CxrEdgeError, ImageError, PackError
 from .images import load_image
 from .interpreter import TFLiteModel
 from .metadata import ModelMetadata
 from .pack import ModelPack, PackModel, load_pack
 from .preprocess import fit_to_square, normalize
-from .quality import QualityCheck, QualitySpec, advice, check_quality, check_resolution, overall_verdict
-from .tasks import TaskSpec
+from .photo.quality import QualityCheck, QualitySpec, advice, check_quality, check_resolution, overall_verdict
+from ..tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class LoadedModel:
         t, bias = self.metadata.temperature, self.metadata.bias_vector()
         if t == 1.0 and bias is None:
             return raw
-        from .calibration import apply_calibration
+        from ..tools.posthoc_fit import apply_calibration
 
         return apply_calibration(raw[None], t, self.spec.activation, bias)[0]
 
@@ -316,7 +316,7 @@ class Pipeline:
         return self._film_from(img, tuple(size), name, timings)
 
     def _film_from(self, img: Image.Image, size, name: str, timings: dict) -> Film:
-        from .rectify import is_grayscale, rectify
+        from .photo.rectify import is_grayscale, rectify
 
         t0 = time.perf_counter()
         if img.mode == "RGB" and is_grayscale(img):

@@ -7,7 +7,7 @@ import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from cxr_edge.report_html import write_text_atomic
+from cxr_edge.tools.report_html import write_text_atomic
 
 log = logging.getLogger(__name__)
 

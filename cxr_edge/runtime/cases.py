@@ -38,10 +38,10 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
+from ..errors import DataError
 from .images import load_image
-from .report_html import write_bytes_atomic, write_text_atomic
-from .tasks import get_task, task_names
+from ..tools.report_html import write_bytes_atomic, write_text_atomic
+from ..tasks import get_task, task_names
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from .rectify import apply_homography, homography
+from ..runtime.photo.rectify import apply_homography, homography
 
 
 SEVERITY_LEVELS = {"none": 0.0, "mild": 0.25, "moderate": 0.5, "severe": 0.85}

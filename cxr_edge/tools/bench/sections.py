@@ -51,7 +51,7 @@ from typing import Callable, Mapping
 import numpy as np
 from PIL import Image
 
-from . import __version__
+from ... import __version__
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def peak_rss(pack: Path, image: Path, batch_dir: Path, batch_n: int, *, workers:
 
 
 _IMPORTS = ("import numpy, PIL.Image\n"
-            "from cxr_edge.interpreter import _pick_backend\n"
+            "from cxr_edge.runtime.interpreter import _pick_backend\n"
             "_pick_backend(None)")  # imports the first backend that works, as predict does
 
 
@@ -265,7 +265,7 @@ def synthetic_film(size: int = 1024, seed: int = 0) -> Image.Image:
 
 def phone_jpeg(film: Image.Image, *, long_side: int = 4000, quality: int = 90, seed: int = 0) -> bytes:
     """A phone photo of ``film`` (simulated: perspective, light, noise...), ``long_side`` px, as JPEG bytes."""
-    from .photosim import simulate_photo
+    from ..photosim import simulate_photo
 
     sim = simulate_photo(film, "moderate", seed, background="desk", fill=0.8, long_side=long_side)
     buf = io.BytesIO()
@@ -330,7 +330,7 @@ def _invoke_measure(model, x: np.ndarray) -> Measure:
 def model_measures(name: str, content: bytes, x: np.ndarray, *, threads: int, backend: str | None = None,
                    invoke: bool = True) -> tuple[dict[str, Measure], dict]:
     """Measures for one .tflite at one thread count: ``run`` (and bare ``invoke``), and facts about it."""
-    from .interpreter import TFLiteModel
+    from ...runtime.interpreter import TFLiteModel
 
     model = TFLiteModel(content, threads=threads, backend=backend, name=name)
     measures = {f"{name} | {threads}t | run": timed(lambda: model.run(x))}
@@ -437,7 +437,7 @@ def _keras_worker(conn, x, threads, model_file, build, how):  # runs in the chil
     try:
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        from .training.tf_env import load
+        from ...training.tf_env import load
 
         tf, keras = load()
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -445,8 +445,8 @@ def _keras_worker(conn, x, threads, model_file, build, how):  # runs in the chil
         if model_file:
             model = keras.models.load_model(model_file, compile=False)
         else:
-            from .tasks import get_task
-            from .training.model import build_model, with_feature_output
+            from ...tasks import get_task
+            from ...training.model import build_model, with_feature_output
 
             spec = get_task(build["task"]).with_input(size=int(build["size"]))
             model = with_feature_output(build_model(spec, alpha=float(build["alpha"]), weights=None))
@@ -494,7 +494,7 @@ def tensorflow_available() -> bool:
 
 def _gate_only(pack):
     """The pack with only its gate: what an image the gate rejects costs (classifiers never run)."""
-    from .pack import ModelPack
+    from ...runtime.pack import ModelPack
 
     return ModelPack(path=pack.path, manifest=pack.manifest, models={"gate": pack.models["gate"]})
 
@@ -503,16 +503,16 @@ def _pipeline_takes_photos() -> bool:
     """True when ``Pipeline.predict`` finds, straightens and checks the film itself (``rectify=``)."""
     import inspect
 
-    from .pipeline import Pipeline
+    from ...runtime.pipeline import Pipeline
 
     return "rectify" in inspect.signature(Pipeline.predict).parameters
 
 
 def _predict_photo_by_steps(pipeline, source):
     """For a Pipeline that takes no photos: decode (reduced) -> rectify -> quality -> predict the film."""
-    from .images import load_image
-    from .quality import check_quality
-    from .rectify import rectify
+    from ...runtime.images import load_image
+    from ...runtime.photo.quality import check_quality
+    from ...runtime.photo.rectify import rectify
 
     times = {}
     t0 = time.perf_counter()
@@ -569,8 +569,8 @@ def end_to_end(pack, photo, *, threads: int = 1, rounds: int, runs: int, profile
     pipeline's own ``timings_ms``. Where ``Pipeline.predict`` does not take photos (older
     cxr-edge), the photo steps run before it, one by one.
     """
-    from .images import load_image
-    from .pipeline import Pipeline
+    from ...runtime.images import load_image
+    from ...runtime.pipeline import Pipeline
 
     inside = _pipeline_takes_photos()
     kw = {"rectify": True} if inside else {}
@@ -621,7 +621,7 @@ def end_to_end(pack, photo, *, threads: int = 1, rounds: int, runs: int, profile
 def batch(pack, files: list, *, thread_counts=(1,), workers: int = 2, rounds: int = 1,
           profile: str | None = None) -> dict:
     """Images/s of ``files`` through the plain ``predict`` loop and ``predict_many``, all models on every image."""
-    from .pipeline import Pipeline
+    from ...runtime.pipeline import Pipeline
 
     # gate_first=False: every image runs all three models, whatever the gate says of it (the synthetic film of
     # `cxr-edge bench` is rejected by a real gate, which would time the gate alone)
@@ -681,10 +681,10 @@ def run_bench(pack=None, *, threads: int | None = None, image=None, quick: bool 
     ``image``: a film to use instead of the synthetic one. ``quick``: few samples (a smoke run).
     ``sections``: a subset of SECTIONS to run.
     """
-    from .config import resolve_pack
-    from .images import load_image
-    from .pack import load_pack
-    from .preprocess import preprocess
+    from ...config import resolve_pack
+    from ...runtime.images import load_image
+    from ...runtime.pack import load_pack
+    from ...runtime.preprocess import preprocess
 
     if hasattr(pack, "models"):  # an already loaded ModelPack
         loaded, origin = pack, "given"
@@ -744,8 +744,8 @@ def _accepting_profile(pack) -> str | None:
 
 def _installed_backends() -> list[str]:
     """The interpreter backends that work here (TensorFlow's only looked up: importing it costs seconds)."""
-    from .errors import BackendError
-    from .interpreter import BACKENDS, _interpreter_class
+    from ...errors import BackendError
+    from ...runtime.interpreter import BACKENDS, _interpreter_class
 
     def usable(name):
         if name == "tf.lite":

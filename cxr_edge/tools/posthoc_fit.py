@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CxrEdgeError, DataError
+from ..errors import CxrEdgeError, DataError
 from .metrics import _binary_labels, as_task_arrays, binary_stats, class_indices, threshold_counts
 
 logger = logging.getLogger(__name__)
