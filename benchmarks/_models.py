@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,15 +217,11 @@ def _write_standin_pack(out: Path, srcs: dict[str, Source]) -> None:
 
 
 def _atomic_save(path: Path, write, suffix: str) -> None:
+    from cxr_edge.runtime.atomic import atomic_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=suffix) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 if __name__ == "__main__":  # fill the cache ahead of a benchmark run: python benchmarks/_models.py [RUNS_DIR]

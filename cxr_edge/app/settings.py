@@ -7,7 +7,7 @@ import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from cxr_edge.tools.report_html import write_text_atomic
+from cxr_edge.runtime.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -43,4 +43,4 @@ class AppSettings:
             return
         data = {k: v for k, v in asdict(self).items() if k != "path"}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.path, json.dumps(data, indent=2))
+        write_atomic(self.path, json.dumps(data, indent=2))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import click
 
@@ -59,25 +58,23 @@ def rectify(photo, out, as_json):
 
 
 def _save_png(image, path: str) -> None:
-    """Write a PNG atomically: a temporary file in the same folder, then a rename."""
+    """Write a PNG atomically (:func:`~cxr_edge.runtime.atomic.write_atomic`)."""
+    import io
+
     from ..errors import ImageError
+    from ..runtime.atomic import write_atomic
 
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ImageError(f"cannot write {path}: the folder {folder} does not exist. Create it first.",
                          kind="unwritable", path=path)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".rectify-", suffix=".png")
-    except OSError as exc:
+        write_atomic(path, buf.getvalue())
+    except PermissionError as exc:
         raise ImageError(f"cannot write {path} ({exc.strerror or exc}). Choose a folder you can write to.",
                          kind="unwritable", path=path) from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
     except OSError as exc:
         raise ImageError(f"cannot write {path} ({exc.strerror or exc}). Check the disk space and the "
                          "file name.", kind="unwritable", path=path) from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

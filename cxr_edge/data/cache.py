@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, ImageError
+from ..runtime.atomic import write_atomic
 from ..runtime.preprocess import fit_to_square
 from ..tasks import InputSpec
 
@@ -56,16 +57,6 @@ class CacheResult:
     shards: list = field(default_factory=list)        # {"file", "n", "sha256"}
     resumed: int = 0
     built: int = 0
-
-
-def write_atomic(path: Path, data: bytes):
-    """Write ``data`` to ``path`` via a temp file in the same folder and os.replace."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def build_cache(paths: list[str], spec: InputSpec, cache_dir: Path, *, shard_size: int = DEFAULT_SHARD_SIZE,

@@ -30,7 +30,8 @@ import numpy as np
 from .. import __version__
 from ..errors import DataError
 from ..tasks import TaskSpec, get_task
-from .cache import DEFAULT_SHARD_SIZE, build_cache, write_atomic
+from ..runtime.atomic import write_atomic
+from .cache import DEFAULT_SHARD_SIZE, build_cache
 from .labels import NO_FINDING
 from .licenses import is_redistributable, summarize_licenses
 from .prepared import INFO_FILE, PARAMS_FILE, PREPARED_FORMAT, Prepared, compute_data_sha256, open_prepared

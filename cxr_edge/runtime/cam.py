@@ -200,7 +200,7 @@ def write_overlays(film: Image.Image, maps: dict[str, np.ndarray], out_dir, stem
     ``taken`` (a set shared over a batch) makes names unique when two inputs
     have the same stem: the later one gets ``-2``, ``-3``...
     """
-    from ..data.cache import write_atomic
+    from .atomic import write_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

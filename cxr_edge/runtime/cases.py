@@ -39,8 +39,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from .atomic import write_atomic
 from .images import load_image
-from ..tools.report_html import write_bytes_atomic, write_text_atomic
 from ..tasks import get_task, task_names
 
 log = logging.getLogger(__name__)
@@ -435,14 +435,14 @@ class CaseStore:
                 image_file = ""
                 if images_dir is not None:
                     image_file = f"{images_dir.name}/case-{case.id}-{case.uid[:8]}.png"
-                    write_bytes_atomic(folder / image_file, self.film_png(case.id))
+                    write_atomic(folder / image_file, self.film_png(case.id))
                 rows.append(_csv_row(case, image_file))
             buf = io.StringIO()
             writer = csv.DictWriter(buf, fieldnames=csv_columns(), lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
             path = folder / f"{stem}.csv"
-            write_text_atomic(path, buf.getvalue())
+            write_atomic(path, buf.getvalue())
         except OSError as exc:
             raise CaseStoreError(f"cannot write the export to {folder} ({exc}); pick a folder this app may write "
                                  "to and check free space") from exc

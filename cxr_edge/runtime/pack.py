@@ -34,6 +34,7 @@ from .. import __version__
 from . import metadata as md
 from ..errors import PackError, UnknownTaskError
 from ..tasks import TaskSpec, get_task
+from .atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -306,17 +307,7 @@ def _write_atomically(out: Path, files: dict[str, bytes], *, overwrite: bool) ->
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
             for fname, content in sorted(files.items()):
                 zf.writestr(fname, content)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(buf.getvalue())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return out
+        return write_atomic(out, buf.getvalue())
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     try:
         for fname, content in files.items():

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..errors import DependencyError, require
 from .metrics import reliability_curve, roc_curve
-from .report_html import Page, write_bytes_atomic
+from ..runtime.atomic import write_atomic
+from .report_html import Page
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def write_report(ev, out) -> Path:
             if fig is not None:
                 buf = io.BytesIO()
                 fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-                write_bytes_atomic(out / f"{name}.png", buf.getvalue())
+                write_atomic(out / f"{name}.png", buf.getvalue())
                 figures.append(name)
     _page(ev, figures, missing).write(out)
     log.info("evaluation report written to %s", out)

@@ -286,7 +286,7 @@ def sidecar_of(path) -> Path:
 
 def write_calibration_set(cs: CalibrationSet, out, *, overwrite: bool = False) -> Path:
     """Write the manifest CSV and its JSON sidecar (each atomically); returns the CSV path."""
-    from .report_html import write_bytes_atomic
+    from ..runtime.atomic import write_atomic
 
     out = Path(out)
     if out.suffix.lower() != ".csv":
@@ -301,8 +301,8 @@ def write_calibration_set(cs: CalibrationSet, out, *, overwrite: bool = False) -
     for f, row, digest in zip(cs.files, cs.labels, cs.file_sha256):
         writer.writerow([f, *(int(v) for v in row), digest])
     info = dict(cs.info, n=cs.n, sha256=cs.sha256)
-    write_bytes_atomic(sidecar_of(out), (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
-    write_bytes_atomic(out, buf.getvalue().encode())
+    write_atomic(sidecar_of(out), json.dumps(info, indent=2, sort_keys=True) + "\n")
+    write_atomic(out, buf.getvalue())
     cs.path = out
     return out
 

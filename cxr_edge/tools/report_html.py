@@ -10,34 +10,15 @@ tables. Standard library only.
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from pathlib import Path
+
+from ..runtime.atomic import write_atomic
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:1em 0;font-size:90%}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
 .alert{background:#fde8e8;border:2px solid #c0392b;color:#7b1d1d;padding:0.6em 1em;font-weight:600;margin:1em 0}
 .muted{color:#666;font-size:90%}"""
-
-
-def write_text_atomic(path, text: str) -> Path:
-    """Write text to ``path`` through a temp file in the same folder, then rename."""
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path, data: bytes) -> Path:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)   # mkstemp makes 0600; a report is for reading
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _md_cell(value) -> str:
@@ -124,6 +105,6 @@ class Page:
         """Write both renderings into ``folder`` (created if needed); returns the folder."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(folder / md_name, self.markdown())
-        write_text_atomic(folder / html_name, self.html())
+        write_atomic(folder / md_name, self.markdown())
+        write_atomic(folder / html_name, self.html())
         return folder

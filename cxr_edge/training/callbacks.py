@@ -243,7 +243,7 @@ class HistoryLog:
 
 def write_history(run_dir: Path, history: list, name: str = "history") -> None:
     """``<name>.json`` and ``<name>.csv`` (atomically)."""
-    from ..data.cache import write_atomic
+    from ..runtime.atomic import write_atomic
 
     write_json_atomic(run_dir / f"{name}.json", {"epochs": history})
     buf = io.StringIO()
@@ -251,7 +251,7 @@ def write_history(run_dir: Path, history: list, name: str = "history") -> None:
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(history)
-    write_atomic(run_dir / f"{name}.csv", buf.getvalue().encode())
+    write_atomic(run_dir / f"{name}.csv", buf.getvalue())
 
 
 class Timer:

@@ -224,9 +224,9 @@ def _variant(mode: str, float_two, spec: TaskSpec, x, reference, out_dir: Path, 
     meta = md.ModelMetadata.for_task(spec, roles, quantization={"mode": mode, "io_dtype": "float32",
                                                                 "source": "float"}, **meta_base)
     path = out_dir / f"{spec.name}.{mode}.tflite"
-    from ..tools.report_html import write_bytes_atomic
+    from ..runtime.atomic import write_atomic
 
-    write_bytes_atomic(path, md.embed(content, meta))
+    write_atomic(path, md.embed(content, meta))
     return {"mode": mode, "file": str(path), "bytes": len(content), "convert_seconds": round(seconds, 1),
             "agreement": agree["agreement"], "max_abs_diff": agree["max_abs_diff"],
             "mean_abs_diff": agree["mean_abs_diff"]}

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..tools.report_html import Page, write_text_atomic
+from ..runtime.atomic import write_atomic
+from ..tools.report_html import Page
 from .export_check import SCALARS
 
 SOURCE_TITLES = {"ptq": "int8 from the float model (post-training quantization)",
@@ -186,6 +187,6 @@ def write_report(report: dict, folder) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "report.json", "markdown": folder / "report.md"}
     report = dict(report, report={k: str(v) for k, v in paths.items()})
-    write_text_atomic(paths["json"], json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
-    write_text_atomic(paths["markdown"], markdown(report))
+    write_atomic(paths["json"], json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+    write_atomic(paths["markdown"], markdown(report))
     return paths

@@ -31,14 +31,13 @@ HDF5 round-trips both float and QAT models.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.sources import sha256_file  # noqa: F401 - run.json records the sha256 of float.h5 and qat.h5
 from ..errors import DataError, RecipeError
+from ..runtime.atomic import atomic_path, write_atomic
 from ..tasks import InputSpec, TaskSpec, get_task
 
 RUN_FORMAT = "cxr-edge-run"
@@ -51,39 +50,20 @@ METRICS_JSON = "metrics.json"
 HISTORY_JSON = "history.json"
 CURVES_PNG = "curves.png"
 STATE_DIR = "state"
-_FILE_MODE = 0o644  # mkstemp creates 0600; run files are meant to be read by others (export, evaluate)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON next to its destination, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` as JSON (indented, keys sorted) with :func:`~cxr_edge.runtime.atomic.write_atomic`."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def save_model_atomic(model, path: Path) -> None:
-    """Save a tf-keras model to HDF5 through a temp file, so the previous checkpoint survives a crash."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".h5", dir=path.parent)
-    os.close(fd)
-    try:
+    """Save a tf-keras model to HDF5 through :func:`~cxr_edge.runtime.atomic.atomic_path`, so the previous
+    checkpoint survives a crash."""
+    with atomic_path(path, suffix=".h5") as tmp:
         with warnings.catch_warnings():  # "HDF5 is legacy": chosen on purpose, see the module docstring
             warnings.simplefilter("ignore", UserWarning)
             model.save(tmp, save_format="h5", include_optimizer=False)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass

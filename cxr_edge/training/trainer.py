@@ -25,6 +25,7 @@ epoch with the same best value, counters, learning rate and optimizer slots.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import DataError, RecipeError
+from ..runtime.atomic import atomic_path, write_atomic
 from .callbacks import STATE_JSON, RunState, epoch_callbacks, finite, write_history
 from .recipe import STRATEGIES, Recipe, describe
 from .runs import (CURVES_PNG, FLOAT_MODEL, METRICS_JSON, RECIPE_JSON, RUN_FORMAT, RUN_FORMAT_VERSION, RUN_JSON,
@@ -208,26 +210,28 @@ def validation_set(prepared, recipe: Recipe, path: Path | None = None, chunk: in
     images = prepared.images("val")
     n, size = len(images), prepared.task.input.size
     shape = (n, size, size)
-    if path is not None:
-        tmp = path.with_name(f".{path.name}.tmp.npy")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    else:
-        out = np.empty(shape, np.uint8)
     config = rng = None
     if t.val_photo_prob > 0:
         a = recipe.augment
         config = replace(AugmentConfig.off(), photo_prob=t.val_photo_prob, photo_severity=a.photo_severity,
                          photo_effects=a.photo_effects)
         rng = np.random.default_rng([t.seed, 2 ** 20])
-    for start in range(0, n, chunk):
-        block = np.asarray(images.take(np.arange(start, min(n, start + chunk))))
-        out[start:start + len(block)] = photo_batch(block, config, rng) if config is not None else block
-    if path is not None:
+
+    def fill(out):
+        for start in range(0, n, chunk):
+            block = np.asarray(images.take(np.arange(start, min(n, start + chunk))))
+            out[start:start + len(block)] = photo_batch(block, config, rng) if config is not None else block
+
+    if path is None:
+        out = np.empty(shape, np.uint8)
+        fill(out)
+        return ValInputs(out, prepared.task)
+    with atomic_path(path, suffix=".npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        fill(out)
         out.flush()
         del out
-        os.replace(tmp, path)
-        out = np.load(path, mmap_mode="r")
-    return ValInputs(out, prepared.task)
+    return ValInputs(np.load(path, mmap_mode="r"), prepared.task)
 
 
 class Predictor:
@@ -587,9 +591,8 @@ class Trainer:
                   "images_per_s": round((len(train_x) + len(val_x)) / max(seconds, 1e-9), 1)}
         log.info("features: %d images in %.1f s (%.1f img/s)", timing["images"], seconds, timing["images_per_s"])
         if self.dist.is_chief:
-            tmp = cache.with_name(f".{cache.name}.tmp.npz")
-            np.savez(tmp, train=train_x, val=val_x, timing=json.dumps(timing))
-            os.replace(tmp, cache)
+            with atomic_path(cache, suffix=".npz") as tmp:
+                np.savez(tmp, train=train_x, val=val_x, timing=json.dumps(timing))
         return train_x, val_x, timing
 
     def _finish_stage(self, index: int, stage) -> None:
@@ -730,14 +733,8 @@ def _median(values) -> float | None:
 
 
 def _save_weights_atomic(model, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".h5", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".h5") as tmp:
         model.save_weights(tmp, save_format="h5")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _optimizer_variables(optimizer) -> list:
@@ -747,9 +744,8 @@ def _optimizer_variables(optimizer) -> list:
 
 def _save_optimizer(optimizer, path: Path) -> None:
     values = {f"v{i:05d}": v.numpy() for i, v in enumerate(_optimizer_variables(optimizer))}
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, **values)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **values)
 
 
 def _load_optimizer(optimizer, path: Path) -> None:
@@ -792,7 +788,7 @@ def plot_curves(history: list, path: Path, primary: str) -> None:
     ax1.set_title("loss")
     ax2.set_title(f"validation {primary}")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, buf.getvalue())
