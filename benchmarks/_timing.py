@@ -19,8 +19,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cxr_edge.tools.bench.sections import (Stats, describe_machine, interleave, machine_info, peak_rss_of,  # noqa: E402,F401
-                            run_child, time_calls, timed)
+from cxr_edge.tools.bench.harness import Stats, interleave, run_child, time_calls, timed  # noqa: E402,F401
+from cxr_edge.tools.bench.machine import describe_machine, machine_info  # noqa: E402,F401
+from cxr_edge.tools.bench.memory import peak_rss_of  # noqa: E402,F401
 
 
 def shared_dir() -> Path:

@@ -34,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402
 from _timing import header, shared_data, table  # noqa: E402
 
-from cxr_edge.tools.bench.sections import _accepting_profile, batch, cli_command, format_batch, run_child  # noqa: E402
+from cxr_edge.tools.bench.formatting import format_batch  # noqa: E402
+from cxr_edge.tools.bench.harness import cli_command, run_child  # noqa: E402
+from cxr_edge.tools.bench.sections import accepting_profile, batch  # noqa: E402
 
 
 def image_files(n: int) -> list[Path]:
@@ -57,7 +59,7 @@ def model_ceiling(pack, thread_counts, batch_sizes=(1, 8), rounds: int = 5) -> l
     the most any predict loop could reach here."""
     import numpy as np
 
-    from cxr_edge.tools.bench.sections import interleave, timed
+    from cxr_edge.tools.bench.harness import interleave, timed
     from cxr_edge.runtime.interpreter import TFLiteModel
 
     measures = {}
@@ -84,7 +86,7 @@ def main():
     pack_path, what = _models.bench_pack(args.pack, args.runs_dir)
     pack = load_pack(pack_path)
     files = image_files(args.images)
-    profile = _accepting_profile(pack)
+    profile = accepting_profile(pack)
     result = batch(pack, files, thread_counts=args.threads, workers=args.workers, rounds=args.rounds, profile=profile)
     ceiling = model_ceiling(pack, args.threads)
     with tempfile.TemporaryDirectory(prefix="cxr-bench-batch-") as tmp:

@@ -26,7 +26,7 @@ SHARED = REPO.parent / "shared"
 
 def startup(runs: int, pack: Path | None = None, image: Path | None = None) -> dict:
     """{command: (median ms, p90 ms)}: python -c pass, cxr-edge --help (and a first prediction), interleaved."""
-    from cxr_edge.tools.bench.sections import cli_command, run_child
+    from cxr_edge.tools.bench.harness import cli_command, run_child
 
     cmd = cli_command()
     commands = {"python -c pass": [sys.executable, "-c", "pass"], "cxr-edge --help": cmd + ["--help"]}
@@ -51,7 +51,7 @@ def latency(model_path: Path, image: Path, runs: int) -> dict:
                      offset=-(model.inputs[0].zero_point * (model.inputs[0].scale or 1 / 127.5)))
     x = preprocess(image, spec)
     q = model.quantize(x[None], model.inputs[0])
-    interp = model._interp
+    interp = model.interpreter
 
     def bare():
         interp.set_tensor(model.inputs[0].index, q)

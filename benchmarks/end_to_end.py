@@ -32,7 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402
 from _timing import header  # noqa: E402
 
-from cxr_edge.tools.bench.sections import _accepting_profile, end_to_end, format_end_to_end, phone_jpeg  # noqa: E402
+from cxr_edge.tools.bench.formatting import format_end_to_end  # noqa: E402
+from cxr_edge.tools.bench.inputs import phone_jpeg  # noqa: E402
+from cxr_edge.tools.bench.sections import accepting_profile, end_to_end  # noqa: E402
 
 
 def main():
@@ -53,7 +55,7 @@ def main():
         photo = Path(tmp) / "phone_photo.jpg"
         photo.write_bytes(phone_jpeg(Image.open(film_path).convert("L"), long_side=4000, quality=90))
         result = end_to_end(pack, photo, threads=args.threads, rounds=args.rounds, runs=args.runs,
-                            profile=_accepting_profile(pack))
+                            profile=accepting_profile(pack))
     print(header("End to end: one 12-MP phone JPEG to all results"))
     print(f"film: {film_path}")
     print(_models.pack_lines(pack_path, what))

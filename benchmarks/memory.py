@@ -25,7 +25,8 @@ import _models  # noqa: E402
 from _timing import header  # noqa: E402
 from batch_predict import image_files, linked_folder  # noqa: E402
 
-from cxr_edge.tools.bench.sections import format_memory, peak_rss  # noqa: E402
+from cxr_edge.tools.bench.formatting import format_memory  # noqa: E402
+from cxr_edge.tools.bench.memory import peak_rss  # noqa: E402
 
 
 def main():

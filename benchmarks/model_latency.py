@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _models  # noqa: E402
 from _timing import header, interleave, shared_dir, table  # noqa: E402
 
-from cxr_edge.tools.bench.sections import KerasWorker, model_measures  # noqa: E402
+from cxr_edge.tools.bench.sections import model_measures  # noqa: E402
+from cxr_edge.training.keras_bench import KerasWorker  # noqa: E402
 
 FORMATS = ("float32", "float16", "dynamic", "int8")
 
@@ -207,7 +208,7 @@ def backends(args, results: list[dict]) -> None:
             q = probe.quantize(x, probe.inputs[0])
             for b in found:
                 m = TFLiteModel(content, threads=1, backend=b)
-                interp, idx = m._interp, m.inputs[0].index
+                interp, idx = m.interpreter, m.inputs[0].index
                 measures[(label, b)] = _invoke(interp, idx, q)
             if args.tflite_runtime_python:
                 path = Path(tmp) / f"m{len(children)}.tflite"
@@ -233,7 +234,7 @@ def backends(args, results: list[dict]) -> None:
 
 
 def _invoke(interp, index, q):
-    from cxr_edge.tools.bench.sections import timed
+    from cxr_edge.tools.bench.harness import timed
 
     def call():
         interp.set_tensor(index, q)

@@ -10,8 +10,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cxr_edge.tools.bench.sections import (KerasWorker, Stats, count_macs, interleave, keras_rows, peak_rss_of, phone_jpeg,
-                            synthetic_film)
+from cxr_edge.tools.bench.harness import Stats, interleave
+from cxr_edge.tools.bench.inputs import phone_jpeg, synthetic_film
+from cxr_edge.tools.bench.memory import peak_rss_of
+from cxr_edge.tools.bench.sections import count_macs
+from cxr_edge.training.keras_bench import KerasWorker, keras_rows
 from cxr_edge.cli import main
 
 REPORT_KEYS = {"schema", "machine", "command", "pack", "settings", "notes", "backend", "models", "keras",
@@ -99,7 +102,8 @@ def test_batch_times_every_model_even_when_the_gate_rejects(tiny_pack, tmp_path)
 
     from PIL import Image
 
-    from cxr_edge.tools.bench.sections import batch, write_batch
+    from cxr_edge.tools.bench.inputs import write_batch
+    from cxr_edge.tools.bench.sections import batch
     from cxr_edge.runtime.pack import load_pack, rewrite_metadata
 
     pack = shutil.copytree(tiny_pack, tmp_path / "strict")

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from .options import backend_option
+
 
 @click.command()
 @click.option("--pack", "pack", type=click.Path(path_type=str), default=None,
@@ -23,8 +25,7 @@ import click
 @click.option("--no-keras", "no_keras", is_flag=True, help="Skip the Keras float rows even when TensorFlow is here.")
 @click.option("--batch-images", type=click.IntRange(1, 100000), default=None,
               help="Images in the batch and peak-RSS runs [default: 200; 16 with --quick].")
-@click.option("--backend", default=None, type=click.Choice(["ai-edge-litert", "tflite-runtime", "tf.lite"]),
-              help="Force an interpreter backend (default: the first that is installed).")
+@backend_option
 def bench(pack, threads, as_json, image, quick, sections, no_keras, batch_images, backend):
     """Measure a model pack on this machine: latency, throughput, memory, start-up and size.
 
@@ -41,11 +42,13 @@ def bench(pack, threads, as_json, image, quick, sections, no_keras, batch_images
       cxr-edge bench --pack my_pack --threads 4 --json > bench.json
       cxr-edge bench --only models --only end_to_end
     """
-    from ..tools.bench.sections import format_report, run_bench
+    from ..tools.bench.formatting import format_report
+    from ..tools.bench.sections import run_bench
+    from ..training.keras_bench import keras_rows   # TensorFlow only in its child processes, when it is installed
 
     report = run_bench(pack, threads=threads, image=image, quick=quick, keras=not no_keras,
                        batch_images=batch_images, sections=sections or None, backend=backend,
-                       command=_command_line(click.get_current_context()))
+                       command=_command_line(click.get_current_context()), keras_rows=keras_rows)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 

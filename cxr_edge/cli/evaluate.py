@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from .options import backend_option
+
 _path = click.Path(path_type=str)
 
 
@@ -63,8 +65,7 @@ class StageProgress:
 @click.option("--allow-calibration-split", is_flag=True,
               help="Evaluate even on the images the temperature/thresholds were fitted on (flagged).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64), help="Interpreter threads.")
-@click.option("--backend", default=None, type=click.Choice(["ai-edge-litert", "tflite-runtime", "tf.lite"]),
-              help="Force an interpreter backend.")
+@backend_option
 def evaluate(model, data, split, photos, photo_size, profile, n_boot, seed, min_group, report, as_json,
              allow_train_split, allow_calibration_split, threads, backend):
     """Evaluate MODEL (a model pack, or a training run directory) on a prepared split.

@@ -8,6 +8,8 @@ from contextlib import nullcontext
 
 import click
 
+from .options import backend_option
+
 EXIT_SOME_FAILED = 1
 
 
@@ -22,8 +24,7 @@ EXIT_SOME_FAILED = 1
               help="Images predicted at a time, each on a thread with interpreters of its own "
                    "(0 = one at a time on the main thread).")
 @click.option("--profile", default=None, help="Threshold profile stored in the pack (e.g. screening, balanced).")
-@click.option("--backend", default=None, type=click.Choice(["ai-edge-litert", "tflite-runtime", "tf.lite", "tflite-java"]),
-              help="Force an interpreter backend (default: the first that is installed).")
+@backend_option
 @click.option("--no-rectify", "no_rectify", is_flag=True,
               help="Use every image as it is: no film search, no straightening, no photo quality checks.")
 @click.option("--heatmap", "heatmap_dir", default=None, type=click.Path(file_okay=False, path_type=str),

@@ -28,18 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import BackendError
+from .backends import BACKENDS, DISTRIBUTIONS, MODULES
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("ai-edge-litert", "tflite-runtime", "tf.lite", "tflite-java")
-_MODULES = {
-    "ai-edge-litert": "ai_edge_litert.interpreter",
-    "tflite-runtime": "tflite_runtime.interpreter",
-    "tf.lite": "tensorflow",
-    "tflite-java": "cxr_edge.runtime.android_tflite",
-}
-_DIST = {"ai-edge-litert": "ai-edge-litert", "tflite-runtime": "tflite-runtime", "tf.lite": "tensorflow",
-         "tflite-java": "pyjnius"}
 
 
 @dataclass(frozen=True)
@@ -63,18 +55,19 @@ def available_backends() -> list[str]:
     found = []
     for name in BACKENDS:
         try:
-            _interpreter_class(name)
+            interpreter_class(name)
             found.append(name)
         except BackendError:
             pass
     return found
 
 
-def _interpreter_class(name: str):
-    if name not in _MODULES:
+def interpreter_class(name: str):
+    """The ``Interpreter`` class of backend ``name`` (raises BackendError when it is unknown or not usable here)."""
+    if name not in MODULES:
         raise BackendError(f"unknown interpreter backend {name!r}; valid: {', '.join(BACKENDS)}")
     try:
-        module = importlib.import_module(_MODULES[name])
+        module = importlib.import_module(MODULES[name])
     except Exception as exc:  # ImportError, or a numpy ABI error from tflite-runtime under numpy 2
         raise BackendError(f"backend {name} is not usable here: {exc}") from exc
     return module.lite.Interpreter if name == "tf.lite" else module.Interpreter
@@ -84,19 +77,21 @@ def _version(name: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version(_DIST[name])
+        return version(DISTRIBUTIONS[name])
     except PackageNotFoundError:
         return "unknown"
 
 
-def _pick_backend(requested: str | None) -> tuple[str, type]:
+def pick_backend(requested: str | None) -> tuple[str, type]:
+    """(name, Interpreter class) of the backend to use: ``requested``, else ``$CXR_EDGE_BACKEND``, else the first
+    of :data:`BACKENDS` that imports here."""
     requested = requested or os.environ.get("CXR_EDGE_BACKEND") or None
     if requested:
-        return requested, _interpreter_class(requested)
+        return requested, interpreter_class(requested)
     errors = []
     for name in BACKENDS:
         try:
-            return name, _interpreter_class(name)
+            return name, interpreter_class(name)
         except BackendError as exc:
             errors.append(str(exc))
     raise BackendError(
@@ -149,7 +144,7 @@ class TFLiteModel:
         if threads < 1:
             raise BackendError(f"threads must be >= 1, got {threads}")
         self.name = name or (os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<model bytes>")
-        self.backend, cls = _pick_backend(backend)
+        self.backend, cls = pick_backend(backend)
         self.backend_version = _version(self.backend)
         self.delegate = _delegate_of(self.backend, self.backend_version)
         self.threads = threads
@@ -177,6 +172,11 @@ class TFLiteModel:
         scale, zero_point = d.get("quantization", (0.0, 0))
         return TensorInfo(int(d["index"]), d["name"], tuple(int(s) for s in d["shape"]),
                           np.dtype(d["dtype"]), float(scale), int(zero_point))
+
+    @property
+    def interpreter(self):
+        """The backend's own interpreter object, for tools that time a bare ``invoke`` or read its op list."""
+        return self._interp
 
     @property
     def input_shape(self) -> tuple:

@@ -1,0 +1,50 @@
+"""Inputs without data: a synthetic film, a simulated 12-MP phone JPEG of it, a folder of copies."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = ['phone_jpeg', 'synthetic_film', 'write_batch']
+
+
+def synthetic_film(size: int = 1024, seed: int = 0) -> Image.Image:
+    """A grey, film-like chest image (body, two lung fields, spine, ribs, grain) for timing only."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j].astype(np.float32)
+    body = np.exp(-((x / 0.85) ** 4 + (y / 1.05) ** 4))
+    lungs = sum(np.exp(-(((x - cx) / 0.28) ** 2 + ((y + 0.05) / 0.55) ** 2)) for cx in (-0.38, 0.38))
+    spine = np.exp(-(x / 0.07) ** 2) * (y > -0.7)
+    ribs = 0.08 * np.sin(18 * (y + 0.15 * x ** 2)) * lungs
+    a = 0.15 + 0.6 * body - 0.35 * lungs + 0.3 * spine + ribs + rng.normal(0, 0.02, (size, size))
+    return Image.fromarray(np.clip(a * 255, 0, 255).astype(np.uint8), "L")
+
+
+def phone_jpeg(film: Image.Image, *, long_side: int = 4000, quality: int = 90, seed: int = 0) -> bytes:
+    """A phone photo of ``film`` (simulated: perspective, light, noise...), ``long_side`` px, as JPEG bytes."""
+    from ..photosim import simulate_photo
+
+    sim = simulate_photo(film, "moderate", seed, background="desk", fill=0.8, long_side=long_side)
+    buf = io.BytesIO()
+    Image.fromarray(sim.photo, "RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def write_batch(folder: Path, sources: list, n: int) -> list[Path]:
+    """``n`` PNG files in ``folder``, cycling through ``sources`` (paths or PIL images)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        dst = folder / f"img_{i:05d}.png"
+        if isinstance(src, Image.Image):
+            src.save(dst)
+        else:
+            shutil.copyfile(src, dst)
+        out.append(dst)
+    return out
+
