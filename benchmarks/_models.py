@@ -187,7 +187,7 @@ def pack_lines(path: Path, what: dict[str, str]) -> str:
 def _write_standin_pack(out: Path, srcs: dict[str, Source]) -> None:
     from cxr_edge.runtime import metadata as md
     from cxr_edge.runtime.interpreter import TFLiteModel
-    from cxr_edge.runtime.pack import write_pack
+    from cxr_edge.tools.pack_writer import write_pack
     from cxr_edge.tasks import get_task
     from cxr_edge.training.convert import roles_from_shapes
     from cxr_edge.training.model import head_weights

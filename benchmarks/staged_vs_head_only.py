@@ -45,13 +45,13 @@ def inputs(prepared, split, photo_severity):
 
 def measure(run_dir: Path, splits, photo_severity) -> dict:
     from cxr_edge.tools.metrics import task_metrics
-    from cxr_edge.training.runs import _load, load_run
+    from cxr_edge.training.runs import load_keras_model, load_run
     from cxr_edge.training.trainer import Predictor
 
     run = load_run(run_dir)
     spec, prepared = run.task, run.prepared()
     first = run.info["stages"][0]
-    models = {"head_only": _load(run_dir / first["checkpoint"], qat=False), "staged": run.float_model()}
+    models = {"head_only": load_keras_model(run_dir / first["checkpoint"], qat=False), "staged": run.float_model()}
     out = {"run": str(run_dir), "task": spec.name, "metric": spec.primary_metric, "baseline_stage": first["name"],
            "best": run.info["best"], "results": {}}
     for split in splits:

@@ -24,7 +24,8 @@ if os.environ.get("CXR_EDGE_APP_GUI_CHILD") == "1":
 @pytest.fixture(scope="module")
 def strict_pack(tiny_pack, tmp_path_factory):
     """The tiny pack plus a gate profile 'strict' that rejects everything (its random gate accepts all)."""
-    from cxr_edge.runtime.pack import load_pack, rewrite_metadata
+    from cxr_edge.runtime.pack import load_pack
+    from cxr_edge.tools.pack_writer import rewrite_metadata
 
     pack = shutil.copytree(tiny_pack, tmp_path_factory.mktemp("packs") / "strict")
     meta = load_pack(pack)["gate"].metadata

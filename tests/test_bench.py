@@ -104,7 +104,8 @@ def test_batch_times_every_model_even_when_the_gate_rejects(tiny_pack, tmp_path)
 
     from cxr_edge.tools.bench.inputs import write_batch
     from cxr_edge.tools.bench.sections import batch
-    from cxr_edge.runtime.pack import load_pack, rewrite_metadata
+    from cxr_edge.runtime.pack import load_pack
+    from cxr_edge.tools.pack_writer import rewrite_metadata
 
     pack = shutil.copytree(tiny_pack, tmp_path / "strict")
     meta = load_pack(pack)["gate"].metadata

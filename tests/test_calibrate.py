@@ -8,7 +8,8 @@ import pytest
 from test_evaluate import _root, cli, cxr4_48, informative_cxr4, small_prepared  # noqa: F401 (fixtures)
 
 from cxr_edge.tools.posthoc_pack import calibrate
-from cxr_edge.tools.posthoc_fit import (apply_calibration, apply_temperature, fit_temperature, fit_temperature_and_bias,
+from cxr_edge.runtime.posthoc import apply_calibration, apply_temperature
+from cxr_edge.tools.posthoc_fit import (fit_temperature, fit_temperature_and_bias,
                                   remap_threshold)
 from cxr_edge.errors import CxrEdgeError, DataError
 from cxr_edge.tools.evaluate import evaluate

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from cxr_edge.runtime import posthoc
 from cxr_edge.tools import posthoc_fit as cal
 from cxr_edge.tools import metrics as m
 from cxr_edge.errors import CxrEdgeError, DataError
@@ -50,7 +51,7 @@ def test_temperature_recovers_overconfidence_sigmoid(sigmoid_data, quantize):
     t = cal.fit_temperature(p, y, "sigmoid")
     assert 2.55 < t < 3.45
     before = m.expected_calibration_error(y, p)
-    after = m.expected_calibration_error(y, cal.apply_temperature(p, t, "sigmoid"))
+    after = m.expected_calibration_error(y, posthoc.apply_temperature(p, t, "sigmoid"))
     assert before > m.expected_calibration_error(y, _sigmoid(z)) + 0.05
     assert after < before / 4
 
@@ -63,7 +64,7 @@ def test_temperature_recovers_overconfidence_softmax(softmax_data, quantize):
     t = cal.fit_temperature(p, y, "softmax")
     assert 2.55 < t < 3.45
     before = m.expected_calibration_error(y, p, multiclass=True)
-    calibrated = cal.apply_temperature(p, t, "softmax")
+    calibrated = posthoc.apply_temperature(p, t, "softmax")
     after = m.expected_calibration_error(y, calibrated, multiclass=True)
     assert after < before / 4
     np.testing.assert_allclose(calibrated.sum(1), 1.0)
@@ -79,12 +80,12 @@ def test_calibrated_model_keeps_temperature_near_one(sigmoid_data):
 
 def test_apply_temperature_identity_and_direction():
     p = np.array([[0.0, 0.2, 0.9, 1.0]])
-    np.testing.assert_array_equal(cal.apply_temperature(p, 1.0, "sigmoid"), p)
-    soft = cal.apply_temperature(p, 2.0, "sigmoid")
+    np.testing.assert_array_equal(posthoc.apply_temperature(p, 1.0, "sigmoid"), p)
+    soft = posthoc.apply_temperature(p, 2.0, "sigmoid")
     assert np.all(np.abs(soft - 0.5) <= np.abs(p - 0.5)) and np.isfinite(soft).all()
     np.testing.assert_array_equal(np.argsort(soft), np.argsort(p))  # ranking (AUROC) unchanged
     with pytest.raises(DataError, match="> 0"):
-        cal.apply_temperature(p, 0.0, "sigmoid")
+        posthoc.apply_temperature(p, 0.0, "sigmoid")
 
 
 def test_temperature_at_bound_is_logged(caplog):

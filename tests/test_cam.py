@@ -148,7 +148,8 @@ def test_heatmaps_need_head_weights(tmp_path, tiny_pack):
 
     from cxr_edge.runtime import metadata as md
     from cxr_edge.errors import PackError
-    from cxr_edge.runtime.pack import load_pack, write_pack
+    from cxr_edge.runtime.pack import load_pack
+    from cxr_edge.tools.pack_writer import write_pack
     from cxr_edge.runtime.pipeline import Pipeline
 
     pack = load_pack(tiny_pack)

@@ -203,7 +203,8 @@ def test_closed_pipe_ends_quietly():
 def test_hidden_all_models_runs_the_classifiers_on_an_image_the_gate_rejects(run, tiny_pack, shared_data, tmp_path):
     # the benchmarks' switch: cxr-edge bench measures memory and start-up on a stand-in film with every model
     pack = shutil.copytree(tiny_pack, tmp_path / "p")
-    from cxr_edge.runtime.pack import load_pack, rewrite_metadata
+    from cxr_edge.runtime.pack import load_pack
+    from cxr_edge.tools.pack_writer import rewrite_metadata
 
     meta = load_pack(pack)["gate"].metadata
     meta.thresholds = {"default": {"chest_xray": 1.01}}   # this gate rejects everything

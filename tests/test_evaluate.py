@@ -12,7 +12,7 @@ from cxr_edge.data.prepare import PrepareConfig, prepare
 from cxr_edge.data.sources import SourceSpec
 from cxr_edge.data.splits import SplitConfig
 from cxr_edge.errors import CxrEdgeError, DataError, PackError
-from cxr_edge.tools.evaluate import _fit_softmax, _predict_softmax, evaluate, source_probe
+from cxr_edge.tools.evaluate import fit_softmax, predict_softmax, evaluate, source_probe
 from cxr_edge.runtime.pipeline import Pipeline
 from cxr_edge.runtime.preprocess import normalize
 
@@ -44,14 +44,14 @@ def informative_cxr4(prepared, root, scale: float = 4.0):
     from tinypack import convert_int8, output_roles, tiny_keras_model
 
     from cxr_edge.runtime import metadata as md
-    from cxr_edge.runtime.pack import write_pack
+    from cxr_edge.tools.pack_writer import write_pack
 
     spec = prepared.task
     model = tiny_keras_model("cxr4", spec.input.size, seed=0)
     x = normalize(prepared.images("train")[:], spec)
     pooled = model.predict(x, verbose=0)[1].mean(axis=(1, 2))
     mu, sd = pooled.mean(axis=0), pooled.std(axis=0) + 1e-6
-    w = _fit_softmax((pooled - mu) / sd, prepared.labels("train").argmax(axis=1), spec.num_labels, l2=0.01)
+    w = fit_softmax((pooled - mu) / sd, prepared.labels("train").argmax(axis=1), spec.num_labels, l2=0.01)
     kernel = w[:-1] / sd[:, None]
     model.get_layer("probs").set_weights([scale * kernel, scale * (w[-1] - (mu / sd) @ w[:-1])])
     raw = convert_int8(model, spec.input.size)
@@ -176,15 +176,19 @@ def test_photos_raw_and_rectified_beside_digital(cli, tiny_pack, cxr4_tiny, tmp_
 
 
 def test_float_run_through_keras(informative, cxr4_48):
+    from cxr_edge.training.run_model import open_run_model
+
     _, run = informative
-    ev = evaluate(run, cxr4_48, n_boot=0)
+    ev = evaluate(run, cxr4_48, n_boot=0, run_opener=open_run_model)
     r = ev.result
     assert r["model"]["kind"] == "run" and r["model"]["backend"].startswith("tf-keras")
     assert r["metrics"]["mean_auroc"]["value"] > 0.6 and "accuracy" in r["shortcut"]["all"]
     with pytest.raises(DataError, match="refusing to evaluate on training images"):
-        evaluate(run, cxr4_48, split="train", n_boot=0)
+        evaluate(run, cxr4_48, split="train", n_boot=0, run_opener=open_run_model)
     with pytest.raises(CxrEdgeError, match="profiles live in model packs"):
-        evaluate(run, cxr4_48, profile="screening", n_boot=0)
+        evaluate(run, cxr4_48, profile="screening", n_boot=0, run_opener=open_run_model)
+    with pytest.raises(CxrEdgeError, match="workstation side"):   # the offline tools never import TensorFlow
+        evaluate(run, cxr4_48, n_boot=0)
 
 
 # --------------------------------------------------------------------------- refusals and errors
@@ -233,7 +237,8 @@ def test_bad_inputs_are_clean_errors(cli, tiny_pack, cxr4_48, tmp_path):
         res = cli(*args)
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, (args, res.output)
     gate_only = tmp_path / "gate-only"
-    from cxr_edge.runtime.pack import load_pack, write_pack
+    from cxr_edge.runtime.pack import load_pack
+    from cxr_edge.tools.pack_writer import write_pack
 
     pm = load_pack(tiny_pack)["gate"]
     write_pack(gate_only, {"gate": (pm.content, pm.metadata)})
@@ -250,9 +255,9 @@ def test_probe_fit_matches_scikit_learn():
     x = rng.standard_normal((300, 12))
     y = (x[:, :3] @ rng.standard_normal((3, 3)) + 0.5 * rng.standard_normal((300, 3))).argmax(axis=1)
     l2 = 0.05
-    w = _fit_softmax(x, y, 3, l2, iters=2000)
+    w = fit_softmax(x, y, 3, l2, iters=2000)
     ref = sklearn.LogisticRegression(C=1 / (l2 * len(x)), max_iter=5000, tol=1e-10).fit(x, y)
-    assert np.mean(_predict_softmax(w, x) == ref.predict(x)) >= 0.98
+    assert np.mean(predict_softmax(w, x) == ref.predict(x)) >= 0.98
     assert np.allclose(w[:-1], ref.coef_.T, atol=0.05)
 
 

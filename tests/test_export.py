@@ -36,7 +36,7 @@ from cxr_edge.data.prepare import PrepareConfig, prepare  # noqa: E402
 from cxr_edge.data.sources import SourceOptions, SourceSpec  # noqa: E402
 from cxr_edge.data.splits import SplitConfig  # noqa: E402
 from cxr_edge.errors import RecipeError  # noqa: E402
-from cxr_edge.tools.evaluate import _fit_softmax  # noqa: E402
+from cxr_edge.tools.evaluate import fit_softmax  # noqa: E402
 from cxr_edge.runtime.pack import load_pack  # noqa: E402
 from cxr_edge.runtime.pipeline import Pipeline  # noqa: E402
 from cxr_edge.runtime.preprocess import normalize  # noqa: E402
@@ -83,7 +83,7 @@ def gate_run(prepared, weights: Path, run: Path) -> Path:
     x = normalize(prepared.images("train")[:], spec)
     feats = M.feature_extractor(model).predict(x, verbose=0)
     mu, sd = feats.mean(axis=0), feats.std(axis=0) + 1e-6
-    w = _fit_softmax((feats - mu) / sd, prepared.labels("train")[:, 0].astype(int), 2, l2=1.0)
+    w = fit_softmax((feats - mu) / sd, prepared.labels("train")[:, 0].astype(int), 2, l2=1.0)
     wd = w[:, 1] - w[:, 0]   # two-class softmax -> one sigmoid logit
     M.find_layer(model, "head").set_weights([(wd[:-1] / sd)[:, None], np.array([wd[-1] - (mu / sd) @ wd[:-1]])])
     run.mkdir(parents=True, exist_ok=True)

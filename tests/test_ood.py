@@ -8,6 +8,7 @@ import pytest
 from test_evaluate import cli, cxr4_48  # noqa: F401 (fixtures)
 
 from cxr_edge.runtime import ood
+from cxr_edge.tools import ood_fit
 from cxr_edge.tools.metrics import auroc
 from cxr_edge.tasks import get_task
 
@@ -24,9 +25,9 @@ def _gaussians(rng, n, width=40, shift=0.0, scale=1.0):
 def test_scores_rank_out_of_distribution_features_higher():
     rng = np.random.default_rng(0)
     x, c = _gaussians(rng, 2000)
-    stats = ood.fit(x, c, components=8)
+    stats = ood_fit.fit(x, c, components=8)
     held, _ = _gaussians(rng, 1000)
-    stats = ood.with_threshold(stats, stats.score(held), 0.99)
+    stats = ood_fit.with_threshold(stats, stats.score(held), 0.99)
     fresh, _ = _gaussians(rng, 2000)
     moved, _ = _gaussians(rng, 500, shift=0.3)         # off the class means
     wide, _ = _gaussians(rng, 500, scale=2.0)          # the right means, the wrong spread
@@ -42,7 +43,7 @@ def test_residual_directions_count():
     """A feature that never varied in training (outside the principal subspace) raises the score."""
     rng = np.random.default_rng(1)
     x, c = _gaussians(rng, 500)
-    stats = ood.fit(x, c, components=8)
+    stats = ood_fit.fit(x, c, components=8)
     probe = x[:50].copy()
     probe[:, -1] += 1.0
     assert np.all(stats.score(probe) > 5 * stats.score(x[:50]))
@@ -51,7 +52,7 @@ def test_residual_directions_count():
 def test_stats_survive_the_npz_round_trip():
     rng = np.random.default_rng(2)
     x, c = _gaussians(rng, 300)
-    stats = ood.with_threshold(ood.fit(x, c, components=8), ood.fit(x, c, components=8).score(x))
+    stats = ood_fit.with_threshold(ood_fit.fit(x, c, components=8), ood_fit.fit(x, c, components=8).score(x))
     again = ood.OODStats.from_npz(stats.to_npz())
     assert again.threshold == pytest.approx(stats.threshold, rel=1e-6)
     assert np.allclose(again.score(x[:20]), stats.score(x[:20]), rtol=1e-2)   # float16 directions
@@ -61,11 +62,11 @@ def test_stats_survive_the_npz_round_trip():
 
 
 def test_classes_per_task():
-    keep, cls = ood.task_classes(get_task("cxr4"), np.eye(4)[[0, 3, 3, 1]])
+    keep, cls = ood_fit.task_classes(get_task("cxr4"), np.eye(4)[[0, 3, 3, 1]])
     assert keep.all() and list(cls) == [0, 3, 3, 1]
-    keep, cls = ood.task_classes(get_task("gate"), np.array([[1.0], [0.0], [1.0]]))   # the gate: its CXRs only
+    keep, cls = ood_fit.task_classes(get_task("gate"), np.array([[1.0], [0.0], [1.0]]))   # the gate: its CXRs only
     assert list(keep) == [True, False, True] and list(cls) == [0, 0]
-    keep, cls = ood.task_classes(get_task("nih14"), np.zeros((3, 14)))
+    keep, cls = ood_fit.task_classes(get_task("nih14"), np.zeros((3, 14)))
     assert keep.all() and set(cls) == {0}
 
 
@@ -75,7 +76,7 @@ def test_classes_per_task():
 @pytest.fixture(scope="module")
 def fitted(tiny_pack, cxr4_48, tmp_path_factory):
     out = tmp_path_factory.mktemp("ood") / "pack"
-    record = ood.fit_pack(tiny_pack, cxr4_48.path, out=out)
+    record = ood_fit.fit_pack(tiny_pack, cxr4_48.path, out=out)
     return out, record
 
 
@@ -88,7 +89,7 @@ def test_fit_writes_a_valid_copy_and_leaves_the_original(fitted, tiny_pack):
     assert ood.OOD_MEMBER in pm.files and "head.npz" in pm.files         # the other member is kept
     assert pm.metadata.extras["ood"]["threshold"] == record["threshold"] and "head" in pm.metadata.extras
     assert record["slot"] == "cxr4" and record["fit_split"] == "train" and record["threshold_split"] == "val"
-    assert record["classes"] == 4 and record["pack_bytes"] == pack.total_bytes() <= ood.PACK_BUDGET_BYTES
+    assert record["classes"] == 4 and record["pack_bytes"] == pack.total_bytes() <= ood_fit.PACK_BUDGET_BYTES
     assert ood.OOD_MEMBER not in load_pack(tiny_pack)["cxr4"].files       # the original is untouched
     assert {s: m.sha256 for s, m in pack.models.items() if s != "cxr4"} == \
         {s: m.sha256 for s, m in load_pack(tiny_pack).models.items() if s != "cxr4"}

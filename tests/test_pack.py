@@ -8,7 +8,8 @@ import pytest
 
 from cxr_edge.runtime import metadata as md
 from cxr_edge.errors import PackError
-from cxr_edge.runtime.pack import MANIFEST, load_pack, rewrite_metadata, write_pack
+from cxr_edge.runtime.pack import MANIFEST, load_pack
+from cxr_edge.tools.pack_writer import rewrite_metadata, write_pack
 
 
 @pytest.fixture
@@ -154,7 +155,7 @@ def test_writing_never_replaces_a_good_pack_with_a_broken_one(pack, monkeypatch)
                 raise OSError("disk full")
             return real_replace(src, dst)
 
-        monkeypatch.setattr("cxr_edge.runtime.pack.os.replace", flaky)
+        monkeypatch.setattr("cxr_edge.tools.pack_writer.os.replace", flaky)
         with pytest.raises(OSError, match="disk full"):
             write_pack(pack, models, overwrite=True)
         monkeypatch.undo()

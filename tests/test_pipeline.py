@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from cxr_edge.errors import PackError
-from cxr_edge.runtime.pack import load_pack, rewrite_metadata
+from cxr_edge.runtime.pack import load_pack
+from cxr_edge.tools.pack_writer import rewrite_metadata
 from cxr_edge.runtime.pipeline import Pipeline
 
 
@@ -45,7 +46,7 @@ def test_rejected_image_skips_the_classifiers(tiny_pack, tmp_path, shared_data):
 
 
 def test_a_pack_without_a_gate_is_refused_unless_gating_is_turned_off(tiny_pack, tmp_path, cxr):
-    from cxr_edge.runtime.pack import write_pack
+    from cxr_edge.tools.pack_writer import write_pack
 
     pack = load_pack(tiny_pack)
     write_pack(tmp_path / "no-gate", {s: (pack[s].content, pack[s].metadata) for s in ("cxr4", "nih14")})

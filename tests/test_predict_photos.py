@@ -175,7 +175,8 @@ def test_dicom_is_never_searched_for_a_film(tmp_path):
 
 def test_quality_thresholds_come_from_the_pack(tiny_pack, photos, tmp_path):
     from cxr_edge.errors import PackError
-    from cxr_edge.runtime.pack import load_pack, write_pack
+    from cxr_edge.runtime.pack import load_pack
+    from cxr_edge.tools.pack_writer import write_pack
 
     models = {s: (m.content, m.metadata) for s, m in load_pack(tiny_pack).models.items()}
     strict = write_pack(tmp_path / "strict", models, extra={"quality_spec": {"tilt_warn_deg": 0.01}})

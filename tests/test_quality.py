@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_edge.tools.photosim import gaussian_blur
+from cxr_edge.runtime.photo.blur import gaussian_blur
 from cxr_edge.runtime.photo.quality import (QualitySpec, check_blur, check_color_cast, check_exposure, check_glare,
                               check_quality, check_resolution, check_tilt, overall_verdict)
 

@@ -56,7 +56,8 @@ def test_pipeline_averages_the_views(tiny_pack, shared_data):
 
 
 def test_a_model_trained_with_flips_gets_the_flip_view(tiny_pack, tmp_path, shared_data):
-    from cxr_edge.runtime.pack import load_pack, rewrite_metadata
+    from cxr_edge.runtime.pack import load_pack
+    from cxr_edge.tools.pack_writer import rewrite_metadata
     from cxr_edge.runtime.pipeline import Pipeline
 
     pack = shutil.copytree(tiny_pack, tmp_path / "flips")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_edge.runtime import metadata as md
-from cxr_edge.runtime.pack import write_pack
+from cxr_edge.tools.pack_writer import write_pack
 from cxr_edge.tasks import get_task
 
 TINY_SIZES = {"gate": 32, "cxr4": 48, "nih14": 48}

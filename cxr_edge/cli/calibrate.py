@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .evaluate import StageProgress, _f
+from .evaluate import StageProgress, format_number
 
 _path = click.Path(path_type=str)
 
@@ -78,14 +78,14 @@ def format_result(r: dict) -> str:
         d, t, e = m["data"], m["temperature"], m["ece"]
         lines += [f"{slot}: {m['task']} model ({m['file']}), data {d['prepared']} split {d['split']}: {d['n']} images",
                   f"  temperature {t['before']:.4g} -> {t['after']:.4g}{'' if t['fitted'] else ' (kept)'}    "
-                  f"ECE {_f(e['before'])} -> {_f(e['after'])}  (raw outputs {_f(e['raw'])})",
+                  f"ECE {format_number(e['before'])} -> {format_number(e['after'])}  (raw outputs {format_number(e['raw'])})",
                   *_bias_line(m.get("bias") or {}),
                   f"  profile {m['profile']!r} by rule {m['rule']}; default profile {m['default_profile']!r}"
                   f"{' (changed: ' + m['default_reason'] + ')' if m['default_changed'] else ''}",
                   f"  {'label':<20} {'n+':>5}  threshold  sensitivity  specificity   F1"]
         for label, s in m["thresholds"].items():
-            lines.append(f"  {label:<20} {s['n_positive']:>5}  {_f(s['threshold'], 4):>9}  {_f(s['sensitivity']):>11}"
-                         f"  {_f(s['specificity']):>11}  {_f(s['f1'])}")
+            lines.append(f"  {label:<20} {s['n_positive']:>5}  {format_number(s['threshold'], 4):>9}  {format_number(s['sensitivity']):>11}"
+                         f"  {format_number(s['specificity']):>11}  {format_number(s['f1'])}")
         for name, t_old in m["remapped_profiles"].items():
             lines.append(f"  profile {name!r}: thresholds re-expressed for the new calibration (temperature was "
                          f"{t_old:.4g}); its decisions are unchanged")

@@ -110,7 +110,7 @@ def prepare(task, sources, positives, negatives, out, images, root, official_tes
         size=size, clahe=clahe, clahe_clip=clahe_clip, clahe_tiles=clahe_tiles, no_finding=no_finding,
         duplicates=duplicates, permissive_only=permissive_only, redistributable_only=redistributable_only,
         shard_size=shard_size)
-    with _Progress() as progress:
+    with ProgressBar() as progress:
         prepared = run_prepare(config, out, force=force, workers=workers, progress=progress)
     click.echo(describe(prepared))
 
@@ -128,7 +128,7 @@ def report(prepared_dir, out):
         click.echo(f"  {png}")
 
 
-class _Progress:
+class ProgressBar:
     """A click progress bar on stderr, created when the total is known."""
 
     def __init__(self):

@@ -93,19 +93,21 @@ def evaluate(model, data, split, photos, photo_size, profile, n_boot, seed, min_
       cxr-edge evaluate my_pack --data prepared/nih14 --profile screening --n-boot 0
     """
     from ..tools.evaluate import evaluate as run_evaluate
+    from ..training.run_model import open_run_model   # TensorFlow only once a training run is opened
 
     with StageProgress() as progress:
         ev = run_evaluate(model, data, split=split, photos=photos, photo_size=photo_size, profile=profile,
                           n_boot=n_boot, seed=seed, min_group=min_group, report=report,
                           allow_train_split=allow_train_split, allow_calibration_split=allow_calibration_split,
-                          threads=threads, backend=backend, progress=progress)
+                          threads=threads, backend=backend, progress=progress, run_opener=open_run_model)
     r = ev.result
     for flag in r["leakage"]["flags"]:
         click.secho(f"WARNING: {flag}", err=True, fg="red", bold=True)
     click.echo(json.dumps(r) if as_json else format_result(r))
 
 
-def _f(v, digits: int = 3) -> str:
+def format_number(v, digits: int = 3) -> str:
+    """``v`` with ``digits`` decimals, or a dash for None."""
     return "  —  " if v is None else f"{v:.{digits}f}"
 
 
@@ -113,7 +115,7 @@ def _ci(d) -> str:
     if not d or d.get("value") is None:
         return "—"
     ci = d.get("ci")
-    return _f(d["value"]) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci and ci[0] is not None else "")
+    return format_number(d["value"]) + (f" [{format_number(ci[0])}, {format_number(ci[1])}]" if ci and ci[0] is not None else "")
 
 
 def format_result(r: dict) -> str:
@@ -128,15 +130,15 @@ def format_result(r: dict) -> str:
     lines.append(f"{'mean AUROC':>12}  {_ci(m['mean_auroc'])}")
     lines.append(f"{'accuracy':>12}  {_ci(m['accuracy'])}")
     c = r["calibration"]
-    lines.append(f"{'ECE':>12}  {_f(c['ece_raw'])} raw -> {_f(c['ece'])} at temperature {c['temperature']:g}")
+    lines.append(f"{'ECE':>12}  {format_number(c['ece_raw'])} raw -> {format_number(c['ece'])} at temperature {c['temperature']:g}")
     lines.append("")
     multilabel = m["activation"] == "sigmoid"
     head = "threshold  sens   spec   F1" if multilabel else "precision recall F1"
     lines.append(f"{'label':<20} {'n+':>5}  {'AUROC [95% CI]':<24} {head}")
     for label, e in m["per_label"].items():
         auc = _ci({"value": e["auroc"], "ci": e["auroc_ci"]})
-        extra = (f"{_f(e['threshold'])}     {_f(e['sensitivity'], 2)}   {_f(e['specificity'], 2)}   {_f(e['f1'], 2)}"
-                 if multilabel else f"{_f(e['precision'])}     {_f(e['recall'])}  {_f(e['f1'])}")
+        extra = (f"{format_number(e['threshold'])}     {format_number(e['sensitivity'], 2)}   {format_number(e['specificity'], 2)}   {format_number(e['f1'], 2)}"
+                 if multilabel else f"{format_number(e['precision'])}     {format_number(e['recall'])}  {format_number(e['f1'])}")
         lines.append(f"{label:<20} {e['n_positive']:>5}  {auc:<24} {extra}")
     if "photos" in r:
         lines.append("")

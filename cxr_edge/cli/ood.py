@@ -45,7 +45,7 @@ def fit(pack, data, split, threshold_split, quantile, components, shrinkage, out
       cxr-edge ood fit packs/default --data prepared/cxr4 --out packs/default-ood
       cxr-edge ood fit packs/default-ood --data prepared/nih14
     """
-    from ..runtime.ood import fit_pack
+    from ..tools.ood_fit import fit_pack
 
     def progress(stage, done, total):
         if not as_json and (done == total or done % 256 == 0):

@@ -94,14 +94,14 @@ def train(recipe, out, resume, weights, data_dir, strategy, sets, check, prepare
         click.echo(describe(rec))
         click.echo(json.dumps(rec.to_dict(), indent=2))
         return
-    from .data import _Progress
+    from .data import ProgressBar
 
     if prepare_only:
         from ..training.trainer import ensure_data
 
         if not rec.data.prepares:
             raise click.UsageError(f"the recipe names no data sources; {rec.data.dir} is used as it is")
-        with _Progress() as progress:
+        with ProgressBar() as progress:
             prepared = ensure_data(rec, progress=progress)
         click.echo(f"{prepared.path}: prepared ({', '.join(f'{s} {len(prepared.table(s))}' for s in prepared.splits)}"
                    f" images). Next: cxr-edge data report {prepared.path}")
@@ -111,7 +111,7 @@ def train(recipe, out, resume, weights, data_dir, strategy, sets, check, prepare
     run_dir = Path(out) if out else default_out(recipe, rec.name)
     click.echo(describe(rec), err=True)
     click.echo(f"run directory: {run_dir}", err=True)
-    with _Progress() as progress:
+    with ProgressBar() as progress:
         run = run_training(rec, run_dir, resume=resume, strategy=strategy,
                            verbose=1 if sys.stdout.isatty() else 0,
                            on_epoch=lambda row: click.echo(epoch_line(row), err=True), data_progress=progress)

@@ -91,13 +91,14 @@ class Prepared:
         """The splits that hold at least one image, in train/val/test order."""
         return tuple(s for s in SPLITS if self.info["counts"][s]["images"] > 0)
 
-    def _check_split(self, split: str):
+    def check_split(self, split: str):
+        """Raise DataError unless ``split`` is one of train, val and test."""
         if split not in SPLITS:
             raise DataError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
 
     def table(self, split: str) -> Table:
         """The split's table (one row per image)."""
-        self._check_split(split)
+        self.check_split(split)
         if split not in self._tables:
             self._tables[split] = Table.read(self.path / "splits" / f"{split}.csv")
         return self._tables[split]

@@ -48,7 +48,8 @@ def write_report(prepared, out=None) -> Path:
     return out
 
 
-def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1):
+def figure(w: float, h: float, nrows: int = 1, ncols: int = 1):
+    """A matplotlib figure (Agg, constrained layout) of ``w`` x ``h`` inches and its (nrows, ncols) axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -64,7 +65,7 @@ def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1):
 def _label_distribution(p: Prepared):
     labels = list(p.task.labels) + ["(no label)"]
     c = p.info["counts"]
-    fig, ax = _figure(7.5, 0.9 + 0.38 * len(labels), 1, 2)
+    fig, ax = figure(7.5, 0.9 + 0.38 * len(labels), 1, 2)
     y = np.arange(len(labels))
     h = 0.8 / len(SPLITS)
     for k, s in enumerate(SPLITS):
@@ -89,16 +90,16 @@ def _cooccurrence(p: Prepared):
     diag = np.diag(co).copy()
     cond = np.divide(co, diag[:, None], out=np.zeros_like(co), where=diag[:, None] > 0)
     size = 1.6 + 0.45 * len(labels)
-    fig, ax = _figure(size + 1.2, size)
+    fig, ax = figure(size + 1.2, size)
     a = ax[0, 0]
     vmax = max(0.5, float(np.max(cond - np.eye(len(labels)) * cond)))
-    im = _heatmap(a, cond, co, labels, labels, "magma_r", vmax, dark_above=0.35, rotation=60)
+    im = heatmap(a, cond, co, labels, labels, "magma_r", vmax, dark_above=0.35, rotation=60)
     a.set_title(f"label co-occurrence, all splits ({len(y)} images)\ncolour: P(column | row); numbers: images with both")
     fig.colorbar(im, ax=a, shrink=0.8, label="P(column label | row label)")
     return fig
 
 
-def _heatmap(a, colour, counts, xlabels, ylabels, cmap: str, vmax: float, *, dark_above: float, rotation: int):
+def heatmap(a, colour, counts, xlabels, ylabels, cmap: str, vmax: float, *, dark_above: float, rotation: int):
     """``colour`` as an image with the non-zero ``counts`` written in each cell."""
     im = a.imshow(colour, cmap=cmap, vmin=0, vmax=vmax, aspect="auto")
     for i, j in zip(*np.nonzero(counts)):
@@ -110,7 +111,7 @@ def _heatmap(a, colour, counts, xlabels, ylabels, cmap: str, vmax: float, *, dar
 
 
 def _patients(p: Prepared):
-    fig, ax = _figure(9, 3.2, 1, 2)
+    fig, ax = figure(9, 3.2, 1, 2)
     c = p.info["counts"]
     x = np.arange(len(SPLITS))
     imgs = [c[s]["images"] for s in SPLITS]
@@ -140,7 +141,7 @@ def _patients(p: Prepared):
 
 
 def _demographics(p: Prepared):
-    fig, ax = _figure(11, 3.4, 1, 3)
+    fig, ax = figure(11, 3.4, 1, 3)
     for a, col, title in ((ax[0, 0], "view", "view position"), (ax[0, 1], "sex", "sex")):
         cats = sorted({v or "unknown" for s in SPLITS for v in p.table(s)[col]})
         _stacked_share(a, p, col, cats)
@@ -195,9 +196,9 @@ def _by_dataset(p: Prepared):
         m[i, :-1] = sel.sum(0)
         m[i, -1] = (sel.sum(1) == 0).sum()
     share = m / np.maximum(m.sum(0, keepdims=True), 1)
-    fig, ax = _figure(1.5 + 0.55 * len(labels) + 2, 1.2 + 0.4 * len(names))
+    fig, ax = figure(1.5 + 0.55 * len(labels) + 2, 1.2 + 0.4 * len(names))
     a = ax[0, 0]
-    im = _heatmap(a, share, m, labels, [n[:40] for n in names], "Blues", 1.0, dark_above=0.6, rotation=45)
+    im = heatmap(a, share, m, labels, [n[:40] for n in names], "Blues", 1.0, dark_above=0.6, rotation=45)
     a.set_title("images per label by source dataset (colour: share of the label's images)\n"
                 "a label that comes from one dataset can be learnt as 'which hospital' — check on held-out sources")
     fig.colorbar(im, ax=a, shrink=0.8)
@@ -206,7 +207,7 @@ def _by_dataset(p: Prepared):
 
 def _weights(p: Prepared):
     labels = p.task.labels
-    fig, ax = _figure(9, 0.8 + 0.3 * len(labels), 1, 2)
+    fig, ax = figure(9, 0.8 + 0.3 * len(labels), 1, 2)
     y = np.arange(len(labels))
     ax[0, 0].barh(y, p.class_weights, color="#4C72B0")
     ax[0, 0].set_title("class_weights (train split)")
@@ -232,7 +233,7 @@ def _samples(p: Prepared, per_label: int = 6):
     rows.append(("(no label)", np.flatnonzero(y.sum(1) == 0)))
     rows = [(lbl, idx) for lbl, idx in rows if len(idx)]
     rng = np.random.default_rng(0)
-    fig, ax = _figure(1.3 * per_label + 1.5, 1.35 * len(rows), len(rows), per_label)
+    fig, ax = figure(1.3 * per_label + 1.5, 1.35 * len(rows), len(rows), per_label)
     for r, (lbl, idx) in enumerate(rows):
         pick = np.sort(rng.choice(idx, size=min(per_label, len(idx)), replace=False))
         pix = images.take(pick)

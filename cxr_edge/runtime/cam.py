@@ -55,11 +55,11 @@ from PIL import Image
 
 from ..errors import PackError
 from ..tasks import InputSpec
+from .features import FEATURES_ROLE
 
 log = logging.getLogger(__name__)
 
 HEAD_MEMBER = "head.npz"
-FEATURES_ROLE = "features"
 MAX_SIDE = 512           # heatmaps are made at the film's size, but no larger (the map is 7 x 7 cells)
 OVERLAY_MAX_SIDE = 1024  # overlay PNGs are drawn at the film's size, but no larger
 

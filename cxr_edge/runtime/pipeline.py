@@ -51,6 +51,7 @@ from . import cam
 from . import ood as _ood
 from . import tta as _tta
 from ..errors import CxrEdgeError, ImageError, PackError
+from .features import pooled
 from .images import load_image
 from .interpreter import TFLiteModel
 from .metadata import ModelMetadata
@@ -192,7 +193,7 @@ class LoadedModel:
         t, bias = self.metadata.temperature, self.metadata.bias_vector()
         if t == 1.0 and bias is None:
             return raw
-        from ..tools.posthoc_fit import apply_calibration
+        from .posthoc import apply_calibration
 
         return apply_calibration(raw[None], t, self.spec.activation, bias)[0]
 
@@ -433,7 +434,7 @@ class Pipeline:
             stats = self.models[slot].ood_stats
             if stats is None or run.features is None:
                 continue
-            score = float(stats.score(_ood.pooled(run.features)))
+            score = float(stats.score(pooled(run.features)))
             scores[slot] = {"score": round(score, 3), "threshold": round(stats.threshold, 3),
                             "unusual": score > stats.threshold}
             if score > stats.threshold and pred.status == "ok":

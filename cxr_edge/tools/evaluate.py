@@ -1,362 +1,71 @@
 """Evaluate a model on a prepared split: metrics with patient-bootstrap CIs, subgroups, sources, photos.
 
-Two kinds of model are evaluated:
+Two kinds of model are evaluated, both through :mod:`cxr_edge.tools.split_runner`:
 
 * a **model pack** (directory or ``.zip``): the int8 model for the data's task
   runs through the device path, exactly as ``cxr-edge predict`` runs it — the
-  same interpreter wrapper (:class:`~cxr_edge.pipeline.LoadedModel`), the
-  same preprocessing (:func:`~cxr_edge.preprocess.fit_to_square` then
-  :func:`~cxr_edge.preprocess.normalize`), the pack's temperature and the
+  same interpreter wrapper (:class:`~cxr_edge.runtime.pipeline.LoadedModel`), the
+  same preprocessing (:func:`~cxr_edge.runtime.preprocess.fit_to_square` then
+  :func:`~cxr_edge.runtime.preprocess.normalize`), the pack's temperature and the
   chosen threshold profile;
 * a **training run** directory (``run.json`` + ``float.h5``): the float Keras
-  model, imported lazily (the workstation side); no temperature, the task's
+  model, opened by the workstation side (``run_opener``,
+  :func:`cxr_edge.training.run_model.open_run_model`); no temperature, the task's
   default thresholds.
 
-When the model's input (size, channels, resize, CLAHE) equals the prepared
-cache's, the cached ``fit_to_square`` pixels are used (they are what predict
-computes from the original file; a few are re-checked against the originals);
-otherwise every original image is read and preprocessed again.
-
-Besides the task metrics (:func:`cxr_edge.metrics.task_metrics`) the result
+Besides the task metrics (:func:`cxr_edge.tools.metrics.task_metrics`) the result
 holds subgroup results (sex, PA/AP view, age band), per-source-dataset
 results, a *source probe* (can a cross-validated logistic regression tell the
 source dataset from the model's pooled features? — the shortcut check), and
 with ``photos`` the same split as simulated phone photos of the films, raw and
 rectified, beside the digital result.
 
-Leakage: a split whose images the model trained on is refused, and so is the
-split the pack's temperature/thresholds were calibrated on, unless explicitly
-allowed; an allowed one is flagged at the top of the result and the report.
+Leakage (:mod:`cxr_edge.tools.leakage`): a split whose images the model trained on
+is refused, and so is the split the pack's temperature/thresholds were calibrated
+on, unless explicitly allowed; an allowed one is flagged at the top of the result
+and the report.
 
-numpy and Pillow only at import time; TensorFlow only for runs, matplotlib
-only for the report (:mod:`cxr_edge.evaluate_report`).
+numpy and Pillow only at import time; matplotlib only for the report
+(:mod:`cxr_edge.tools.evaluate_report`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .. import __version__
 from ..data.prepared import Prepared, open_prepared
-from ..errors import CxrEdgeError, DataError, ImageError, PackError
+from ..errors import CxrEdgeError, DataError, ImageError
 from ..runtime.images import load_image
 from ..runtime.metadata import utc_now
-from .metrics import (_jsonable, _summary_fn, bootstrap_ci, expected_calibration_error, resolve_thresholds,
-                      task_metrics)
 from ..runtime.preprocess import fit_to_square, normalize
-from ..tasks import TaskSpec, get_task
+from ..tasks import TaskSpec
+from .leakage import check_leakage, split_fingerprint
+from .metrics import jsonable, summary_fn, bootstrap_ci, resolve_thresholds, task_ece, task_metrics
+from .split_runner import BATCH, Progress, model_outputs, open_model
 
 log = logging.getLogger(__name__)
 
 RESULT_KIND = "cxr-edge-evaluation"
-POSTHOC_KEY = "posthoc_calibration"   # ModelMetadata.extras key written by cxr-edge calibrate
 AGE_BANDS = ((0, 18, "0-17"), (18, 40, "18-39"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 200, "80+"))
 PROBE_FOLDS = 5
 PROBE_L2 = 0.1          # ridge penalty on the mean cross-entropy, features standardized
 PROBE_MIN_IMAGES = 5    # a source dataset needs this many images to be a probe class
-CACHE_CHECK_IMAGES = 3  # cached pixels re-checked against the original files
-BATCH = 32
-
-Progress = Callable[[str, int, int], None]   # (stage, done, total)
 
 
 # --------------------------------------------------------------------------- the model under test
 
 
-@dataclass
-class ModelUnderTest:
-    """A model to evaluate, behind one interface for packs and runs.
-
-    ``infer(x)`` takes a float32 batch (B, S, S, C) of model inputs and returns
-    the raw outputs (B, L) (before temperature) and the pooled feature vector
-    (B, F) or None; ``probabilities(raw)`` applies the pack's temperature.
-    """
-
-    kind: str                      # "pack" or "run"
-    path: Path
-    spec: TaskSpec                 # with the input the model was exported/trained at
-    slot: str
-    temperature: float
-    profile: str | None            # threshold profile used (None: the task's default thresholds)
-    thresholds: dict[str, float]
-    training: dict                 # provenance: data_sha256, prepared (path)
-    posthoc: dict                  # extras[POSTHOC_KEY] of a pack
-    describe: dict
-    infer: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
-    probabilities: Callable[[np.ndarray], np.ndarray]
-
-
-def _check_task(model_task: str, where: str, prepared: Prepared) -> None:
-    data_task = prepared.task.name
-    if model_task == data_task:
-        return
-    mine, theirs = get_task(model_task).labels, prepared.task.labels
-    extra = [lbl for lbl in mine if lbl not in theirs]
-    missing = [lbl for lbl in theirs if lbl not in mine]
-    detail = "; ".join(s for s in (f"the model also predicts {', '.join(extra)}" if extra else "",
-                                   f"the data also label {', '.join(missing)}" if missing else "") if s)
-    raise DataError(
-        f"{prepared.path} holds {data_task} data ({len(theirs)} labels) but {where} is a {model_task} model "
-        f"({len(mine)} labels){': ' + detail if detail else ''}. Evaluate a {data_task} model on it, or prepare "
-        f"the data for {model_task}: cxr-edge data prepare {model_task} ... --out DIR")
-
-
-def select_pack_model(pack, prepared: Prepared):
-    """The pack model for the prepared data's task (its slot), checked to be a model of that task."""
-    slot = prepared.task.family
-    pm = pack[slot]   # PackError naming the slots the pack has
-    _check_task(pm.metadata.task, f"the pack's {slot} model ({pack.path}/{pm.file})", prepared)
-    return pm
-
-
-def _pooled(features) -> np.ndarray | None:
-    if features is None:
-        return None
-    f = np.asarray(features, dtype=np.float32)
-    return f.mean(axis=(1, 2)) if f.ndim == 4 else f.reshape(f.shape[0], -1)
-
-
-def open_pack_model(path, prepared: Prepared, *, profile: str | None = None, threads: int = 1,
-                    backend: str | None = None) -> ModelUnderTest:
-    """The pack's model for ``prepared``'s task, run through the device path (LoadedModel)."""
-    from ..runtime.pack import load_pack
-    from ..runtime.pipeline import LoadedModel
-
-    pack = load_pack(path)
-    pm = select_pack_model(pack, prepared)
-    meta = pm.metadata
-    name = profile or meta.default_profile
-    thresholds = dict(meta.threshold_profile(name))   # PackError listing the profiles when unknown
-    lm = LoadedModel.from_pack(pm, threads=threads, backend=backend)
-
-    def infer(x):
-        outs = [lm.infer(sample) for sample in x]   # one image at a time, exactly as predict runs it
-        raw = np.stack([o["probs"] for o in outs]).astype(np.float64)
-        feats = np.stack([o["features"] for o in outs]) if "features" in outs[0] else None
-        return raw, _pooled(feats)
-
-    def probabilities(raw):
-        return np.stack([lm.probabilities(r) for r in raw]).astype(np.float64)
-
-    describe = {"kind": "pack", "path": str(pack.path), "pack_name": pack.name, "slot": pm.slot, "file": pm.file,
-                "sha256": pm.sha256, "task": meta.task, "input": meta.input.to_dict(), "backend": lm.model.backend,
-                "backend_version": lm.model.backend_version, "threads": threads, "quantization": meta.quantization,
-                "temperature": meta.temperature, "bias": dict(meta.bias), "profile": name, "default_profile": meta.default_profile,
-                "profiles": sorted(meta.thresholds), "training": meta.training}
-    return ModelUnderTest("pack", pack.path, pm.spec, pm.slot, float(meta.temperature), name, thresholds,
-                          dict(meta.training), dict(meta.extras.get(POSTHOC_KEY) or {}), describe, infer,
-                          probabilities)
-
-
-def open_run_model(path, prepared: Prepared, *, profile: str | None = None) -> ModelUnderTest:
-    """A training run's float Keras model (TensorFlow is imported here, not at module import)."""
-    from ..training.runs import load_run
-
-    run = load_run(path)
-    spec = run.task
-    _check_task(spec.name, f"run {run.path}", prepared)
-    if profile:
-        raise CxrEdgeError(f"--profile {profile}: threshold profiles live in model packs; run {run.path} has none "
-                           "(it is evaluated at the task's default thresholds). Drop --profile, or evaluate "
-                           "the exported pack.")
-    model = run.float_model()
-    try:
-        from ..training.model import with_feature_output
-
-        model = with_feature_output(model)
-    except (CxrEdgeError, ValueError, KeyError) as exc:  # a model without the standard layer names
-        log.warning("run %s: no feature map output (%s); the source probe is skipped", run.path, exc)
-    two = len(model.outputs) == 2
-
-    def infer(x):
-        outs = model(np.asarray(x, np.float32), training=False)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        return np.asarray(outs[0], np.float64), _pooled(np.asarray(outs[1])) if two else None
-
-    describe = {"kind": "run", "path": str(run.path), "slot": spec.family, "task": spec.name,
-                "input": spec.input.to_dict(), "backend": "tf-keras (float)", "temperature": 1.0,
-                "profile": None, "status": run.info.get("status"), "best": run.info.get("best")}
-    training = {k: run.info.get(k) for k in ("data_sha256", "prepared")}
-    return ModelUnderTest("run", run.path, spec, spec.family, 1.0, None,
-                          {lbl: spec.default_threshold for lbl in spec.labels}, training, {}, describe, infer,
-                          lambda raw: np.asarray(raw, np.float64))
-
-
-def open_model(path, prepared: Prepared, *, profile=None, threads=1, backend=None) -> ModelUnderTest:
-    """A pack (directory with manifest.json, or .zip) or a training run (directory with run.json)."""
-    path = Path(path)
-    if path.is_dir() and (path / "run.json").is_file():
-        return open_run_model(path, prepared, profile=profile)
-    if path.is_dir() and not (path / "manifest.json").is_file():
-        raise PackError(f"{path} is neither a model pack (no manifest.json) nor a training run (no run.json). "
-                        "Pass a pack made by cxr-edge export, or a run directory made by cxr-edge train.")
-    return open_pack_model(path, prepared, profile=profile, threads=threads, backend=backend)
-
-
 # --------------------------------------------------------------------------- inputs
 
 
-def _same_pixels(a, b) -> bool:
-    """Whether two input specs give the same fit_to_square pixels (scale/offset are applied later)."""
-    return (a.size, a.channels, a.resize, a.clahe) == (b.size, b.channels, b.resize, b.clahe)
-
-
-def _original(path: str, spec: TaskSpec):
-    try:
-        return fit_to_square(load_image(path, mode="L", min_size=spec.input.size), spec)
-    except ImageError as exc:
-        raise DataError(f"cannot read original image {path} ({exc}). Evaluating at {spec.input.size} px needs "
-                        "the original files the data were prepared from; restore them, or prepare the data at "
-                        "the model's input size so the cache is used.") from exc
-
-
-def _cache_usable(prepared: Prepared, split: str, spec: TaskSpec, notes: list) -> tuple[bool, dict]:
-    """Use cached pixels when their spec matches; spot-check them against predict's preprocessing."""
-    if not _same_pixels(prepared.task.input, spec.input):
-        return False, {"pixels": "original images", "reason":
-                       f"the model takes {spec.input.size} px ({spec.input.resize}, clahe={spec.input.clahe}); the "
-                       f"cache holds {prepared.task.input.size} px ({prepared.task.input.resize}, "
-                       f"clahe={prepared.task.input.clahe})"}
-    paths = prepared.table(split)["path"]
-    images = prepared.images(split)
-    n = min(CACHE_CHECK_IMAGES, len(paths))
-    checked = 0
-    for i in range(n):
-        try:
-            fresh = fit_to_square(load_image(paths[i], mode="L", min_size=spec.input.size), spec)
-        except ImageError:
-            continue   # originals gone: the cache is all there is
-        checked += 1
-        if not np.array_equal(fresh, images[i]):
-            notes.append(f"the cached pixels of {paths[i]} differ from what predict computes from the file "
-                         "today (stale cache or changed preprocessing): the original images were used instead.")
-            return False, {"pixels": "original images", "reason": "cache check failed", "cache_checked": checked}
-    return True, {"pixels": "prepared cache", "cache_checked": checked}
-
-
-def _digital_batches(prepared: Prepared, split: str, spec: TaskSpec, use_cache: bool):
-    """Normalized model inputs of the split, in batches, in table order."""
-    paths = prepared.table(split)["path"]
-    images = prepared.images(split)
-    for start in range(0, len(paths), BATCH):
-        stop = min(start + BATCH, len(paths))
-        if use_cache:
-            pixels = images.take(np.arange(start, stop))
-        else:
-            pixels = np.stack([_original(p, spec) for p in paths[start:stop]])
-        yield normalize(pixels, spec)
-
-
-def run_split(model: ModelUnderTest, batches, n: int, stage: str, progress: Progress | None = None):
-    """(raw (N, L), pooled features (N, F) or None) of the model over input batches."""
-    raw, feats, done = [], [], 0
-    for x in batches:
-        r, f = model.infer(x)
-        raw.append(r)
-        feats.append(f)
-        done += len(x)
-        if progress:
-            progress(stage, done, n)
-    if not raw:
-        raise DataError("the split holds no images")
-    pooled = None if any(f is None for f in feats) else np.concatenate(feats)
-    return np.concatenate(raw), pooled
-
-
-def model_outputs(model: ModelUnderTest, prepared: Prepared, split: str, progress: Progress | None = None,
-                  notes: list | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """Raw outputs and pooled features of the model on a prepared split, plus how the pixels were obtained."""
-    notes = notes if notes is not None else []
-    use_cache, how = _cache_usable(prepared, split, model.spec, notes)
-    raw, pooled = run_split(model, _digital_batches(prepared, split, model.spec, use_cache),
-                            len(prepared.table(split)), "digital", progress)
-    return raw, pooled, how
-
-
 # --------------------------------------------------------------------------- leakage
-
-
-def split_fingerprint(prepared: Prepared, split: str) -> str:
-    """sha256 over the sorted file hashes of a split's images: the same images give the same value."""
-    t = prepared.table(split)
-    keys = sorted(t["sha256"] if "sha256" in t else t["path"])
-    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
-
-
-def _overlap(prepared: Prepared, split: str, record: dict, their_split: str) -> tuple[int | None, str]:
-    """How many of ``split``'s images are in ``their_split`` of the data a record names, and how we know."""
-    if record.get("data_sha256") and record["data_sha256"] == prepared.data_sha256:
-        n = len(prepared.table(split)) if split == their_split else 0
-        return n, "same prepared data (data_sha256)"
-    if record.get("images_sha256") and their_split == record.get("split"):
-        if record["images_sha256"] == split_fingerprint(prepared, split):
-            return len(prepared.table(split)), "same images (split fingerprint)"
-    other = record.get("prepared")
-    if other and Path(other).is_dir():
-        try:
-            theirs = open_prepared(other).table(their_split)
-        except (DataError, OSError):
-            return None, f"recorded data {other} cannot be read"
-        if "sha256" in theirs and "sha256" in prepared.table(split):
-            mine = prepared.table(split)["sha256"]
-            return int(np.isin(mine, theirs["sha256"]).sum()), f"image hashes compared with {other}"
-    known = record.get("data_sha256") or record.get("prepared") or record.get("images_sha256")
-    return None, "recorded data not available here" if known else "not recorded"
-
-
-def check_leakage(model: ModelUnderTest, prepared: Prepared, split: str, *, allow_train_split: bool = False,
-                  allow_calibration_split: bool = False, purpose: str = "evaluate") -> dict:
-    """Refuse (or, when allowed, flag) a split the model trained on or was calibrated on.
-
-    ``purpose`` ('evaluate' or 'calibrate') words the refusal.
-    """
-    n = len(prepared.table(split))
-    out: dict = {"flags": [], "notes": []}
-    train_n, how = _overlap(prepared, split, model.training, "train")
-    out["training"] = {"overlap": train_n, "n": n, "how": how}
-    if train_n is None:
-        out["notes"].append(f"the model does not say which data it trained on ({how}; pack metadata "
-                            "training.data_sha256 / training.prepared): it cannot be checked that these images "
-                            "were not training images.")
-    elif train_n:
-        msg = (f"{train_n} of the {n} images of split {split!r} were in the model's training split ({how})")
-        if not allow_train_split:
-            raise DataError(f"refusing to {purpose} on training images: {msg}. The model's outputs on them are "
-                            f"over-confident. Use --split val{' (or test)' if purpose == 'evaluate' else ''}; to "
-                            f"{purpose} on training data anyway, pass --allow-train-split.")
-        out["flags"].append(f"TRAINING DATA: {msg}; metrics are optimistic (--allow-train-split).")
-    if model.training.get("data_sha256") == prepared.data_sha256 and split == "val":
-        out["notes"].append("split 'val' of the training data chose the best epoch: slightly optimistic.")
-    out["calibration"] = {}
-    for what, record in _calibration_records(model):
-        cal_n, how = _overlap(prepared, split, record.get("data", {}), record.get("data", {}).get("split", ""))
-        out["calibration"][what] = {"overlap": cal_n, "n": n, "how": how, "split": record.get("data", {}).get("split")}
-        if cal_n:
-            msg = f"the pack's {what} was fitted on {cal_n} of these {n} images ({how})"
-            if not allow_calibration_split:
-                raise DataError(f"refusing to evaluate on calibration data: {msg}; its ECE and the metrics at its "
-                                "thresholds would be optimistic. Calibrate on val and evaluate on test, or pass "
-                                "--allow-calibration-split to evaluate anyway (the result is flagged).")
-            out["flags"].append(f"CALIBRATION DATA: {msg}; ECE and thresholded metrics are optimistic "
-                                "(--allow-calibration-split).")
-    return out
-
-
-def _calibration_records(model: ModelUnderTest):
-    post = model.posthoc
-    if post.get("temperature"):
-        yield "temperature", post["temperature"]
-    profile = (post.get("profiles") or {}).get(model.profile or "")
-    if profile:
-        yield f"threshold profile {model.profile!r}", profile
 
 
 # --------------------------------------------------------------------------- summaries
@@ -421,7 +130,7 @@ def subgroup_results(spec, table, y, p, thr, patients, n_boot, seed, min_group) 
 # --------------------------------------------------------------------------- source probe
 
 
-def _fit_softmax(x: np.ndarray, y: np.ndarray, k: int, l2: float, iters: int = 300) -> np.ndarray:
+def fit_softmax(x: np.ndarray, y: np.ndarray, k: int, l2: float, iters: int = 300) -> np.ndarray:
     """Multinomial logistic regression (weights (F+1, K), last row the bias) by Nesterov gradient descent."""
     xb = np.hstack([x, np.ones((len(x), 1))])
     onehot = np.eye(k)[y]
@@ -445,7 +154,8 @@ def _fit_softmax(x: np.ndarray, y: np.ndarray, k: int, l2: float, iters: int = 3
     return w
 
 
-def _predict_softmax(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+def predict_softmax(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The class :func:`fit_softmax`'s weights ``w`` predict for each row of ``x``."""
     return (np.hstack([x, np.ones((len(x), 1))]) @ w).argmax(axis=1)
 
 
@@ -473,8 +183,8 @@ def source_probe(features: np.ndarray, sources, patients, *, seed: int = 0, fold
         if not test.any():
             continue
         mu, sd = x[train].mean(axis=0), x[train].std(axis=0) + 1e-6
-        w = _fit_softmax((x[train] - mu) / sd, y[train], len(kept), l2)
-        pred[test] = _predict_softmax(w, (x[test] - mu) / sd)
+        w = fit_softmax((x[train] - mu) / sd, y[train], len(kept), l2)
+        pred[test] = predict_softmax(w, (x[test] - mu) / sd)
     recall = [float(np.mean(pred[y == c] == c)) for c in range(len(kept))]
     share = np.bincount(y, minlength=len(kept)) / len(y)
     return {"n": int(len(y)), "datasets": {str(k): int(c) for k, c in zip(kept, np.bincount(y))},
@@ -586,7 +296,7 @@ def photo_outputs(model, prepared, split, severity, seed, photo_size, progress=N
 def _primary_gap(spec: TaskSpec, thr, y, p_digital, p_photo, patients, n_boot, seed) -> dict:
     """Photo minus digital primary metric, with a paired patient-bootstrap CI (same resamples for both)."""
     n_labels = spec.num_labels
-    fn = _summary_fn(n_labels, spec.multilabel, thr)
+    fn = summary_fn(n_labels, spec.multilabel, thr)
     col = {"auroc": 0, "mean_auroc": n_labels, "accuracy": n_labels + 1, "macro_f1": n_labels + 2}[spec.primary_metric]
 
     def gap(yy, a, b):
@@ -613,31 +323,29 @@ class Evaluation:
     report: Path | None = None
 
 
-def task_ece(spec: TaskSpec, y, p) -> float:
-    """ECE as task_metrics reports it: pooled label decisions (sigmoid) or top-label (softmax); ``y`` (N, L) 0/1."""
-    return expected_calibration_error(y.argmax(axis=1) if not spec.multilabel else y, p,
-                                      multiclass=not spec.multilabel)
-
-
 def evaluate(model_path, data, *, split: str = "test", photos=None, profile: str | None = None,
              n_boot: int = 1000, seed: int = 0, report=None, photo_size: int = 1280, min_group: int = 10,
              allow_train_split: bool = False, allow_calibration_split: bool = False, threads: int = 1,
-             backend: str | None = None, progress: Progress | None = None) -> Evaluation:
+             backend: str | None = None, progress: Progress | None = None,
+             run_opener=None) -> Evaluation:
     """Evaluate a pack (device path) or a run (float Keras) on split ``split`` of prepared data ``data``.
 
     ``photos``: a severity ('mild', 'moderate', 'severe' or 0..1) to also
     evaluate simulated phone photos of the same images (raw and rectified).
     ``report``: a folder for the report (index.html, report.md, PNGs).
+    ``run_opener``: how to open a training run (:func:`cxr_edge.training.run_model.open_run_model`;
+    ``cxr-edge evaluate`` passes it), see :func:`~cxr_edge.tools.split_runner.open_model`.
     Raises :class:`~cxr_edge.errors.CxrEdgeError` subclasses for anything the
     user can fix (wrong task, training split, unreadable files).
     """
     prepared = data if isinstance(data, Prepared) else open_prepared(data)
-    prepared._check_split(split)
+    prepared.check_split(split)
     table = prepared.table(split)
     if not len(table):
         raise DataError(f"split {split!r} of {prepared.path} holds no images; choose one of "
                         f"{', '.join(prepared.splits)}.")
-    model = open_model(model_path, prepared, profile=profile, threads=threads, backend=backend)
+    model = open_model(model_path, prepared, profile=profile, threads=threads, backend=backend,
+                       run_opener=run_opener)
     spec = model.spec
     leakage = check_leakage(model, prepared, split, allow_train_split=allow_train_split,
                             allow_calibration_split=allow_calibration_split)
@@ -677,7 +385,7 @@ def evaluate(model_path, data, *, split: str = "test", photos=None, profile: str
                 "metrics": task_metrics(spec, y, p, thr, groups=patients, n_resamples=n_boot, seed=seed),
                 "gap_vs_digital": _primary_gap(spec, thr, y, probs, p, patients, n_boot, seed)}
         result["photos"] = info
-    result = ev.result = _jsonable(result)
+    result = ev.result = jsonable(result)
     if report is not None:
         from .evaluate_report import write_report
 

@@ -75,12 +75,12 @@ def _variants(ev) -> dict[str, np.ndarray]:
 
 
 def _roc(ev):
-    from ..data.report import _figure
+    from ..data.report import figure
 
     labels = ev.spec.labels
     ncols = min(4, len(labels))
     nrows = math.ceil(len(labels) / ncols)
-    fig, ax = _figure(2.6 * ncols + 0.4, 2.5 * nrows + 0.4, nrows, ncols)
+    fig, ax = figure(2.6 * ncols + 0.4, 2.5 * nrows + 0.4, nrows, ncols)
     for j, label in enumerate(labels):
         a = ax[j // ncols, j % ncols]
         a.plot([0, 1], [0, 1], color="#bbb", lw=0.8)
@@ -103,7 +103,7 @@ def _roc(ev):
 
 
 def _reliability(ev):
-    from ..data.report import _figure
+    from ..data.report import figure
 
     multiclass = not ev.spec.multilabel
     truth = ev.y.argmax(axis=1) if multiclass else ev.y
@@ -114,7 +114,7 @@ def _reliability(ev):
         curves = {"raw model output": ev.raw, **curves}
     for name, p in ev.variants.items():
         curves[VARIANT_NAMES[name]] = p
-    fig, ax = _figure(8.5, 3.6, 1, 2)
+    fig, ax = figure(8.5, 3.6, 1, 2)
     a, h = ax[0, 0], ax[0, 1]
     a.plot([0, 1], [0, 1], color="#bbb", lw=0.8, label="perfect calibration")
     edges = None
@@ -142,17 +142,17 @@ def _reliability(ev):
 def _confusion(ev):
     if ev.spec.multilabel:
         return None
-    from ..data.report import _figure, _heatmap
+    from ..data.report import figure, heatmap
 
     labels = list(ev.spec.labels)
     variants = _variants(ev)
-    fig, ax = _figure(3.4 * len(variants) + 0.6, 3.3, 1, len(variants))
+    fig, ax = figure(3.4 * len(variants) + 0.6, 3.3, 1, len(variants))
     truth = ev.y.argmax(axis=1)
     for a, (name, p) in zip(ax[0], variants.items()):
         cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
         np.add.at(cm, (truth, p.argmax(axis=1)), 1)
         share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-        _heatmap(a, share, cm, labels, labels, "Blues", 1.0, dark_above=0.6, rotation=30)
+        heatmap(a, share, cm, labels, labels, "Blues", 1.0, dark_above=0.6, rotation=30)
         a.set_xlabel("predicted")
         a.set_title(f"{VARIANT_NAMES[name]}: accuracy {np.trace(cm) / max(cm.sum(), 1):.3f}")
     ax[0, 0].set_ylabel("true (colour: share of the row)")
@@ -193,10 +193,10 @@ def _forest(ev):
     panels = _forest_rows(ev)
     if not panels:
         return None
-    from ..data.report import _figure
+    from ..data.report import figure
 
     tall = max(len(p[0]) for p in panels)
-    fig, ax = _figure(5.2 * len(panels) + 1.5, 0.9 + 0.28 * tall, 1, len(panels))
+    fig, ax = figure(5.2 * len(panels) + 1.5, 0.9 + 0.28 * tall, 1, len(panels))
     for a, panel in zip(ax[0], panels):
         _forest_panel(a, *panel)
     return fig

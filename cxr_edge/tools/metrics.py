@@ -38,7 +38,8 @@ _CHUNK_CELLS = 2_000_000
 
 # --------------------------------------------------------------------------- input checks
 
-def _binary_labels(y_true, name: str = "y_true") -> np.ndarray:
+def binary_labels(y_true, name: str = "y_true") -> np.ndarray:
+    """``y_true`` as a 0/1 int array; anything else is a DataError naming ``name``."""
     y = np.asarray(y_true)
     if y.dtype == bool:
         return y.astype(np.int64)
@@ -58,7 +59,7 @@ def _scores(score, name: str = "score") -> np.ndarray:
 
 
 def _binary_pair(y_true, score) -> tuple[np.ndarray, np.ndarray]:
-    y = _binary_labels(y_true).ravel()
+    y = binary_labels(y_true).ravel()
     s = _scores(score).ravel()
     if y.shape != s.shape:
         raise DataError(f"y_true has {y.size} values but score has {s.size}; they must pair one to one.")
@@ -454,7 +455,7 @@ def as_task_arrays(spec, y_true, probs) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"task {spec.name!r} has {n_labels} label(s) {list(spec.labels)}; probs must be "
                         f"(N, {n_labels}), got shape {p.shape}.")
     if spec.multilabel:
-        y = _binary_labels(y_true)
+        y = binary_labels(y_true)
         if y.ndim == 1 and n_labels == 1:
             y = y[:, None]
         if y.shape != p.shape:
@@ -489,14 +490,14 @@ def resolve_thresholds(spec, thresholds=None) -> np.ndarray:
     return values
 
 
-def _jsonable(x):
+def jsonable(x):
     """Plain JSON types: numpy scalars/arrays to Python, nan/inf to None."""
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())  # a 0-d array becomes a scalar
+        return jsonable(x.tolist())  # a 0-d array becomes a scalar
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, (bool, np.bool_)):
         return bool(x)
     if isinstance(x, (int, np.integer)):
@@ -514,7 +515,7 @@ def _nan_mean_rows(values: np.ndarray) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def _summary_fn(n_labels: int, multilabel: bool, thresholds: np.ndarray):
+def summary_fn(n_labels: int, multilabel: bool, thresholds: np.ndarray):
     """A metric function over (Y, P) returning [per-label AUROC..., mean AUROC, accuracy, macro-F1].
 
     Accuracy is of all N * L thresholded label decisions (sigmoid) or of the
@@ -596,7 +597,7 @@ def task_metrics(spec, y_true, probs, thresholds=None, groups=None, n_resamples:
     y, p = as_task_arrays(spec, y_true, probs)
     thr = resolve_thresholds(spec, thresholds)
     n, n_labels = p.shape
-    fn = _summary_fn(n_labels, spec.multilabel, thr)
+    fn = summary_fn(n_labels, spec.multilabel, thr)
     point = fn(y, p)
     with_ci = n_resamples > 0
     if with_ci:
@@ -631,7 +632,7 @@ def task_metrics(spec, y_true, probs, thresholds=None, groups=None, n_resamples:
         raise DataError(f"task {spec.name!r} names primary metric {spec.primary_metric!r}, which "
                         "task_metrics does not compute; computed: mean_auroc, accuracy, auroc, macro_f1.")
     out["primary"] = {"name": spec.primary_metric, **{k: out[spec.primary_metric][k] for k in ("value", "ci")}}
-    return _jsonable(out)
+    return jsonable(out)
 
 
 def agreement(spec, probs_a, probs_b, thresholds=None) -> dict:
@@ -658,4 +659,10 @@ def agreement(spec, probs_a, probs_b, thresholds=None) -> dict:
                    per_label=dict(zip(spec.labels, same.mean(axis=0))))
     else:
         out.update(kind="top1", agreement=np.mean(a.argmax(axis=1) == b.argmax(axis=1)) if a.size else math.nan)
-    return _jsonable(out)
+    return jsonable(out)
+
+
+def task_ece(spec, y, p) -> float:
+    """ECE as task_metrics reports it: pooled label decisions (sigmoid) or top-label (softmax); ``y`` (N, L) 0/1."""
+    return expected_calibration_error(y.argmax(axis=1) if not spec.multilabel else y, p,
+                                      multiclass=not spec.multilabel)

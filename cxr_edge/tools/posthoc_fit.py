@@ -1,11 +1,12 @@
-"""Post-hoc calibration on the device side: temperature scaling and decision thresholds.
+"""Fitting post-hoc calibration: temperature scaling, per-label offsets and decision thresholds.
 
 Pure numpy. Both work from *probabilities*, because that is what an int8
-model pack emits; nothing here needs the float model or its logits.
+model pack emits; nothing here needs the float model or its logits. Applying
+the fitted values is the device's part: :mod:`cxr_edge.runtime.posthoc`.
 
-* :func:`fit_temperature` / :func:`apply_temperature`: one temperature T per
+* :func:`fit_temperature` (applied by ``apply_temperature``): one temperature T per
   model, ``p' = activation(logit(p) / T)``; T > 1 softens over-confident outputs.
-* :func:`fit_temperature_and_bias` / :func:`apply_calibration`: for sigmoid
+* :func:`fit_temperature_and_bias` (applied by ``apply_calibration``): for sigmoid
   heads, the shared T plus one logit offset per label,
   ``p' = sigmoid(logit(p) / T + b_label)``. A model trained with per-label
   positive weights (nih14: n_neg / n_pos, up to 30) over-states every label's
@@ -28,42 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CxrEdgeError, DataError
-from .metrics import _binary_labels, as_task_arrays, binary_stats, class_indices, threshold_counts
+from ..runtime.posthoc import EPS, activate, check_activation, probs_to_logits
+from .metrics import binary_labels, as_task_arrays, binary_stats, class_indices, threshold_counts
 
 logger = logging.getLogger(__name__)
 
-# Outputs are clipped to [EPS, 1 - EPS] before the inverse activation. Why clip: float32
-# sigmoids saturate to exactly 0 or 1, and a uint8 output (step 1/256) is 0 for anything
-# below ~0.002, where logit/log are infinite and one saturated mistake would make the NLL
-# infinite. Why 1e-4 (|logit| <= 9.2): a quantized 0 only says "below ~0.002"; clipping at
-# 1e-6 (|logit| 13.8) overstates how wrong a saturated mistake is and, on synthetic
-# over-confident models (true T = 3) with uint8 outputs, pushed the fitted T to ~4 and left
-# 2-3x the ECE of 1e-4, the best of 1e-6..1e-3 there. Values above 1e-4 are untouched, and
-# fit and apply share the clip, so T is optimal for the mapping that is actually applied.
-EPS = 1e-4
 T_MIN, T_MAX = 0.05, 20.0
-_ACTIVATIONS = ("sigmoid", "softmax")
-
-
-def _check_activation(activation: str) -> None:
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
-
-
-def probs_to_logits(probs, activation: str, eps: float = EPS) -> np.ndarray:
-    """Logits that reproduce ``probs``: ``logit(p)`` for sigmoid, ``log(p)`` for softmax
-    (a softmax is unchanged by a per-row constant), after clipping to [eps, 1 - eps]."""
-    _check_activation(activation)
-    p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1.0 - eps)
-    return np.log(p) - np.log1p(-p) if activation == "sigmoid" else np.log(p)
-
-
-def _activate(z: np.ndarray, activation: str) -> np.ndarray:
-    if activation == "sigmoid":
-        return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _nll(z: np.ndarray, y: np.ndarray, activation: str, temperature: float) -> float:
@@ -103,10 +74,10 @@ def fit_temperature(probs, y_true, activation: str, eps: float = EPS, tol: float
     in 1/T, hence unimodal in log T, so a golden-section search on log T finds
     the optimum (to ``tol`` in log T). A result at a bound is logged as a warning.
     """
-    _check_activation(activation)
+    check_activation(activation)
     p = np.asarray(probs, dtype=np.float64)
     if activation == "sigmoid":
-        y = _binary_labels(y_true)
+        y = binary_labels(y_true)
         if y.shape != p.shape:
             raise DataError(f"sigmoid y_true must match probs' shape {p.shape}, got {y.shape}.")
     else:
@@ -127,16 +98,6 @@ def fit_temperature(probs, y_true, activation: str, eps: float = EPS, tol: float
     return temperature
 
 
-def apply_temperature(probs, temperature: float, activation: str, eps: float = EPS) -> np.ndarray:
-    """``activation(logits(probs) / T)`` as float64; T = 1 returns the input values unchanged."""
-    _check_activation(activation)
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise DataError(f"temperature must be a finite number > 0, got {temperature!r}.")
-    if temperature == 1.0:
-        return np.array(probs, dtype=np.float64, copy=True)
-    return _activate(probs_to_logits(probs, activation, eps) / temperature, activation)
-
-
 #: Ridge on the per-label offsets (a Gaussian prior around 0): it keeps the offset of a label that the fit
 #: data show with one class only finite. At 1e-3 the bundled nih14's val NLL moves by under 0.1 %.
 BIAS_RIDGE = 1e-3
@@ -147,7 +108,7 @@ def _fit_bias(z: np.ndarray, y: np.ndarray, ridge: float, iters: int = 50) -> np
     """Per-column b minimizing ``mean(softplus(z + b) - y (z + b)) + ridge * b^2`` (Newton, vectorized)."""
     b = np.zeros(z.shape[1])
     for _ in range(iters):
-        p = _activate(z + b, "sigmoid")
+        p = activate(z + b, "sigmoid")
         grad = (p - y).mean(axis=0) + 2 * ridge * b
         hess = (p * (1 - p)).mean(axis=0) + 2 * ridge
         step = grad / hess
@@ -169,7 +130,7 @@ def fit_temperature_and_bias(probs, y_true, eps: float = EPS, ridge: float = BIA
     p = p.reshape(-1, 1) if p.ndim == 1 else p
     if np.size(y_true) != p.size:
         raise DataError(f"y_true must match probs' shape {p.shape}, got {np.shape(y_true)}.")
-    y = _binary_labels(y_true).reshape(p.shape).astype(np.float64)
+    y = binary_labels(y_true).reshape(p.shape).astype(np.float64)
     if p.size == 0:
         raise DataError("fit_temperature_and_bias needs at least one prediction.")
     z = probs_to_logits(p, "sigmoid", eps)
@@ -184,17 +145,6 @@ def fit_temperature_and_bias(probs, y_true, eps: float = EPS, ridge: float = BIA
         logger.warning("fitted temperature %.4g is at the search bound [%g, %g]: the fit data may hold "
                        "one class only or the model may be degenerate", temperature, T_MIN, T_MAX)
     return temperature, _fit_bias(z / temperature, y, ridge)
-
-
-def apply_calibration(probs, temperature: float, activation: str, bias=None, eps: float = EPS) -> np.ndarray:
-    """:func:`apply_temperature`, then (sigmoid only) the per-label logit offsets ``bias`` (length L)."""
-    if bias is None or not np.any(np.asarray(bias, dtype=np.float64)):
-        return apply_temperature(probs, temperature, activation, eps)
-    if activation != "sigmoid":
-        raise DataError("per-label offsets apply to sigmoid outputs only")
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise DataError(f"temperature must be a finite number > 0, got {temperature!r}.")
-    return _activate(probs_to_logits(probs, "sigmoid", eps) / temperature + np.asarray(bias, np.float64), "sigmoid")
 
 
 def remap_threshold(t: float, old: tuple[float, float], new: tuple[float, float]) -> float:

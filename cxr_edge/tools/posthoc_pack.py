@@ -14,7 +14,7 @@ then:
 3. profiles calibrated earlier under another temperature/offsets get their
    thresholds mapped to the new ones, so their decisions do not change;
 4. the pack's metadata is rewritten atomically
-   (:func:`~cxr_edge.pack.rewrite_metadata`). What was used — prepared data
+   (:func:`~cxr_edge.tools.pack_writer.rewrite_metadata`). What was used — prepared data
    (``data_sha256``), split, a fingerprint of its images, n, rule, ECE before
    and after — is recorded in ``ModelMetadata.extras["posthoc_calibration"]``
    (``ModelMetadata.calibration`` stays the int8 calibration-set record of
@@ -37,15 +37,16 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from .posthoc_fit import (T_MAX, T_MIN, apply_calibration, choose_thresholds, fit_temperature,
-                          fit_temperature_and_bias, parse_rule, remap_threshold)
 from ..data.prepared import Prepared, open_prepared
 from ..errors import CxrEdgeError, DataError
-from .evaluate import (POSTHOC_KEY, Progress, check_leakage, model_outputs, open_pack_model, select_pack_model,
-                       split_fingerprint, task_ece)
 from ..runtime.metadata import ModelMetadata, utc_now
-from .metrics import _jsonable, binary_stats
+from ..runtime.posthoc import POSTHOC_KEY, apply_calibration
+from .leakage import check_leakage, split_fingerprint
+from .metrics import jsonable, binary_stats, task_ece
 from .paths import portable_path
+from .posthoc_fit import (T_MAX, T_MIN, choose_thresholds, fit_temperature, fit_temperature_and_bias, parse_rule,
+                          remap_threshold)
+from .split_runner import Progress, model_outputs, open_pack_model, select_pack_model
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ def calibrate(pack, data, *, split: str = "val", rule="max-f1", profile: str | N
     updates, models = {}, {}
     for d in paths:
         prepared = d if isinstance(d, Prepared) else open_prepared(d)
-        prepared._check_split(split)
+        prepared.check_split(split)
         if not len(prepared.table(split)):
             raise DataError(f"split {split!r} of {prepared.path} holds no images; choose one of "
                             f"{', '.join(prepared.splits)}.")
@@ -241,9 +242,9 @@ def calibrate(pack, data, *, split: str = "val", rule="max-f1", profile: str | N
                                f"{prepared.path}); give one per task.")
         updates[slot], models[slot] = meta, summary
     if not dry_run:
-        from ..runtime.pack import rewrite_metadata
+        from .pack_writer import rewrite_metadata
 
         rewrite_metadata(pack_path, updates)
         log.info("wrote calibration of %s into %s", ", ".join(updates), pack_path)
-    return _jsonable({"pack": str(pack_path), "written": not dry_run, "split": split, "rule": str(rule),
+    return jsonable({"pack": str(pack_path), "written": not dry_run, "split": split, "rule": str(rule),
                       "profile": profile, "models": models})

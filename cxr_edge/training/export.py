@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime import metadata as md
+from ..runtime.features import pooled
 from ..tools.ptq_set import CalibrationSet, load_calibration_set, resolve_data_root
 from ..errors import DataError, ExportCheckError, PackError, RecipeError
 from ..tasks import TaskSpec
@@ -112,20 +113,15 @@ def _calibration(pol: ExportPolicy, spec: TaskSpec, data_root, notes: list) -> t
 
 def _held_out(prepared, split: str, spec: TaskSpec, notes: list) -> tuple[np.ndarray, np.ndarray, dict]:
     """Model inputs (N, S, S, C), labels (N, L) and how the pixels were obtained, in table order."""
-    from ..tools.evaluate import _cache_usable, _digital_batches   # the pixel path evaluate (and predict) use
+    from ..tools.split_runner import cache_usable, digital_batches  # the pixel path evaluate (and predict) use
 
     if split == "train":
         raise DataError("the float-vs-int8 check never runs on the train split; use val (default) or test")
     if len(prepared.table(split)) == 0:
         raise DataError(f"{prepared.path}: split {split!r} holds no images to check the int8 model on")
-    use_cache, how = _cache_usable(prepared, split, spec, notes)
-    x = np.concatenate(list(_digital_batches(prepared, split, spec, use_cache)))
+    use_cache, how = cache_usable(prepared, split, spec, notes)
+    x = np.concatenate(list(digital_batches(prepared, split, spec, use_cache)))
     return x, prepared.labels(split), how
-
-
-def _pooled(f) -> np.ndarray:
-    f = np.asarray(f, np.float32)
-    return f.mean(axis=(1, 2)) if f.ndim == 4 else f
 
 
 def _keras_outputs(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -136,7 +132,7 @@ def _keras_outputs(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         probs.append(np.asarray(outs[0], np.float64))
         if len(outs) > 1:
-            feats.append(_pooled(outs[1]))
+            feats.append(pooled(outs[1]))
     return np.concatenate(probs), (np.concatenate(feats) if feats else None)
 
 
@@ -153,7 +149,7 @@ def _device_outputs(lm, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """(probs, pooled features or None) through LoadedModel.infer, one image at a time as predict runs."""
     outs = [lm.infer(sample) for sample in x]
     probs = np.stack([lm.probabilities(o["probs"]) for o in outs]).astype(np.float64)
-    feats = np.stack([_pooled(o["features"][None])[0] for o in outs]) if "features" in outs[0] else None
+    feats = np.stack([pooled(o["features"]) for o in outs]) if "features" in outs[0] else None
     return probs, feats
 
 
@@ -323,7 +319,8 @@ def write_into_pack(out, slot: str, content: bytes, meta: md.ModelMetadata, *,
 
     Returns the pack path and the slots it kept from before.
     """
-    from ..runtime.pack import load_pack, write_pack
+    from ..runtime.pack import load_pack
+    from ..tools.pack_writer import write_pack
     from ..runtime.pipeline import QUALITY_KEY
     from ..runtime.photo.quality import QualitySpec
 

@@ -31,7 +31,7 @@ _PREPROCESSING_HINT = (
 )
 
 
-def _unsupported_layers(model, registry, keras) -> list[str]:
+def unsupported_layers(model, registry, keras) -> list[str]:
     """``'name (Class)'`` for every layer the default 8-bit scheme cannot wrap.
 
     BatchNormalization is not in the registry: tfmot's graph transforms fold it with the
@@ -60,7 +60,7 @@ def quantize_for_training(model, *, input_range: tuple[float, float] | None = (-
     _, keras = load()
     tfmot = load_tfmot()
     registry = tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme().get_quantize_registry()
-    bad = _unsupported_layers(model, registry, keras)
+    bad = unsupported_layers(model, registry, keras)
     if bad:
         raise CxrEdgeError(
             f"model {model.name!r} has layer(s) tfmot 0.8.1 cannot wrap for QAT: {', '.join(bad)}. "
@@ -76,11 +76,11 @@ def quantize_for_training(model, *, input_range: tuple[float, float] | None = (-
             f"cxr_edge.training.model.build_model (flat, standard Keras layers only)."
         ) from exc
     if input_range is not None:
-        _pin_input_range(qat, input_range)
+        pin_input_range(qat, input_range)
     return qat
 
 
-def _pin_input_range(qat, input_range) -> None:
+def pin_input_range(qat, input_range) -> None:
     """Set the QuantizeLayer's min/max. Its AllValuesQuantizer only widens them, so data inside
     the range leaves them as set."""
     low, high = (float(v) for v in input_range)

@@ -16,7 +16,7 @@ tfmot's own Conv+BN+ReLU transform arranges it (a custom config switches that tr
 the layers it touches). The fake-quant is then where the converter puts the real one: after the
 ReLU6.
 
-Models saved with these configs load inside :func:`custom_objects` (``runs._load`` uses it).
+Models saved with these configs load inside :func:`custom_objects` (``runs.load_keras_model`` uses it).
 """
 
 from __future__ import annotations
@@ -113,20 +113,20 @@ def quantize_for_qat(model, *, depthwise_per_channel: bool = True):
     check and message); the input range is pinned to [-1, 1] either way.
     """
     from ..errors import CxrEdgeError
-    from .qat import _pin_input_range, _unsupported_layers, quantize_for_training
+    from .qat import pin_input_range, unsupported_layers, quantize_for_training
 
     if not depthwise_per_channel:
         return quantize_for_training(model)
     _, keras = load()
     registry = load_tfmot().quantization.keras.default_8bit.Default8BitQuantizeScheme().get_quantize_registry()
-    if _unsupported_layers(model, registry, keras):
+    if unsupported_layers(model, registry, keras):
         return quantize_for_training(model)  # raises, naming every layer it cannot wrap
     try:
         qat = quantize_depthwise_per_channel(model)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise CxrEdgeError(f"tfmot could not wrap model {model.name!r} for QAT: {exc}. Build the model with "
                            "cxr_edge.training.model.build_model (flat, standard Keras layers only).") from exc
-    _pin_input_range(qat, (-1.0, 1.0))
+    pin_input_range(qat, (-1.0, 1.0))
     return qat
 
 

@@ -109,13 +109,13 @@ class Run:
 
     def float_model(self):
         """The best float tf-keras model (not compiled)."""
-        return _load(self.path / FLOAT_MODEL, qat=False)
+        return load_keras_model(self.path / FLOAT_MODEL, qat=False)
 
     def qat_model(self):
         """The QAT tf-keras model (not compiled); an error saying to run `cxr-edge qat` when it is absent."""
         if not self.has_qat:
             raise RecipeError(f"{self.path} has no QAT model yet; run: cxr-edge qat {self.path}")
-        return _load(self.path / QAT_MODEL, qat=True)
+        return load_keras_model(self.path / QAT_MODEL, qat=True)
 
 
 def load_run(path) -> Run:
@@ -137,7 +137,8 @@ def load_run(path) -> Run:
     return Run(path=path, info=info)
 
 
-def _load(path: Path, *, qat: bool):
+def load_keras_model(path: Path, *, qat: bool):
+    """A tf-keras model saved by a run (``qat``: inside the QAT scopes its quantize configs need)."""
     from .tf_env import load, load_tfmot
 
     _, keras = load()

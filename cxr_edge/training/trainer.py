@@ -451,9 +451,9 @@ class Trainer:
     def _rescore_best(self, path: Path, sha: str) -> dict:
         """float.h5 matches no record (killed while its run.json entry was being written): measure it."""
         from ..tools.metrics import task_metrics
-        from .runs import _load
+        from .runs import load_keras_model
 
-        model = _load(path, qat=self.MODEL_FILE != FLOAT_MODEL)
+        model = load_keras_model(path, qat=self.MODEL_FILE != FLOAT_MODEL)
         probs = Predictor(model)(self.x_val)
         value = task_metrics(self.spec, self.y_val, probs, n_resamples=0)["primary"]["value"]
         log.warning("float.h5 was written but not recorded before the run stopped; re-scored it: %s %.4f",

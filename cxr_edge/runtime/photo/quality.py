@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 from PIL import Image
 
-from ...tools.photosim import box_blur, gaussian_blur
+from .blur import box_blur, gaussian_blur
 
 VERDICTS = ("pass", "warn", "fail")
 _LUMA = np.array([0.299, 0.587, 0.114])

@@ -1,0 +1,113 @@
+"""Writing model packs, atomically: a new pack, or a pack with some models' metadata or members replaced.
+
+The format is :mod:`cxr_edge.runtime.pack`'s, which reads and verifies what this writes. A pack
+directory is written into a temporary folder beside it and renamed into place (an existing pack is
+moved aside first and back if the rename fails); a ``.zip`` goes through
+:func:`~cxr_edge.runtime.atomic.write_atomic`. A failed write never replaces a good pack.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from .. import __version__
+from ..errors import PackError
+from ..runtime import metadata as md
+from ..runtime.atomic import write_atomic
+from ..runtime.pack import FIELDS_KEY, FORMAT_VERSION, MANIFEST, PACK_FORMAT, fields_digest, load_pack, sha256_bytes
+from ..tasks import get_task
+
+__all__ = ["build_manifest", "rewrite_metadata", "rewrite_model", "write_pack"]
+
+
+def build_manifest(models: dict[str, tuple[bytes, md.ModelMetadata]], *, name: str, license: str = "unspecified",
+                   description: str = "", extra: dict | None = None) -> tuple[dict, dict[str, bytes]]:
+    """The manifest and file contents of a pack; ``models`` maps slot -> (model with embedded metadata, metadata)."""
+    files, entries = {}, {}
+    for slot, (content, meta) in models.items():
+        spec = get_task(meta.task)
+        if spec.family != slot:
+            raise PackError(f"a {meta.task!r} model cannot go in slot {slot!r}; its slot is {spec.family!r}")
+        fname = f"{slot}.tflite"
+        files[fname] = content
+        entries[slot] = {"task": meta.task, "file": fname, "sha256": sha256_bytes(content), "bytes": len(content),
+                         "metadata": meta.to_dict()}
+    manifest = {"format": PACK_FORMAT, "format_version": FORMAT_VERSION, "name": name,
+                "toolkit_version": __version__, "created": md.utc_now(), "license": license,
+                "description": description, "models": entries, "extra": extra or {}}
+    manifest[FIELDS_KEY] = fields_digest(manifest)
+    return manifest, files
+
+
+def write_pack(out, models: dict[str, tuple[bytes, md.ModelMetadata]], *, name: str | None = None,
+               license: str = "unspecified", description: str = "", extra: dict | None = None,
+               overwrite: bool = False) -> Path:
+    """Write a pack directory (or a single ``.zip`` when ``out`` ends in .zip) atomically."""
+    out = Path(out)
+    manifest, files = build_manifest(models, name=name or out.stem, license=license, description=description,
+                                     extra=extra)
+    files[MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    return _write_atomically(out, files, overwrite=overwrite)
+
+
+def rewrite_metadata(path, updates: dict[str, md.ModelMetadata]) -> Path:
+    """Replace the metadata of some models in an existing pack (e.g. after calibration), atomically."""
+    pack = load_pack(path)
+    models = {}
+    for slot, m in pack.models.items():
+        meta = updates.get(slot, m.metadata)
+        models[slot] = (md.embed(m.content, meta, m.files), meta)
+    keep = {k: pack.manifest.get(k) for k in ("license", "description", "extra")}
+    return write_pack(pack.path, models, name=pack.name, overwrite=True, **keep)
+
+
+def rewrite_model(path, slot: str, meta, files: dict[str, bytes]) -> Path:
+    """Replace one model's metadata *and embedded members* in a pack, keeping everything else, atomically.
+
+    (:func:`rewrite_metadata` keeps the members as they are.)
+    """
+    pack = load_pack(path)
+    models = {s: (m.content, m.metadata) for s, m in pack.models.items()}
+    models[slot] = (md.embed(pack[slot].content, meta, files), meta)
+    keep = {k: pack.manifest.get(k) for k in ("license", "description", "extra")}
+    return write_pack(pack.path, models, name=pack.name, overwrite=True, **keep)
+
+
+def _write_atomically(out: Path, files: dict[str, bytes], *, overwrite: bool) -> Path:
+    if out.exists() and not overwrite:
+        raise PackError(f"{out} already exists; pass --force to replace it (the old pack stays until the new "
+                        "one is complete)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".zip":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+            for fname, content in sorted(files.items()):
+                zf.writestr(fname, content)
+        return write_atomic(out, buf.getvalue())
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    try:
+        for fname, content in files.items():
+            (tmp_dir / fname).write_bytes(content)
+        if not out.exists():
+            os.replace(tmp_dir, out)
+            return out
+        # Two renames: the old pack moves aside, the new one takes its place; a failure moves the old one back.
+        aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        try:
+            os.replace(out, aside / "pack")
+            try:
+                os.replace(tmp_dir, out)
+            except BaseException:
+                os.replace(aside / "pack", out)
+                raise
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out
