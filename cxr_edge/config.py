@@ -15,6 +15,8 @@ from pathlib import Path
 
 from .errors import PackError
 
+__all__ = ["BUNDLED_PACK", "config_path", "package_data", "read_config", "resolve_pack"]
+
 
 def package_data(*parts: str) -> Path:
     """A file or folder shipped inside the installed package (``packs/default``, ``resources/export``...),

@@ -4,6 +4,9 @@ The CLI turns any :class:`CxrEdgeError` into one line on stderr and a non-zero
 exit; anything else is a bug and is reported as such.
 """
 
+__all__ = ["BackendError", "CxrEdgeError", "DataError", "DependencyError", "ExportCheckError", "ImageError",
+           "PackError", "RecipeError", "require", "UnknownTaskError"]
+
 
 class CxrEdgeError(Exception):
     """Base class for every error cxr-edge raises on purpose."""
@@ -19,12 +22,14 @@ class UnknownTaskError(CxrEdgeError, KeyError):
 
 
 class ImageError(CxrEdgeError):
-    """An input image that cannot be used. ``kind`` says why, for scripts and tests."""
+    """An input image that cannot be used. ``kind`` says why, for scripts and tests; ``detail`` is the
+    finer reason where there is one (for ``no_film``: what the film finder saw)."""
 
-    def __init__(self, message: str, *, kind: str, path=None):
+    def __init__(self, message: str, *, kind: str, path=None, detail: str | None = None):
         super().__init__(message)
         self.kind = kind
         self.path = path
+        self.detail = detail
 
 
 class PackError(CxrEdgeError):

@@ -1,7 +1,9 @@
 """Task specs: the single source of truth for labels, heads, inputs and tolerances.
 
 Training, export, evaluation, the CLI and the app all read a :class:`TaskSpec`
-from here; nothing else in the code types a label list.
+from here; nothing else in the code types a label list. The slot table
+(:data:`SLOTS`: gate, cxr4, nih14, and which tasks fill each) is here too, so
+nothing else types the list of slots.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from .errors import UnknownTaskError
+
+__all__ = ["CLASSIFIER_SLOTS", "get_slot", "get_task", "InputSpec", "Int8Tolerance", "NIH14_LABELS", "register",
+           "Slot", "SLOT_NAMES", "SLOTS", "task_names", "TaskSpec"]
 
 NIH14_LABELS = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule",
@@ -118,14 +123,12 @@ class TaskSpec:
 
     @property
     def family(self) -> str:
-        """The pipeline slot this task fills: 'gate', 'cxr4' or 'nih14'.
+        """The pipeline slot this task fills (:data:`SLOTS`): 'gate', 'cxr4' or 'nih14'.
 
         Variants fill their family's slot: nih13 and nih15 the 'nih14' slot, cxr3 (no Tuberculosis, for packs
-        trained on permissively licensed images only) the 'cxr4' slot.
+        trained on permissively licensed images only) the 'cxr4' slot. A task no slot lists is its own slot.
         """
-        if self.name.startswith("nih"):
-            return "nih14"
-        return "cxr4" if self.name.startswith("cxr") else self.name
+        return next((s.name for s in SLOTS if self.name in s.tasks), self.name)
 
     def with_input(self, **changes) -> "TaskSpec":
         """A copy with a different input spec (a recipe may train at another size)."""
@@ -136,6 +139,41 @@ class TaskSpec:
         d["labels"] = list(self.labels)
         d["metrics"] = list(self.metrics)
         return d
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A place in the pipeline that at most one model of a pack fills.
+
+    ``name`` is its key in a pack's manifest, in ``Prediction.results`` and in a prediction's JSON. The
+    model in it may be any of ``tasks`` (the ``cxr4`` slot holds a cxr4 model, or the cxr3 model of a
+    permissive pack: its result's ``task`` says which). ``answer`` is what the slot's result means:
+    ``"gate"`` accept or reject, ``"class"`` one class of N (the top class is the answer), ``"findings"``
+    independent labels (those at or above their thresholds).
+    """
+
+    name: str
+    answer: str
+    tasks: tuple[str, ...]
+
+
+#: The one slot table, in the order the pipeline runs them: the gate first, then the classifiers.
+SLOTS = (
+    Slot("gate", "gate", ("gate",)),
+    Slot("cxr4", "class", ("cxr4", "cxr3")),
+    Slot("nih14", "findings", ("nih14", "nih13", "nih15")),
+)
+SLOT_NAMES = tuple(s.name for s in SLOTS)
+#: the slots whose models run on an image the gate accepted
+CLASSIFIER_SLOTS = tuple(s.name for s in SLOTS if s.answer != "gate")
+
+
+def get_slot(name: str) -> Slot:
+    """The slot called ``name``; an unknown name raises an error that lists the valid ones."""
+    for s in SLOTS:
+        if s.name == name:
+            return s
+    raise UnknownTaskError(f"unknown slot {name!r}; valid slots: {', '.join(SLOT_NAMES)}")
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -160,6 +198,7 @@ def get_task(name: str) -> TaskSpec:
 
 
 def task_names() -> list[str]:
+    """The registered task names, sorted."""
     return sorted(_REGISTRY)
 
 

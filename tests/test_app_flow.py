@@ -43,7 +43,8 @@ from kivy.tests.common import GraphicUnitTest, UnitTestTouch  # noqa: E402
 from kivy.uix.image import Image as KivyImage  # noqa: E402
 from kivy.uix.scrollview import ScrollView  # noqa: E402
 
-from cxr_edge.runtime.pipeline import DISCLAIMER  # noqa: E402
+from cxr_edge.runtime.pipeline import Film  # noqa: E402
+from cxr_edge.runtime.prediction import DISCLAIMER  # noqa: E402
 from cxr_edge.tasks import get_task  # noqa: E402
 
 assert cgl_get_backend_name() != "mock", "KIVY_GL_BACKEND=mock silently disables these tests; unset it"
@@ -197,19 +198,20 @@ class TestFlow(AppTest):
         self.shoot("02-capture-picker", "No camera was found on this device", "Open image")
         self.pick(CXR)
         check = ctl.screen("check")
-        names = [q.name for q in ctl.draft.checks]
-        assert names, "check_quality returned no checks"
-        self.shoot("03-check", "Digital image: used as it is.", "Retake", check.continue_text, *names)
+        # the photo stage is Pipeline.film, as predict runs it: a digital image is used as it is, unjudged
+        assert ctl.draft.checks == [] and ctl.draft.film.rectify["passthrough"]
+        self.shoot("03-check", "Digital image: used as it is.", "Retake", check.continue_text,
+                   "No quality checks apply to this image.")
 
         result = self.analyse()
         self.shoot("04-result", "Result", "Chest X-ray: yes", *CXR4_LABELS,
                    "Findings above the 'default' thresholds", DISCLAIMER)
         assert result.saved_text == "Saved as case #1."
         # the tiny pack carries head.npz: real class activation maps from the int8 features, cxr4's answer first
-        assert not result.heatmap_toggle.disabled and result.heatmap_choice.text == ctl.draft.prediction.cxr4.top
+        assert not result.heatmap_toggle.disabled and result.heatmap_choice.text == ctl.draft.prediction.results["cxr4"].top
         assert "heatmaps" not in ctl.store.get(1).result
         bars = {w.label: w.value for w in result.walk() if type(w).__name__ == "ProbBar"}
-        assert bars == pytest.approx(ctl.draft.prediction.cxr4.probabilities, abs=1e-4)  # to_dict rounds
+        assert bars == pytest.approx(ctl.draft.prediction.results["cxr4"].probabilities, abs=1e-4)  # to_dict rounds
 
         self.tap_text("History")
         self.shoot("05-history", "History (1 case)", "Open", "Delete", "Export CSV",
@@ -266,7 +268,7 @@ class TestFlow(AppTest):
             if relative == CXR:
                 pred = ctl.draft.prediction
                 assert pred.status == "ok" and pred.gate.accepted, pred.message
-                self.shoot(name, "Chest X-ray: yes", *pred.cxr4.probabilities, DISCLAIMER)
+                self.shoot(name, "Chest X-ray: yes", *pred.results["cxr4"].probabilities, DISCLAIMER)
                 assert result.saved_text.startswith("Saved as")
             else:
                 self.shoot(name, "Not a chest X-ray", "Not saved: the image is not a chest X-ray.", DISCLAIMER)
@@ -284,8 +286,12 @@ class TestFlow(AppTest):
         photo = simulate_photo(load_image(self.data / CXR), "mild", 1, background="desk", long_side=800).to_image()
         ctl.open_image(photo, name="photo")
         self.wait(lambda: ctl.screen("check").film_note, "the Check screen")
-        assert ctl.draft.rect.found and not ctl.draft.rect.passthrough
-        self.shoot("03b-check-photo", "Film found, straightened and its contrast evened out.", *[q.name for q in ctl.draft.checks])
+        assert ctl.draft.film.rectify["found"] and not ctl.draft.film.rectify["passthrough"]
+        names = [q.name for q in ctl.draft.checks]
+        assert names, "a photo gets its quality checks"
+        self.shoot("03b-check-photo", "Film found, straightened and its contrast evened out.", *names)
+        result = self.analyse()     # predict(film): the checks Check showed are the result's own
+        assert [q["name"] for q in ctl.draft.prediction.to_dict()["quality"]["checks"]] == names
 
     def test_progress_shows_while_models_run_and_the_ui_keeps_running(self):
         ctl = self.start()
@@ -314,10 +320,10 @@ class TestFlow(AppTest):
         warning = "Unusual image for this model (OOD score 9.1, limit 5.0): read the result with care."
 
         def with_extras(*a, **k):  # heatmaps as Prediction.heatmaps carries them, and an OOD warning
-            assert k.get("rectify") is False and k.get("heatmaps") is True  # the film is rectified already
+            assert isinstance(a[0], Film) and k.get("heatmaps") is True  # the film Check showed, not the file again
             pred = predict(*a, **k)
             ramp = np.tile(np.linspace(0, 255, 7).astype(np.uint8), (7, 1))
-            pred.heatmaps = {pred.cxr4.top: ramp, "Effusion": ramp.T.copy()}
+            pred.heatmaps = {pred.results["cxr4"].top: ramp, "Effusion": ramp.T.copy()}
             pred.warnings.append(warning)
             return pred
 
@@ -330,9 +336,9 @@ class TestFlow(AppTest):
         plain = bytes(result.film_image.texture.pixels)
         self.tap(result.heatmap_toggle)
         assert result.heatmap_toggle.state == "down"
-        assert result.heatmap_choice.text == ctl.draft.prediction.cxr4.top  # the reported class first
+        assert result.heatmap_choice.text == ctl.draft.prediction.results["cxr4"].top  # the reported class first
         assert bytes(result.film_image.texture.pixels) != plain
-        self.shoot("04b-result-heatmap", f"Heatmap for {ctl.draft.prediction.cxr4.top}", f"Warning: {warning}")
+        self.shoot("04b-result-heatmap", f"Heatmap for {ctl.draft.prediction.results['cxr4'].top}", f"Warning: {warning}")
         result.heatmap_choice.text = "Effusion"
         self.advance_frames(2)
         assert "Heatmap for Effusion" in self.texts()
@@ -428,6 +434,6 @@ class TestCamera(AppTest):
             self.tap_text("Take photo")
             self.wait(lambda: ctl.screen("check").film_note, "the Check screen")
             assert np.array_equal(np.asarray(ctl.draft.photo), np.asarray(photo))  # upright, every pixel
-            assert ctl.draft.rect.found
+            assert ctl.draft.film.rectify["found"]
         finally:
             FakeCamera.picture = None

@@ -93,7 +93,7 @@ def test_refitting_the_calibration_keeps_other_profiles_decisions(nih_48, tiny_p
             assert (before == after).all()
     pack = shutil.copytree(tiny_pack, tmp_path / "pack")
     calibrate(pack, nih_48, rule="youden", profile="a", temperature=False)
-    before = {p: Pipeline(pack, profile="a").predict(cxr).nih14.positive for p in ("a",)}
+    before = {p: Pipeline(pack, profile="a").predict(cxr).results["nih14"].positive for p in ("a",)}
     first = load_pack(pack)["nih14"].metadata.thresholds["a"]
     out = calibrate(pack, nih_48, rule="max-f1", profile="b")["models"]["nih14"]
     meta = load_pack(pack)["nih14"].metadata
@@ -103,7 +103,7 @@ def test_refitting_the_calibration_keeps_other_profiles_decisions(nih_48, tiny_p
         {k: remap_threshold(v, (1.0, 0.0), (t_new, meta.bias[k])) for k, v in first.items()})
     assert meta.extras["posthoc_calibration"]["profiles"]["a"]["temperature"] == t_new
     # a real image gets the same findings under profile 'a' before and after the new calibration
-    assert Pipeline(pack, profile="a").predict(cxr).nih14.positive == before["a"]
+    assert Pipeline(pack, profile="a").predict(cxr).results["nih14"].positive == before["a"]
     assert sorted(meta.bias) == sorted(labels)
 
 

@@ -133,7 +133,7 @@ def test_pipeline_heatmaps_stay_out_of_the_json(tiny_pack, shared_data):
     from cxr_edge.runtime.pipeline import Pipeline
 
     pred = Pipeline(tiny_pack, heatmaps=True).predict(shared_data / "nih_cxr14" / "images" / "00000061_012.png")
-    reported = [pred.cxr4.top] + [lbl if lbl != pred.cxr4.top else f"{lbl} (nih14)" for lbl in pred.nih14.positive]
+    reported = [pred.results["cxr4"].top] + [lbl if lbl != pred.results["cxr4"].top else f"{lbl} (nih14)" for lbl in pred.results["nih14"].positive]
     assert sorted(pred.heatmaps) == sorted(reported)
     assert all(h.shape == (256, 256) and h.dtype == np.uint8 for h in pred.heatmaps.values())
     assert pred.film.size == (256, 256)

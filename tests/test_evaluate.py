@@ -111,7 +111,7 @@ def test_cached_pixels_and_outputs_are_what_predict_computes(tiny_pack, cxr4_48)
     for i in (0, 5, len(table) - 1):
         path = table["path"][i]
         assert np.array_equal(pipe.prepare(pipe.load(path))["cxr4"], normalize(cxr4_48.images("test")[i], spec))
-        probs = pipe.predict(path).cxr4.probabilities
+        probs = pipe.predict(path).results["cxr4"].probabilities
         assert np.allclose([probs[lbl] for lbl in spec.labels], ev.probs[i], atol=1e-6)
 
 

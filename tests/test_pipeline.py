@@ -24,12 +24,12 @@ def cxr(shared_data):
 def test_accepted_image_gets_all_three_results(pipeline, cxr):
     pred = pipeline.predict(cxr)
     assert pred.status == "ok" and pred.gate.accepted
-    assert set(pred.cxr4.probabilities) == {"COVID-19", "Normal", "Pneumonia", "Tuberculosis"}
-    assert abs(sum(pred.cxr4.probabilities.values()) - 1) < 0.03  # softmax (int8 output steps)
-    flagged = {k for k, p in pred.cxr4.probabilities.items() if p >= pred.cxr4.thresholds[k]}
-    assert set(pred.cxr4.positive) == flagged   # one-vs-rest thresholds flag classes; top is the answer
-    assert len(pred.nih14.probabilities) == 14
-    assert all((pred.nih14.probabilities[k] >= pred.nih14.thresholds[k]) for k in pred.nih14.positive)
+    assert set(pred.results["cxr4"].probabilities) == {"COVID-19", "Normal", "Pneumonia", "Tuberculosis"}
+    assert abs(sum(pred.results["cxr4"].probabilities.values()) - 1) < 0.03  # softmax (int8 output steps)
+    flagged = {k for k, p in pred.results["cxr4"].probabilities.items() if p >= pred.results["cxr4"].thresholds[k]}
+    assert set(pred.results["cxr4"].positive) == flagged   # one-vs-rest thresholds flag classes; top is the answer
+    assert len(pred.results["nih14"].probabilities) == 14
+    assert all((pred.results["nih14"].probabilities[k] >= pred.results["nih14"].thresholds[k]) for k in pred.results["nih14"].positive)
     d = pred.to_dict()
     assert {"file", "gate", "cxr4", "nih14", "error"} <= d.keys() and d["error"] is None
 
@@ -40,7 +40,7 @@ def test_rejected_image_skips_the_classifiers(tiny_pack, tmp_path, shared_data):
     meta.thresholds["strict"] = {"chest_xray": 1.01}  # nothing can pass
     rewrite_metadata(pack, {"gate": meta})
     pred = Pipeline(pack, profile="strict").predict(shared_data / "noncxr" / "images" / "skimage_coffee.png")
-    assert pred.status == "rejected" and pred.cxr4 is None and pred.nih14 is None
+    assert pred.status == "rejected" and pred.results.get("cxr4") is None and pred.results.get("nih14") is None
     assert pred.message.startswith("rejected: not a chest X-ray (score")
     assert "cxr4" not in pred.timings_ms  # the classifiers really did not run
 
@@ -53,7 +53,7 @@ def test_a_pack_without_a_gate_is_refused_unless_gating_is_turned_off(tiny_pack,
     with pytest.raises(PackError, match="no gate model"):
         Pipeline(tmp_path / "no-gate")
     pred = Pipeline(tmp_path / "no-gate", gate_first=False).predict(cxr)
-    assert pred.status == "ok" and pred.gate is None and pred.cxr4 is not None
+    assert pred.status == "ok" and pred.gate is None and pred.results.get("cxr4") is not None
 
 
 def test_unknown_profile_fails_at_start(tiny_pack):
@@ -67,7 +67,7 @@ def test_bad_file_in_a_batch_does_not_stop_it(pipeline, cxr, tmp_path):
     preds = list(pipeline.predict_many([cxr, bad, cxr], workers=2))
     assert [p.status for p in preds] == ["ok", "error", "ok"]
     assert preds[1].error["kind"] == "empty" and preds[1].file == str(bad)
-    assert preds[0].cxr4.probabilities == preds[2].cxr4.probabilities  # deterministic
+    assert preds[0].results["cxr4"].probabilities == preds[2].results["cxr4"].probabilities  # deterministic
 
 
 def test_pipelined_and_plain_loops_agree(pipeline, shared_data):
@@ -120,30 +120,30 @@ def test_batch_workers_run_their_own_interpreters(pipeline, cxr):
 def test_same_answer_from_path_bytes_and_array(pipeline, cxr):
     from PIL import Image
 
-    by_path = pipeline.predict(cxr).nih14.probabilities
-    by_bytes = pipeline.predict(cxr.read_bytes()).nih14.probabilities
-    by_array = pipeline.predict(np.asarray(Image.open(cxr))).nih14.probabilities
+    by_path = pipeline.predict(cxr).results["nih14"].probabilities
+    by_bytes = pipeline.predict(cxr.read_bytes()).results["nih14"].probabilities
+    by_array = pipeline.predict(np.asarray(Image.open(cxr))).results["nih14"].probabilities
     assert by_path == by_bytes == by_array
 
 
 def test_temperature_from_the_pack_is_applied(tiny_pack, tmp_path, cxr):
     pack = shutil.copytree(tiny_pack, tmp_path / "warm")
-    before = Pipeline(pack).predict(cxr).cxr4.probabilities
+    before = Pipeline(pack).predict(cxr).results["cxr4"].probabilities
     meta = load_pack(pack)["cxr4"].metadata
     meta.temperature = 4.0
     rewrite_metadata(pack, {"cxr4": meta})
-    after = Pipeline(pack).predict(cxr).cxr4.probabilities
+    after = Pipeline(pack).predict(cxr).results["cxr4"].probabilities
     assert np.std(list(after.values())) < np.std(list(before.values()))  # softer, same ranking
     assert max(after, key=after.get) == max(before, key=before.get)
 
 
 def test_label_offsets_from_the_pack_are_applied(tiny_pack, tmp_path, cxr):
     pack = shutil.copytree(tiny_pack, tmp_path / "offsets")
-    before = Pipeline(pack).predict(cxr).nih14.probabilities
+    before = Pipeline(pack).predict(cxr).results["nih14"].probabilities
     meta = load_pack(pack)["nih14"].metadata
     meta.bias = {"Hernia": -3.0, "Effusion": 2.0}
     rewrite_metadata(pack, {"nih14": meta})
-    after = Pipeline(pack).predict(cxr).nih14.probabilities
+    after = Pipeline(pack).predict(cxr).results["nih14"].probabilities
     assert after["Hernia"] < 0.25 * before["Hernia"] and after["Effusion"] > before["Effusion"]
     assert after["Mass"] == pytest.approx(before["Mass"])
 
@@ -154,12 +154,12 @@ def test_a_softmax_profile_flags_classes_beside_the_top_answer(tiny_pack, tmp_pa
     from cxr_edge.cli import main
 
     pack = shutil.copytree(tiny_pack, tmp_path / "screening")
-    plain = Pipeline(pack).predict(cxr).cxr4
+    plain = Pipeline(pack).predict(cxr).results["cxr4"]
     low = min(plain.probabilities, key=plain.probabilities.get)   # the least likely class ...
     meta = load_pack(pack)["cxr4"].metadata
     meta.thresholds["screening"] = {lbl: (0.0 if lbl == low else 1.01) for lbl in meta.labels}
     rewrite_metadata(pack, {"cxr4": meta})
-    pred = Pipeline(pack, profile="screening").predict(cxr).cxr4
+    pred = Pipeline(pack, profile="screening").predict(cxr).results["cxr4"]
     assert pred.top == plain.top != low and pred.positive == [low]   # ... is flagged, the answer unchanged
     res = CliRunner().invoke(main, ["predict", "--pack", str(pack), "--profile", "screening", str(cxr)])
     assert f"+{low}" in res.stdout.splitlines()[2]

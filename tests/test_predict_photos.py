@@ -81,7 +81,7 @@ def test_no_film_is_an_error_entry_and_the_batch_goes_on(cli, tiny_pack, photos,
 
 def test_glare_gives_actionable_warnings(pipe, photos):
     pred = pipe.predict(photos["glare"])
-    assert pred.status == "ok" and pred.cxr4 is not None                  # a failed check still predicts ...
+    assert pred.status == "ok" and pred.results.get("cxr4") is not None                  # a failed check still predicts ...
     glare = next(c for c in pred.quality if c.name == "glare")
     assert glare.verdict == "fail"
     assert pred.warnings[0] == POOR_PHOTO and glare.message in pred.warnings   # ... flagged, with what to do
@@ -90,7 +90,7 @@ def test_glare_gives_actionable_warnings(pipe, photos):
 
 def test_poor_photos_can_be_skipped(tiny_pack, photos):
     pred = Pipeline(tiny_pack, on_poor_photo="skip").predict(photos["glare"])
-    assert pred.status == "error" and pred.error["kind"] == "poor_photo" and pred.cxr4 is None
+    assert pred.status == "error" and pred.error["kind"] == "poor_photo" and pred.results.get("cxr4") is None
     assert pred.to_dict()["quality"]["verdict"] == "fail"
 
 
@@ -106,7 +106,7 @@ def test_digital_images_skip_the_photo_path(pipe, shared_data, monkeypatch):
     for pred in (grey, as_rgb):
         assert pred.status == "ok" and pred.quality is None and "quality" not in pred.timings_ms
         assert pred.rectify == {"photo": False, "passthrough": True, "searched": False}
-    assert grey.cxr4.probabilities == as_rgb.cxr4.probabilities
+    assert grey.results["cxr4"].probabilities == as_rgb.results["cxr4"].probabilities
     assert max(Image.open(shared_data / CXR).size) < GREY_SEARCH_MIN_SIDE
 
 

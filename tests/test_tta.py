@@ -49,9 +49,9 @@ def test_pipeline_averages_the_views(tiny_pack, shared_data):
     x = pipe.prepare(pipe.load(cxr))["cxr4"]
     by_view = m.infer_batch(views(x, TTAConfig(), fill=m.spec.input.offset))["probs"]
     assert len(by_view) == 4 and not np.allclose(by_view, by_view[0])               # the views differ
-    assert np.allclose([pred.cxr4.probabilities[k] for k in m.spec.labels], by_view.mean(0), atol=1e-6)
+    assert np.allclose([pred.results["cxr4"].probabilities[k] for k in m.spec.labels], by_view.mean(0), atol=1e-6)
     single = Pipeline(tiny_pack).predict(cxr)
-    assert np.allclose([single.cxr4.probabilities[k] for k in m.spec.labels], by_view[0], atol=1e-6)
+    assert np.allclose([single.results["cxr4"].probabilities[k] for k in m.spec.labels], by_view[0], atol=1e-6)
     assert single.tta is None and single.to_dict()["tta"] is None
 
 

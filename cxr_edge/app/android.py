@@ -10,6 +10,8 @@ from pathlib import Path
 
 from kivy.utils import platform
 
+__all__ = ["export_dir", "ON_ANDROID", "pictures_dir", "request_camera", "request_storage"]
+
 log = logging.getLogger(__name__)
 
 ON_ANDROID = platform == "android"

@@ -22,9 +22,7 @@ from cxr_edge.config import resolve_pack
 from cxr_edge.errors import CxrEdgeError, ImageError
 from cxr_edge.runtime.images import load_image
 from cxr_edge.runtime.pack import load_pack
-from cxr_edge.runtime.pipeline import Pipeline
-from cxr_edge.runtime.photo.quality import QualitySpec, check_quality
-from cxr_edge.runtime.photo.rectify import rectify
+from cxr_edge.runtime.pipeline import Film, Pipeline
 
 from . import android
 from .camera import CameraFacade
@@ -33,35 +31,36 @@ from .screens import Root
 from .settings import AppSettings
 from .worker import Worker
 
-log = logging.getLogger(__name__)
+__all__ = ["Controller", "CxrEdgeApp", "Draft", "main"]
 
-APP_DIR = Path(__file__).resolve().parents[1]
-#: a pack shipped inside the APK (buildozer copies mobile_app/pack into the app)
-APP_PACK = APP_DIR / "pack"
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Draft:
-    """The case being made: what was opened, what the checks said, what the models said."""
+    """The case being made: what was opened, the film found in it (:meth:`Pipeline.film`: the image the
+    models see, how it was found, the photo's quality checks), what the models said."""
 
     name: str
-    photo: object = None
-    rect: object = None
-    checks: list = field(default_factory=list)
+    photo: object = None         # what was opened: a path, or the camera's PIL image
+    film: Film | None = None     # None until the film is found (or when no film was found)
     prediction: object = None
     case: object = None
     timings: dict = field(default_factory=dict)
 
     @property
-    def film(self):
-        return self.rect.film if self.rect is not None else None   # what the models see (levels stretched)
+    def checks(self) -> list:
+        """The photo's quality checks (none for a digital image, as predict has none for it)."""
+        return list(self.film.quality or []) if self.film is not None else []
 
 
 class Controller:
     """Owns the services (pipeline, case store, camera, worker, settings) and moves between screens."""
 
-    def __init__(self, data_dir, *, pack=None, threads: int | None = None, camera: CameraFacade | None = None):
+    def __init__(self, data_dir, *, pack=None, threads: int | None = None, camera: CameraFacade | None = None,
+                 app_pack=None):
         self.data_dir = Path(data_dir)
+        self.app_pack = Path(app_pack) if app_pack else None   # a pack shipped inside the APK (mobile_app/pack)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.settings = AppSettings.load(self.data_dir / "settings.json")
         self.pack_flag = pack
@@ -119,8 +118,8 @@ class Controller:
             return Path(self.pack_flag), "--pack"
         if self.settings.pack:
             return Path(self.settings.pack), "settings"
-        if (APP_PACK / "manifest.json").is_file():
-            return APP_PACK, "bundled with the app"
+        if self.app_pack is not None and (self.app_pack / "manifest.json").is_file():
+            return self.app_pack, "bundled with the app"
         return resolve_pack(None)
 
     def reload_pipeline(self) -> None:
@@ -216,27 +215,32 @@ class Controller:
         self.settings.save()
 
     def open_image(self, source, name: str) -> None:
-        """Decode, rectify and check an image (path, bytes or PIL image) on the worker; show it on Check."""
-        self.draft = draft = Draft(name)
+        """Find, straighten and check the film in an image (path, bytes or PIL image) on the worker, with
+        :meth:`Pipeline.film`: the photo stage ``cxr-edge predict`` runs, with the pack's quality
+        thresholds. Show it on Check; Continue predicts that film (:meth:`continue_to_result`)."""
+        self.draft = draft = Draft(name, photo=source)
         check = self.screen("check")
         check.busy("Finding the film...")
         self.go("check")
-
-        # the pack's own quality thresholds (manifest extra), as `cxr-edge predict` uses them
-        spec = self.pipeline.quality_spec if self.pipeline is not None else QualitySpec()
+        pipeline = self.pipeline
+        if pipeline is None:
+            check.failed(f"The model pack is not loaded. {self.pack_error or 'Wait a moment and try again.'}")
+            return
 
         def prepare():
-            photo = load_image(source, mode="RGB")
-            rect = rectify(photo)
-            # a digital image passed through has no photo around it: no tilt or colour cast to judge
-            checks = (check_quality(rect.image, photo=None if rect.passthrough else photo, corners=rect.corners,
-                                    spec=spec)
-                      if rect.ok else [])
-            return photo, rect, checks
+            try:
+                return pipeline.film(source, name), None
+            except ImageError as exc:
+                if exc.kind != "no_film":
+                    raise
+                return None, (load_image(source, mode="RGB"), exc)   # the photo, to show with the reason
 
         def ready(out):
-            draft.photo, draft.rect, draft.checks = out
-            check.show(*out)
+            draft.film, no_film = out
+            if draft.film is not None:
+                check.show(draft.film)
+            else:
+                check.no_film(*no_film)
 
         def failed(exc):
             if isinstance(exc, ImageError):
@@ -264,8 +268,8 @@ class Controller:
 
         def done(pred):
             draft.prediction = pred
-            heatmaps = pred.heatmaps   # uint8 maps over the film (cxr_edge.cam); never stored with the case
-            result.show(pred.to_dict(), film, heatmaps=heatmaps,
+            heatmaps = pred.heatmaps   # uint8 maps over the film (cxr_edge.runtime.cam); never stored with the case
+            result.show(pred.to_dict(), film.image, heatmaps=heatmaps,
                         heatmap_note="" if heatmaps else "This model pack gives no heatmaps.")
             draft.timings["continue_to_result_s"] = time.perf_counter() - t0
             draft.timings["models_ms"] = pred.timings_ms.get("total")
@@ -276,8 +280,8 @@ class Controller:
             elif pred.status == "rejected":
                 result.saved("Not saved: the image is not a chest X-ray.")
 
-        # the film is already found, straightened and checked on the Check screen: no second rectification
-        self.worker.submit(lambda: pipeline.predict(film, name=draft.name, rectify=False, heatmaps=True), done,
+        # the film was found, straightened and checked for the Check screen: predict takes it as it is
+        self.worker.submit(lambda: pipeline.predict(film, name=draft.name, heatmaps=True), done,
                            lambda exc: result.failed(_message(exc)), key="case")
 
     def save_case(self, draft: Draft) -> None:
@@ -289,7 +293,7 @@ class Controller:
         pack_name = self.pipeline.pack.name if self.pipeline else ""
 
         def save():
-            return self.store.save(draft.prediction, draft.film, quality=draft.checks, source=draft.name,
+            return self.store.save(draft.prediction, draft.film.image, quality=draft.checks, source=draft.name,
                                    pack_name=pack_name, profile=self.settings.profile)
 
         def saved(case):
@@ -374,13 +378,14 @@ def _message(exc: Exception) -> str:
 class CxrEdgeApp(App):
     title = "cxr-edge"
 
-    def __init__(self, *, pack=None, threads: int | None = None, data_dir=None, **kw):
+    def __init__(self, *, pack=None, threads: int | None = None, data_dir=None, app_pack=None, **kw):
         super().__init__(**kw)
-        self._pack, self._threads, self._data_dir = pack, threads, data_dir
+        self._pack, self._threads, self._data_dir, self._app_pack = pack, threads, data_dir, app_pack
         self.controller: Controller | None = None
 
     def build(self):
-        self.controller = Controller(self._data_dir or self.user_data_dir, pack=self._pack, threads=self._threads)
+        self.controller = Controller(self._data_dir or self.user_data_dir, pack=self._pack, threads=self._threads,
+                                     app_pack=self._app_pack)
         return self.controller.root
 
     def on_pause(self):  # Android: keep the app alive when the camera app or the file picker comes up
@@ -391,10 +396,13 @@ class CxrEdgeApp(App):
             self.controller.shutdown()
 
 
-def main(pack=None, threads: int | None = None, data_dir=None) -> None:
+def main(pack=None, threads: int | None = None, data_dir=None, app_pack=None) -> None:
     """Run the app (desktop or Android). Ctrl-C in the terminal stops it the way closing the window does
-    (``on_stop`` closes the case store), then raises KeyboardInterrupt for the CLI's exit 130."""
-    app = CxrEdgeApp(pack=pack, threads=threads, data_dir=data_dir)
+    (``on_stop`` closes the case store), then raises KeyboardInterrupt for the CLI's exit 130.
+
+    ``app_pack``: a pack shipped with the app (the APK's ``pack/`` folder, which ``mobile_app/main.py``
+    passes), used when neither ``pack`` nor the Settings name one."""
+    app = CxrEdgeApp(pack=pack, threads=threads, data_dir=data_dir, app_pack=app_pack)
     with _stop_on_sigint(app) as interrupted:
         app.run()
     if interrupted:

@@ -7,6 +7,8 @@ import logging
 
 from PIL import Image
 
+__all__ = ["CameraFacade", "CameraUnavailable", "texture_to_image"]
+
 log = logging.getLogger(__name__)
 
 

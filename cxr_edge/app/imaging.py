@@ -5,6 +5,8 @@ from __future__ import annotations
 from kivy.graphics.texture import Texture
 from PIL import Image
 
+__all__ = ["to_texture"]
+
 
 def to_texture(image: Image.Image) -> Texture:
     """An RGBA texture of ``image`` (4-byte rows avoid GL row-alignment problems)."""

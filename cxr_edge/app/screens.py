@@ -28,8 +28,13 @@ from kivy.uix.widget import Widget
 from cxr_edge.runtime.cam import overlay
 from cxr_edge.runtime.images import IMAGE_SUFFIXES
 from cxr_edge.runtime.photo.quality import overall_verdict
+from cxr_edge.tasks import CLASSIFIER_SLOTS, get_slot
 
 from .imaging import to_texture
+
+__all__ = ["AMBER", "AppScreen", "BusyIndicator", "CaptureScreen", "CaseRow", "CheckScreen", "dialog", "FilmGuide",
+           "GREEN", "HistoryScreen", "HomeScreen", "KV_FILE", "PICKER_FILTERS", "ProbBar", "RED", "ResultScreen",
+           "Root", "SettingsScreen", "text", "VERDICT_COLORS"]
 
 log = logging.getLogger(__name__)
 
@@ -217,17 +222,14 @@ class CheckScreen(AppScreen):
         self.ids.checks.clear_widgets()
         self.film_note, self.can_continue, self.continue_text = "", False, "Continue"
 
-    def show(self, photo, rect, checks) -> None:
+    def show(self, film) -> None:
+        """The film :meth:`Pipeline.film` found (a :class:`~cxr_edge.runtime.pipeline.Film`) and its checks."""
         self.ids.busy.stop()
         box = self.ids.checks
         box.clear_widgets()
-        if rect.image is None:
-            self.ids.film.texture = to_texture(photo)
-            reason = rect.detection.reason or "no film outline was found"
-            self.film_note = f"No film found in this photo ({reason}). Retake it with the whole film in view."
-            return
-        self.ids.film.texture = to_texture(rect.film)
-        if rect.passthrough:
+        checks = film.quality or []
+        self.ids.film.texture = to_texture(film.image)
+        if not (film.rectify or {}).get("photo"):
             self.film_note = "Digital image: used as it is."
         else:
             self.film_note = "Film found, straightened and its contrast evened out."
@@ -239,6 +241,14 @@ class CheckScreen(AppScreen):
             box.add_widget(text("No quality checks apply to this image."))
         self.can_continue = True
         self.continue_text = "Continue anyway" if overall_verdict(checks) == "fail" else "Continue"
+
+    def no_film(self, photo, error) -> None:
+        """A photo in which no film was found: the photo, and the reason (an ImageError of kind no_film)."""
+        self.ids.busy.stop()
+        self.ids.checks.clear_widgets()
+        self.ids.film.texture = to_texture(photo)
+        reason = getattr(error, "detail", None) or "no film outline was found"
+        self.film_note = f"No film found in this photo ({reason}). Retake it with the whole film in view."
 
     def failed(self, message: str) -> None:
         self.ids.busy.stop()
@@ -285,10 +295,9 @@ class ResultScreen(AppScreen):
                                  color=GREEN))
         for warning in result.get("warnings") or []:
             body.add_widget(text(f"Warning: {warning}", color=AMBER, bold=True))
-        if result.get("cxr4"):
-            self._cxr4(body, result["cxr4"])
-        if result.get("nih14"):
-            self._findings(body, result["nih14"])
+        for slot in CLASSIFIER_SLOTS:   # the slot table: a class slot as bars, a findings slot as a list
+            if result.get(slot):
+                (self._classes if get_slot(slot).answer == "class" else self._findings)(body, result[slot])
         self._film_widgets(body, film, result, heatmap_note)
 
     def _show_rejected(self, result: dict, film) -> None:
@@ -338,7 +347,7 @@ class ResultScreen(AppScreen):
             if self.heatmaps:
                 self.heatmap_caption.text = ""
 
-    def _cxr4(self, body, r: dict) -> None:
+    def _classes(self, body, r: dict) -> None:
         probs = r["probabilities"]
         body.add_widget(text(" / ".join(probs), bold=True))    # the pack's labels, in its order
         for label in sorted(probs, key=lambda k: -probs[k]):
@@ -360,8 +369,12 @@ class ResultScreen(AppScreen):
 
 
 def _heatmap_order(heatmaps: dict, result: dict) -> list[str]:
-    """Heatmap labels, the reported ones first (cxr4's answer, then the findings), then the rest."""
-    first = [(result.get("cxr4") or {}).get("top")] + list((result.get("nih14") or {}).get("positive") or [])
+    """Heatmap labels, the reported ones first (a class slot's answer, a findings slot's findings, in slot
+    order), then the rest."""
+    first = []
+    for slot in CLASSIFIER_SLOTS:
+        r = result.get(slot) or {}
+        first += [r.get("top")] if get_slot(slot).answer == "class" else list(r.get("positive") or [])
     ordered = [k for k in first if k in heatmaps]
     return ordered + sorted(k for k in heatmaps if k not in ordered)
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from cxr_edge.runtime.atomic import write_atomic
 
+__all__ = ["AppSettings", "MAX_THREADS"]
+
 log = logging.getLogger(__name__)
 
 MAX_THREADS = 8

@@ -18,6 +18,8 @@ from functools import partial
 
 from kivy.clock import Clock
 
+__all__ = ["Worker"]
+
 log = logging.getLogger(__name__)
 
 

@@ -21,6 +21,8 @@ import click
 
 from .. import __version__
 
+__all__ = ["COMMANDS", "EXIT_BROKEN_PIPE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "LazyGroup", "main"]
+
 # name -> (module, attribute, one-line help). The help is here so listing commands imports nothing.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": ("cxr_edge.cli.predict", "predict", "Run the gate and classifiers on images (files or folders)."),

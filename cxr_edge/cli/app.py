@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+__all__ = ["app"]
+
 
 @click.command()
 @click.option("--pack", "pack", type=click.Path(path_type=str), default=None,

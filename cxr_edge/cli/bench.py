@@ -8,6 +8,8 @@ import click
 
 from .options import backend_option
 
+__all__ = ["bench"]
+
 
 @click.command()
 @click.option("--pack", "pack", type=click.Path(path_type=str), default=None,

@@ -8,6 +8,8 @@ import click
 
 from .evaluate import StageProgress, format_number
 
+__all__ = ["calibrate", "format_result"]
+
 _path = click.Path(path_type=str)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+__all__ = ["build", "calibration", "verify"]
+
 _path = click.Path(path_type=str)
 
 

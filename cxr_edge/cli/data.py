@@ -6,6 +6,8 @@ import sys
 
 import click
 
+__all__ = ["data", "prepare", "ProgressBar", "report"]
+
 
 def _fractions(ctx, param, value):
     try:

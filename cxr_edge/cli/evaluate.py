@@ -9,6 +9,8 @@ import click
 
 from .options import backend_option
 
+__all__ = ["evaluate", "format_number", "format_result", "StageProgress"]
+
 _path = click.Path(path_type=str)
 
 

@@ -6,6 +6,8 @@ import json
 
 import click
 
+__all__ = ["export", "format_report"]
+
 _path = click.Path(path_type=str)
 
 

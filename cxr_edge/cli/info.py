@@ -6,6 +6,8 @@ import json
 
 import click
 
+__all__ = ["format_description", "info"]
+
 
 @click.command()
 @click.argument("pack", required=False, type=click.Path(path_type=str))

@@ -6,6 +6,8 @@ import json
 
 import click
 
+__all__ = ["fit", "ood"]
+
 
 @click.group()
 def ood():

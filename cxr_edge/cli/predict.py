@@ -10,6 +10,8 @@ import click
 
 from .options import backend_option
 
+__all__ = ["EXIT_SOME_FAILED", "predict"]
+
 EXIT_SOME_FAILED = 1
 
 
@@ -77,7 +79,8 @@ def predict(images, pack, as_json, threads, workers, profile, backend, no_rectif
     """
     from ..config import resolve_pack
     from ..runtime.images import iter_image_files
-    from ..runtime.pipeline import DISCLAIMER, Pipeline
+    from ..runtime.pipeline import Pipeline
+    from ..runtime.prediction import DISCLAIMER
 
     pack_path, origin = resolve_pack(pack)
     pipeline = Pipeline(pack_path, threads=threads, profile=profile, backend=backend, rectify=not no_rectify,
@@ -122,18 +125,23 @@ def predict(images, pack, as_json, threads, workers, profile, backend, no_rectif
 
 
 class _Table:
-    """The plain-text output: one row per image (file, status, gate score, the 4-class answer, the NIH
-    findings above the profile's thresholds), with its warnings and heatmap files indented below it."""
+    """The plain-text output: one row per image (file, status, gate score, then a column per classifier
+    slot of the slot table: a class slot's answer (the 4-class one), a findings slot's findings above the
+    profile's thresholds), with its warnings and heatmap files indented below it."""
 
     def __init__(self, files, pipeline):
+        from ..tasks import CLASSIFIER_SLOTS, get_slot
+
         self.file_w = min(max([len(str(f)) for f in files] + [4]), 48)
         self.profile = pipeline.profile
         self.tasks = {slot: m.spec.name for slot, m in pipeline.models.items()}
+        self.slots = [get_slot(s) for s in CLASSIFIER_SLOTS]
 
     def header(self) -> str:
         profile = f", profile {self.profile}" if self.profile else ""
-        cols = ["file".ljust(self.file_w), "status  ", "gate ", self.tasks.get("cxr4", "-").ljust(26),
-                f"{self.tasks.get('nih14', '-')} findings{profile}"]
+        cols = ["file".ljust(self.file_w), "status  ", "gate "]
+        cols += [self.tasks.get(s.name, "-").ljust(26) if s.answer == "class" else
+                 f"{self.tasks.get(s.name, '-')} findings{profile}" for s in self.slots]
         line = "  ".join(cols)
         return line + "\n" + "-" * len(line)
 
@@ -150,14 +158,15 @@ class _Table:
         elif pred.status == "rejected":
             cells.append(pred.message)
         else:
-            cells += [_answer(pred.cxr4).ljust(26), _findings(pred.nih14)]
+            cells += [_answer(pred.results.get(s.name)).ljust(26) if s.answer == "class" else
+                      _findings(pred.results.get(s.name)) for s in self.slots]
         below += [f"warning: {w}" for w in pred.warnings]
         below += [f"heatmap {label}: {path}" for label, path in (pred.extras.get("heatmaps") or {}).items()]
         return "  ".join(cells).rstrip() + "".join(f"\n{' ' * 4}{b}" for b in below)
 
 
 def _answer(result) -> str:
-    """The 4-class answer: the top class and its probability, and any other class its threshold flags."""
+    """A class slot's answer: the top class and its probability, and any other class its threshold flags."""
     if result is None:
         return "-"
     text = f"{result.top} {result.probabilities[result.top]:.2f}"

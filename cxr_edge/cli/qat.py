@@ -6,6 +6,8 @@ import sys
 
 import click
 
+__all__ = ["qat"]
+
 
 @click.command()
 @click.argument("run_dir", type=click.Path(path_type=str))

@@ -7,6 +7,8 @@ import os
 
 import click
 
+__all__ = ["rectify"]
+
 
 @click.command()
 @click.argument("photo", type=click.Path(path_type=str))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+__all__ = ["default_out", "epoch_line", "parse_sets", "train"]
+
 _path = click.Path(path_type=str)
 
 

@@ -33,6 +33,9 @@ from ..runtime.atomic import write_atomic
 from ..runtime.preprocess import fit_to_square
 from ..tasks import InputSpec
 
+__all__ = ["build_cache", "CACHE_FORMAT", "CacheResult", "DEFAULT_SHARD_SIZE", "pixel_shape", "shard_name",
+           "ShardedImages"]
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1

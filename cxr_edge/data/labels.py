@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from ..errors import DataError
 from ..tasks import NIH14_LABELS, TaskSpec
 
+__all__ = ["LabelMapper", "Mapped", "NEGATIVE", "NO_FINDING", "norm_key", "split_names"]
+
 #: The NIH "no finding" label: an extra reported column for nih13/nih14 (``--no-finding``), the 15th
 #: output of nih15.
 NO_FINDING = "No Finding"

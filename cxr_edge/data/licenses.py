@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+__all__ = ["is_permissive", "is_redistributable", "LEVELS", "license_rank", "summarize_licenses"]
+
 #: rank -> (name, permissive?) ; higher = more restrictive.
 LEVELS = {
     0: ("public domain / CC0 / unrestricted", True),

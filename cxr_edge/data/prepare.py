@@ -38,6 +38,8 @@ from .prepared import INFO_FILE, PARAMS_FILE, PREPARED_FORMAT, Prepared, compute
 from .sources import Issues, Record, SourceOptions, SourceSpec, load_sources, read_duplicate_groups, sha256_file
 from .splits import SPLITS, SplitConfig, assign_splits, connected_groups, sample_groups
 
+__all__ = ["describe", "META_COLUMNS", "prepare", "PrepareConfig", "STANDARD_WARNINGS"]
+
 log = logging.getLogger(__name__)
 
 #: Warning kinds prepared.json always lists (count 0 when none occurred).

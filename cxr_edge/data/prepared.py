@@ -31,6 +31,8 @@ from ..tasks import InputSpec, TaskSpec, get_task
 from .cache import ShardedImages, pixel_shape
 from .splits import SPLITS
 
+__all__ = ["compute_data_sha256", "INFO_FILE", "open_prepared", "PARAMS_FILE", "Prepared", "PREPARED_FORMAT", "Table"]
+
 PREPARED_FORMAT = 1
 INFO_FILE = "prepared.json"
 PARAMS_FILE = "params.json"

@@ -23,6 +23,8 @@ from ..errors import require
 from .prepared import Prepared, open_prepared
 from .splits import SPLITS
 
+__all__ = ["figure", "heatmap", "SPLIT_COLORS", "write_report"]
+
 log = logging.getLogger(__name__)
 
 SPLIT_COLORS = {"train": "#4C72B0", "val": "#DD8452", "test": "#55A868"}

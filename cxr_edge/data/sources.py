@@ -35,6 +35,9 @@ from ..tasks import TaskSpec
 from .labels import NO_FINDING, LabelMapper, Mapped, norm_key, split_names
 from .licenses import is_permissive
 
+__all__ = ["Issues", "load_sources", "Loaded", "mapped_name", "NIH_DATASET", "NIH_LICENSE", "read_csv_rows",
+           "read_duplicate_groups", "Record", "ROLES", "sha256_file", "SourceOptions", "SourceSpec", "SPLIT_FOLDERS"]
+
 log = logging.getLogger(__name__)
 
 NIH_DATASET = "NIH ChestX-ray14"

@@ -25,6 +25,9 @@ import numpy as np
 
 from ..errors import DataError
 
+__all__ = ["assign_splits", "connected_groups", "group_matrix", "iterative_stratification", "sample_groups",
+           "SplitConfig", "SPLITS"]
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")

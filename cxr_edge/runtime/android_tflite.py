@@ -29,6 +29,8 @@ try:
 except ImportError as exc:  # not Android (or pyjnius missing): the backend is simply not available
     raise ImportError(f"the tflite-java backend needs pyjnius on Android ({exc})") from exc
 
+__all__ = ["dtype_of", "DTYPES", "from_java_bytes", "Interpreter", "OUTPUT_BASE", "to_java_buffer"]
+
 try:
     _JInterpreter = autoclass("org.tensorflow.lite.Interpreter")
     _JOptions = autoclass("org.tensorflow.lite.Interpreter$Options")

@@ -57,6 +57,9 @@ from ..errors import PackError
 from ..tasks import InputSpec
 from .features import FEATURES_ROLE
 
+__all__ = ["class_maps", "colormap", "film_box", "Head", "HEAD_MEMBER", "head_of", "heatmaps", "MAX_SIDE", "overlay",
+           "OVERLAY_MAX_SIDE", "to_display", "to_film", "write_overlays"]
+
 log = logging.getLogger(__name__)
 
 HEAD_MEMBER = "head.npz"

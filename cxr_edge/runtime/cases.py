@@ -41,7 +41,10 @@ from PIL import Image
 from ..errors import DataError
 from .atomic import write_atomic
 from .images import load_image
-from ..tasks import get_task, task_names
+from ..tasks import CLASSIFIER_SLOTS, get_slot, get_task, task_names
+
+__all__ = ["Case", "CaseStore", "CaseStoreError", "csv_columns", "DB_NAME", "ExportResult", "jsonable",
+           "make_thumbnail", "MIGRATIONS", "SCHEMA_VERSION", "summarize", "THUMBNAIL_SIZE"]
 
 log = logging.getLogger(__name__)
 
@@ -208,12 +211,14 @@ def summarize(result: dict) -> str:
     if status == "error":
         return "Could not be analysed"
     parts = []
-    cxr4 = result.get("cxr4") or {}
-    if cxr4.get("top"):
-        parts.append(f"{cxr4['top']} {cxr4['probabilities'][cxr4['top']]:.2f}")
-    nih = result.get("nih14")
-    if nih is not None:
-        parts.append("findings: " + (", ".join(nih.get("positive") or []) or "none above threshold"))
+    for slot in CLASSIFIER_SLOTS:
+        r = result.get(slot)
+        if r is None:
+            continue
+        if get_slot(slot).answer == "class" and r.get("top"):
+            parts.append(f"{r['top']} {r['probabilities'][r['top']]:.2f}")
+        elif get_slot(slot).answer == "findings":
+            parts.append("findings: " + (", ".join(r.get("positive") or []) or "none above threshold"))
     return "; ".join(parts) or "analysed"
 
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["clahe", "NR_OF_GREY"]
+
 NR_OF_GREY = 2 ** 14      # grey levels CLAHE works in, as in scikit-image
 
 

@@ -26,6 +26,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
 
+__all__ = ["IMAGE_SUFFIXES", "ImageSource", "iter_image_files", "load_image", "MAX_PIXELS", "MIN_SIDE"]
+
 log = logging.getLogger(__name__)
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image, np.ndarray]

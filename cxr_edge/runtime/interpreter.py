@@ -30,6 +30,8 @@ import numpy as np
 from ..errors import BackendError
 from .backends import BACKENDS, DISTRIBUTIONS, MODULES
 
+__all__ = ["available_backends", "interpreter_class", "pick_backend", "TensorInfo", "TFLiteModel"]
+
 log = logging.getLogger(__name__)
 
 

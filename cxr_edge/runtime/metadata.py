@@ -26,6 +26,8 @@ from .. import __version__
 from ..errors import PackError
 from ..tasks import InputSpec, TaskSpec
 
+__all__ = ["embed", "METADATA_MEMBER", "ModelMetadata", "read", "SCHEMA_VERSION", "split_model", "utc_now"]
+
 # 2: ``bias`` (per-label logit offsets) joined ``temperature``; a toolkit that ignored them would report other
 # probabilities than the pack was calibrated to, so version-1 readers refuse these packs.
 SCHEMA_VERSION = 2

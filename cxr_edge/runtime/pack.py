@@ -30,6 +30,9 @@ from . import metadata as md
 from ..errors import PackError, UnknownTaskError
 from ..tasks import TaskSpec, get_task
 
+__all__ = ["fields_digest", "FIELDS_KEY", "FORMAT_VERSION", "load_pack", "MANIFEST", "ModelPack", "PACK_FORMAT",
+           "PackModel", "sha256_bytes", "SLOTS"]
+
 log = logging.getLogger(__name__)
 
 PACK_FORMAT = "cxr-edge-pack"

@@ -1,23 +1,25 @@
 """The pipeline: one image in, one typed result out: film → gate → classifiers (+ guards, heatmaps).
 
 1. **Film.** A colour photo (or a large grey image) is searched for the X-ray
-   film, which is warped upright (:mod:`cxr_edge.rectify`) and checked for
+   film, which is warped upright (:mod:`cxr_edge.runtime.photo.rectify`) and checked for
    blur, glare, exposure, pixels, tilt and colour cast
-   (:mod:`cxr_edge.quality`; thresholds from the pack, else the defaults). A
+   (:mod:`cxr_edge.runtime.photo.quality`; thresholds from the pack, else the defaults). A
    digital image passes through untouched; a grey image smaller than
    ``GREY_SEARCH_MIN_SIDE`` is digital without a search (it pays nothing for
    the photo path). A photo with no film in it gets an ``error`` result of
    kind ``no_film``. ``rectify=False`` skips all of this.
 2. **Gate.** An image the gate rejects gets a plain "rejected: not a chest
    X-ray" result and the classifiers never see it.
-3. **Classifiers.** Accepted images go through ``cxr4`` and the NIH model;
-   the pack's temperature rescales probabilities and the chosen profile's
-   thresholds apply. Optional test-time augmentation (:mod:`cxr_edge.tta`)
+3. **Classifiers.** Accepted images go through the classifier slots of the
+   slot table (:data:`cxr_edge.tasks.CLASSIFIER_SLOTS`: ``cxr4``, then the NIH
+   model); the pack's temperature rescales probabilities and the chosen
+   profile's thresholds apply. The answers are :class:`~cxr_edge.runtime.prediction.Prediction`
+   ``.results``, keyed by slot. Optional test-time augmentation (:mod:`cxr_edge.runtime.tta`)
    averages a few views.
 4. **Guards and explanations.** Models with OOD statistics score how
-   unusual the image's features are (:mod:`cxr_edge.ood`): far outside gives
+   unusual the image's features are (:mod:`cxr_edge.runtime.ood`): far outside gives
    a warning even when the gate accepted. With ``heatmaps`` each reported
-   finding gets a class activation map (:mod:`cxr_edge.cam`) in
+   finding gets a class activation map (:mod:`cxr_edge.runtime.cam`) in
    ``Prediction.heatmaps`` (never in the JSON).
 
 Quality verdicts never stop a prediction by default: every check that does
@@ -27,11 +29,15 @@ still gets an answer, flagged. ``on_poor_photo='skip'`` turns a failed check
 into an ``error`` result of kind ``poor_photo`` instead.
 
 An image that cannot be read gets an ``error`` result; it never stops a batch.
+
+The photo stage is one method, :meth:`Pipeline.film`; ``predict(path)`` runs it, and
+``predict(film)`` takes its result (the app shows the film and its checks first).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import logging
 import os
@@ -47,22 +53,26 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from ..config import BUNDLED_PACK, resolve_pack
+from ..errors import CxrEdgeError, ImageError, PackError
+from ..tasks import CLASSIFIER_SLOTS, TaskSpec
 from . import cam
 from . import ood as _ood
 from . import tta as _tta
-from ..errors import CxrEdgeError, ImageError, PackError
 from .features import pooled
 from .images import load_image
 from .interpreter import TFLiteModel
 from .metadata import ModelMetadata
 from .pack import ModelPack, PackModel, load_pack
-from .preprocess import fit_to_square, normalize
 from .photo.quality import QualityCheck, QualitySpec, advice, check_quality, check_resolution, overall_verdict
-from ..tasks import TaskSpec
+from .prediction import GateResult, Prediction, TaskResult, error_result, summary
+from .preprocess import fit_to_square, normalize
+
+__all__ = ["Film", "GREY_SEARCH_MIN_SIDE", "LoadedModel", "pack_quality_spec", "PHOTO_MIN_SIDE", "Pipeline",
+           "POOR_PHOTO", "QUALITY_KEY"]
 
 log = logging.getLogger(__name__)
 
-DISCLAIMER = "Decision support only, not a diagnosis: a clinician must review every image."
 #: JPEG photos decode (Pillow draft) with both sides at least this: a 12-MP 4:3 photo at 1/4 scale,
 #: 1008 x 756, which is what the film finder works at anyway (it refines at 1024 px).
 PHOTO_MIN_SIDE = 720
@@ -72,79 +82,6 @@ QUALITY_KEY = "quality_spec"     # where a pack stores its QualitySpec (manifest
 POOR_PHOTO = ("The photo failed a quality check, so this result may be unreliable: take the photo again "
               "if you can.")
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-
-
-@dataclass
-class GateResult:
-    score: float
-    threshold: float
-    accepted: bool
-
-    def to_dict(self) -> dict:
-        return {"score": round(self.score, 4), "threshold": self.threshold, "accepted": self.accepted}
-
-
-@dataclass
-class TaskResult:
-    """One classifier's answer. ``positive`` lists the labels at or above their thresholds in the profile;
-    for a softmax task ``top`` (the most likely class) is the answer and ``positive`` the classes flagged."""
-
-    task: str
-    probabilities: dict[str, float]
-    thresholds: dict[str, float]
-    positive: list[str]
-    top: str
-    profile: str
-    temperature: float = 1.0
-
-    def to_dict(self) -> dict:
-        return {"task": self.task, "top": self.top, "positive": self.positive,
-                "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()},
-                "thresholds": self.thresholds, "profile": self.profile, "temperature": self.temperature}
-
-
-@dataclass
-class Prediction:
-    """The result for one image: ``status`` is 'ok', 'rejected' or 'error'.
-
-    ``rectify`` says how the film was obtained (None when rectification was
-    off), ``quality`` holds the photo's quality checks (None for a digital
-    image), ``ood`` the OOD scores per model, ``tta`` the views used.
-    ``heatmaps`` ({name: uint8 HxW over the film}) and ``film`` (the image
-    the models saw) are kept only when heatmaps were asked for, and never go
-    into :meth:`to_dict`.
-    """
-
-    file: str
-    status: str = "ok"
-    gate: GateResult | None = None
-    cxr4: TaskResult | None = None
-    nih14: TaskResult | None = None
-    error: dict | None = None
-    message: str = ""
-    warnings: list[str] = field(default_factory=list)
-    extras: dict = field(default_factory=dict)
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    rectify: dict | None = None
-    quality: list[QualityCheck] | None = None
-    ood: dict | None = None
-    tta: dict | None = None
-    heatmaps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-    film: Image.Image | None = field(default=None, repr=False)
-
-    def to_dict(self) -> dict:
-        out = {"file": self.file, "status": self.status,
-               "gate": self.gate.to_dict() if self.gate else None,
-               "cxr4": self.cxr4.to_dict() if self.cxr4 else None,
-               "nih14": self.nih14.to_dict() if self.nih14 else None,
-               "error": self.error, "message": self.message, "warnings": self.warnings,
-               "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
-               "rectify": self.rectify,
-               "quality": None if self.quality is None else {
-                   "verdict": overall_verdict(self.quality), "checks": [c.to_dict() for c in self.quality]},
-               "ood": self.ood, "tta": self.tta}
-        out.update(self.extras)
-        return out
 
 
 @dataclass
@@ -225,10 +162,12 @@ class _Run:
 class Pipeline:
     """Runs a pack on images. Build once, call :meth:`predict` many times (models load once).
 
+    ``Pipeline.from_pack("default")`` is the bundled pack (:meth:`from_pack`); ``Pipeline(pack)`` takes
+    a pack folder, ``.zip`` or loaded :class:`~cxr_edge.runtime.pack.ModelPack`.
     ``rectify``: find and straighten films in photos, with quality checks
     (module docstring). ``heatmaps``: class activation maps of the reported
     findings. ``tta``: test-time augmentation (True or a
-    :class:`~cxr_edge.tta.TTAConfig`). ``ood``: score images with the pack's
+    :class:`~cxr_edge.runtime.tta.TTAConfig`). ``ood``: score images with the pack's
     OOD statistics where it has them. ``quality_spec``: overrides the pack's
     thresholds. ``on_poor_photo``: 'predict' (warn) or 'skip' (an error
     result) when a quality check fails.
@@ -270,9 +209,24 @@ class Pipeline:
         if heatmaps:
             self._check_heads()
 
+    @classmethod
+    def from_pack(cls, pack: ModelPack | str | os.PathLike | None = "default", **options) -> "Pipeline":
+        """A pipeline for ``pack``; ``options`` are the constructor's (``profile=``, ``threads=``, ...).
+
+        ``pack``: ``"default"`` (the pack bundled with cxr-edge), None (the pack ``cxr-edge predict``
+        uses without ``--pack``: ``$CXR_EDGE_PACK``, then the config file, then the bundled one), a
+        pack folder or ``.zip`` (a folder really called ``default`` is ``"./default"``), or a loaded
+        :class:`~cxr_edge.runtime.pack.ModelPack`.
+        """
+        if isinstance(pack, str) and pack == "default":
+            pack = BUNDLED_PACK
+        elif pack is None:
+            pack, _ = resolve_pack(None)
+        return cls(pack, **options)
+
     def _check_heads(self) -> None:
-        missing = [s for s in ("cxr4", "nih14") if s in self.models and self.models[s].head is None]
-        if missing and len(missing) == len([s for s in ("cxr4", "nih14") if s in self.models]):
+        missing = [s for s in CLASSIFIER_SLOTS if s in self.models and self.models[s].head is None]
+        if missing and len(missing) == len([s for s in CLASSIFIER_SLOTS if s in self.models]):
             raise PackError(f"{self.pack.path}: its models carry no head weights (head.npz) or no 'features' "
                             "output, so no heatmaps can be made. Re-export them with cxr-edge export, or drop "
                             "--heatmap.")
@@ -333,7 +287,7 @@ class Pipeline:
             raise ImageError(f"{name}: no X-ray film found in the photo ({r.detection.reason}). Take the photo again "
                              "with the whole film in view and all four corners visible, against a lightbox or a "
                              "bright window; or pass --no-rectify to use the image as it is.",
-                             kind="no_film", path=name)
+                             kind="no_film", path=name, detail=r.detection.reason)
         t1 = time.perf_counter()
         scale = max(size) / max(img.size)    # decoded at reduced size: corners back to the photo's pixels
         corners = r.corners * scale
@@ -379,11 +333,11 @@ class Pipeline:
                 pred.message = f"rejected: not a chest X-ray (score {score:.2f} < {threshold:.2f})"
                 self._ood(runs, pred)
                 return pred
-        for slot in ("cxr4", "nih14"):
+        for slot in CLASSIFIER_SLOTS:
             if slot in self.models:
                 t0 = time.perf_counter()
                 runs[slot] = self._run(self.models[slot], inputs[slot])
-                setattr(pred, slot, self._task_result(self.models[slot], runs[slot].probs))
+                pred.results[slot] = self._task_result(self.models[slot], runs[slot].probs)
                 pred.timings_ms[slot] = (time.perf_counter() - t0) * 1e3
         if self.tta is not None:
             pred.tta = {s: self._view_names(self.models[s]) for s in runs}
@@ -392,7 +346,7 @@ class Pipeline:
             t0 = time.perf_counter()
             pred.heatmaps = self._heatmaps(runs, pred, film_size)
             pred.timings_ms["heatmaps"] = (time.perf_counter() - t0) * 1e3
-        pred.message = _summary(pred)
+        pred.message = summary(pred)
         return pred
 
     def _view_names(self, m: LoadedModel) -> list[str]:
@@ -445,8 +399,8 @@ class Pipeline:
 
     def _heatmaps(self, runs: dict[str, _Run], pred: Prediction, film_size) -> dict[str, np.ndarray]:
         maps: dict[str, np.ndarray] = {}
-        for slot in ("cxr4", "nih14"):
-            result, m = getattr(pred, slot), self.models.get(slot)
+        for slot in CLASSIFIER_SLOTS:
+            result, m = pred.results.get(slot), self.models.get(slot)
             if result is None or m.head is None or runs[slot].features is None:
                 continue
             names = ([result.top] + [lbl for lbl in result.positive if lbl != result.top]
@@ -461,23 +415,28 @@ class Pipeline:
 
     def predict(self, source, name: str | None = None, *, rectify: bool | None = None,
                 heatmaps: bool | None = None) -> Prediction:
-        """Predict one image (path, bytes, PIL image or array). Unreadable input gives an 'error' result.
+        """Predict one image (path, bytes, PIL image or array), or a :class:`Film` from :meth:`film`.
+        Unreadable input gives an 'error' result.
 
-        ``rectify`` / ``heatmaps`` override the pipeline's settings for this call (the app passes
-        ``rectify=False`` for a film it has already straightened).
+        A :class:`Film` skips the photo stage it has been through: its quality checks and how it was
+        found still go into the result (the app shows the film on its Check screen, then predicts it).
+        ``rectify`` / ``heatmaps`` override the pipeline's settings for this call.
         """
         name = name or (str(source) if isinstance(source, (str, Path)) else "<image>")
         try:
-            film = self.film(source, name, rectify=rectify)
+            if isinstance(source, Film):
+                film = dataclasses.replace(source, timings_ms=dict(source.timings_ms))   # the caller's Film stays as it was
+            else:
+                film = self.film(source, name, rectify=rectify)
             t0 = time.perf_counter()
             inputs = self.prepare(film.image)
             film.timings_ms["preprocess"] = (time.perf_counter() - t0) * 1e3
             return self._finish_one(name, film, inputs, heatmaps)
         except ImageError as exc:
-            return _error(name, exc)
+            return error_result(name, exc)
         except Exception as exc:  # one image must never stop a batch; the log keeps the traceback
             log.debug("%s: unexpected %s while predicting", name, type(exc).__name__, exc_info=True)
-            return _error(name, CxrEdgeError(
+            return error_result(name, CxrEdgeError(
                 f"{name}: unexpected error ({type(exc).__name__}: {exc}). The other images are not affected. "
                 "This is a bug in cxr-edge: please report it with this file (cxr-edge -vv predict ... shows the traceback)."),
                 kind="internal")
@@ -512,7 +471,7 @@ class Pipeline:
         """
         if workers <= 0:
             for src in sources:
-                yield self.predict(src, str(src))
+                yield self.predict(src, _path_name(src))
             return
         local = threading.local()
 
@@ -520,7 +479,7 @@ class Pipeline:
             replica = getattr(local, "pipeline", None)
             if replica is None:
                 replica = local.pipeline = self._replica()
-            return replica.predict(src, str(src))
+            return replica.predict(src, _path_name(src))
 
         window: deque = deque()
         it = iter(sources)
@@ -556,6 +515,11 @@ def pack_quality_spec(pack: ModelPack) -> QualitySpec:
 
 def _digital(*, searched: bool) -> dict:
     return {"photo": False, "passthrough": True, "searched": searched}
+
+
+def _path_name(source) -> str | None:
+    """The file name a result carries for a path; None (predict's own naming) for anything else."""
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
 
 
 def _name(source) -> str:
@@ -595,16 +559,3 @@ def _peek(source) -> tuple[bool, tuple[int, int] | None]:
     return (not is_dicom), None
 
 
-def _error(name: str, exc: CxrEdgeError, kind: str | None = None) -> Prediction:
-    kind = kind or getattr(exc, "kind", type(exc).__name__)
-    return Prediction(file=name, status="error", error={"kind": kind, "message": str(exc)},
-                      message=f"error: {exc}")
-
-
-def _summary(pred: Prediction) -> str:
-    parts = []
-    if pred.cxr4:
-        parts.append(f"{pred.cxr4.top} {pred.cxr4.probabilities[pred.cxr4.top]:.2f}")
-    if pred.nih14:
-        parts.append("findings: " + (", ".join(pred.nih14.positive) or "none above threshold"))
-    return "; ".join(parts) or "accepted"

@@ -20,6 +20,8 @@ from PIL import Image
 from .images import load_image
 from ..tasks import InputSpec, TaskSpec
 
+__all__ = ["fit_to_square", "input_spec_of", "normalize", "preprocess"]
+
 _RESAMPLE = Image.Resampling.BILINEAR  # antialiased when shrinking; LANCZOS costs 2x for no gain at 224 px
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+__all__ = ["trained_with_flips", "TTAConfig", "uses_flip", "views"]
+
 
 @dataclass(frozen=True)
 class TTAConfig:

@@ -50,6 +50,10 @@ from .leakage import check_leakage, split_fingerprint
 from .metrics import jsonable, summary_fn, bootstrap_ci, resolve_thresholds, task_ece, task_metrics
 from .split_runner import BATCH, Progress, model_outputs, open_model
 
+__all__ = ["AGE_BANDS", "evaluate", "Evaluation", "fit_softmax", "photo_outputs", "predict_softmax", "PROBE_FOLDS",
+           "PROBE_L2", "PROBE_MIN_IMAGES", "RESULT_KIND", "shortcut_check", "source_names", "source_probe",
+           "subgroup_results", "SUBGROUPS"]
+
 log = logging.getLogger(__name__)
 
 RESULT_KIND = "cxr-edge-evaluation"

@@ -22,6 +22,8 @@ from .metrics import reliability_curve, roc_curve
 from ..runtime.atomic import write_atomic
 from .report_html import Page
 
+__all__ = ["VARIANT_NAMES", "VARIANT_STYLES", "write_report"]
+
 log = logging.getLogger(__name__)
 
 VARIANT_NAMES = {"digital": "digital", "photo": "phone photo (raw)", "photo_rectified": "phone photo (rectified)"}

@@ -29,6 +29,11 @@ import numpy as np
 
 from ..errors import DataError
 
+__all__ = ["accuracy", "agreement", "as_task_arrays", "auroc", "average_precision", "binary_labels", "binary_stats",
+           "bootstrap_ci", "class_indices", "confusion_matrix", "expected_calibration_error", "jsonable", "macro_f1",
+           "pr_curve", "reliability_curve", "resolve_thresholds", "roc_curve", "summary_fn", "task_ece",
+           "task_metrics", "threshold_counts"]
+
 logger = logging.getLogger(__name__)
 
 # Bootstrap weights are built in chunks of at most this many (resample x sample) cells,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+__all__ = ["portable_path"]
+
 
 def portable_path(path) -> str:
     """``path`` relative to the current directory when it lies inside it, else absolute."""

@@ -35,6 +35,10 @@ from PIL import Image
 from ..runtime.photo.blur import gaussian_blur
 from ..runtime.photo.rectify import apply_homography, homography
 
+__all__ = ["BACKGROUNDS", "FILM_EFFECT_PROBS", "FILM_EFFECTS", "MONITOR_MOIRE_PROB", "motion_blur",
+           "PHOTO_EFFECT_PROBS", "PHOTO_EFFECTS", "resolve_severity", "SEVERITY_LEVELS", "simulate_photo",
+           "simulate_rectified", "SimulatedPhoto"]
+
 
 SEVERITY_LEVELS = {"none": 0.0, "mild": 0.25, "moderate": 0.5, "severe": 0.85}
 BACKGROUNDS = ("lightbox", "desk", "dark", "monitor")

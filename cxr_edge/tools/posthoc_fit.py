@@ -32,6 +32,10 @@ from ..errors import CxrEdgeError, DataError
 from ..runtime.posthoc import EPS, activate, check_activation, probs_to_logits
 from .metrics import binary_labels, as_task_arrays, binary_stats, class_indices, threshold_counts
 
+__all__ = ["B_MAX", "BIAS_RIDGE", "choose_threshold", "choose_thresholds", "fit_temperature",
+           "fit_temperature_and_bias", "parse_rule", "remap_threshold", "RULES_HELP", "T_MAX", "T_MIN",
+           "ThresholdRule"]
+
 logger = logging.getLogger(__name__)
 
 T_MIN, T_MAX = 0.05, 20.0

@@ -48,6 +48,8 @@ from .posthoc_fit import (T_MAX, T_MIN, choose_thresholds, fit_temperature, fit_
                           remap_threshold)
 from .split_runner import Progress, model_outputs, open_pack_model, select_pack_model
 
+__all__ = ["calibrate", "calibrate_model", "default_profile_name", "RARE_POSITIVES"]
+
 log = logging.getLogger(__name__)
 
 _PROFILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")

@@ -44,6 +44,10 @@ from ..errors import DataError, ImageError
 from ..runtime.preprocess import preprocess
 from ..tasks import TaskSpec, get_task
 
+__all__ = ["ALLOWED_SPLITS", "build_calibration_set", "CalibrationSet", "DEFAULT_N", "load_calibration_set",
+           "NONE_STRATUM", "resolve_data_root", "ROOT_ENV", "ROOT_NAME", "SET_FORMAT", "SET_FORMAT_VERSION",
+           "set_sha256", "sidecar_of", "write_calibration_set"]
+
 log = logging.getLogger(__name__)
 
 SET_FORMAT = "cxr-edge-calibration-set"

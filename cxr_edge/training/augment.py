@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, fields
 
 from ..errors import RecipeError
 
+__all__ = ["augment_batch", "AugmentConfig", "photo_batch"]
+
 _SEVERITY_NAMES = ("none", "mild", "moderate", "severe")
 
 

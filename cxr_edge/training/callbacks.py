@@ -36,6 +36,10 @@ from ..tools.metrics import task_metrics
 from .runs import write_json_atomic
 from .tf_env import load
 
+__all__ = ["BestCheckpoint", "EarlyStopping", "epoch_callbacks", "finite", "HISTORY_FIELDS", "HistoryLog",
+           "improved", "keras_callback", "LearningRate", "ResumeState", "RunState", "STATE_JSON", "Timer",
+           "Validation", "write_history"]
+
 log = logging.getLogger(__name__)
 
 STATE_JSON = "state.json"

@@ -30,6 +30,8 @@ from ..errors import BackendError, CxrEdgeError, RecipeError
 from .qat import is_qat_model
 from .tf_env import load
 
+__all__ = ["convert", "IO_DTYPES", "MODES", "output_roles", "ROLES", "roles_from_shapes"]
+
 log = logging.getLogger(__name__)
 
 MODES = ("int8", "float16", "dynamic", "float32")

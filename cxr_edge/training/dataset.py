@@ -30,6 +30,8 @@ from ..errors import DataError
 from .augment import AugmentConfig, augment_batch, photo_batch
 from .tf_env import load
 
+__all__ = ["make_dataset", "steps_per_epoch"]
+
 log = logging.getLogger(__name__)
 
 

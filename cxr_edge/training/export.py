@@ -41,6 +41,9 @@ from .export_check import (VARIANTS, ExportPolicy, compare, default_policy_path,
                            load_policy, one_pixel_envelope, summarize)
 from .runs import FLOAT_MODEL, QAT_MODEL, load_run
 
+__all__ = ["Candidate", "export_run", "HEAD_FILE", "KERAS_BATCH", "REPORT_DIR", "REPORT_JSON", "REPORT_MD",
+           "write_into_pack"]
+
 log = logging.getLogger(__name__)
 
 REPORT_DIR = "export"          # default report folder inside the run directory

@@ -48,6 +48,11 @@ from ..errors import RecipeError
 from ..tools.metrics import agreement, task_metrics
 from ..tasks import Int8Tolerance, TaskSpec, get_task
 
+__all__ = ["CHECK_SPLITS", "checked_keys", "compare", "default_policy_path", "DELTA_DEFINITION", "describe_failure",
+           "ENVELOPES", "ExportPolicy", "failures", "likely_fixes", "load_policy", "one_pixel_envelope",
+           "ONE_PIXEL_SHIFTS", "parse_policy", "POLICY_FORMAT", "POLICY_FORMAT_VERSION", "SCALARS", "shift_images",
+           "SOURCES", "summarize", "VARIANTS"]
+
 POLICY_FORMAT = "cxr-edge-export-policy"
 POLICY_FORMAT_VERSION = 1
 SOURCES = ("auto", "qat", "float")

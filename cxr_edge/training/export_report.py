@@ -14,6 +14,8 @@ from ..runtime.atomic import write_atomic
 from ..tools.report_html import Page
 from .export_check import SCALARS
 
+__all__ = ["markdown", "SOURCE_TITLES", "write_report"]
+
 SOURCE_TITLES = {"ptq": "int8 from the float model (post-training quantization)",
                  "qat": "int8 from the QAT model (quantization-aware training)"}
 

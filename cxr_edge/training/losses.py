@@ -28,6 +28,8 @@ from ..errors import RecipeError
 from .recipe import LOSS_KINDS, LossConfig
 from .tf_env import load
 
+__all__ = ["EPSILON", "loss_value", "LossWeights", "make_loss", "resolve_weights"]
+
 log = logging.getLogger(__name__)
 
 EPSILON = 1e-7

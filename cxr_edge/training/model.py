@@ -27,6 +27,10 @@ from pathlib import Path
 from ..errors import RecipeError
 from .tf_env import load
 
+__all__ = ["base_name", "build_model", "calibrate_batchnorm", "DROPOUT", "feature_extractor", "FEATURES",
+           "find_layer", "FIRST_CONV", "HEAD", "head_only_model", "head_weights", "INPUT", "load_backbone_weights",
+           "NUM_BLOCKS", "POOL", "QUANT_PREFIX", "resolve_weights", "set_trainable", "with_feature_output"]
+
 log = logging.getLogger(__name__)
 
 INPUT = "image"

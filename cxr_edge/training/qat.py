@@ -23,6 +23,8 @@ import logging
 from ..errors import CxrEdgeError
 from .tf_env import load, load_tfmot
 
+__all__ = ["is_qat_model", "pin_input_range", "quantize_for_training", "unsupported_layers"]
+
 log = logging.getLogger(__name__)
 
 _PREPROCESSING_HINT = (

@@ -25,6 +25,8 @@ import logging
 
 from .tf_env import load, load_tfmot
 
+__all__ = ["custom_objects", "quantize_depthwise_per_channel", "quantize_for_qat"]
+
 log = logging.getLogger(__name__)
 
 _CLASSES: dict = {}

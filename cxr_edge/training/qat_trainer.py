@@ -46,6 +46,8 @@ from .runs import QAT_MODEL, RUN_JSON, STATE_DIR, load_run, save_model_atomic, s
 from .tf_env import load
 from .trainer import Predictor, Trainer
 
+__all__ = ["calibrate_ranges", "freeze_wrapped_batchnorm", "qat", "QAT_STATE", "QatTrainer"]
+
 log = logging.getLogger(__name__)
 
 QAT_STATE = f"{STATE_DIR}/qat"

@@ -32,6 +32,11 @@ from ..errors import RecipeError, UnknownTaskError
 from ..tasks import TaskSpec, get_task, task_names
 from .augment import AugmentConfig
 
+__all__ = ["ALPHAS", "check_scope", "DataConfig", "describe", "load_recipe", "loss_defaults", "LOSS_KINDS",
+           "LossConfig", "MIXED_PRECISION", "ModelConfig", "NUM_BLOCKS", "OPTIMIZERS", "parse_recipe", "parse_value",
+           "QAT_SELECT", "QatConfig", "read_recipe_file", "Recipe", "RECIPE_FORMAT", "RECIPE_FORMAT_VERSION",
+           "recipe_path", "SCHEDULES", "set_key", "StageConfig", "STRATEGIES", "TOP_KEYS", "TrainConfig", "with_qat"]
+
 RECIPE_FORMAT = "cxr-edge-recipe"
 RECIPE_FORMAT_VERSION = 1
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # the widths keras.applications.MobileNetV2 builds

@@ -40,6 +40,10 @@ from ..errors import DataError, RecipeError
 from ..runtime.atomic import atomic_path, write_atomic
 from ..tasks import InputSpec, TaskSpec, get_task
 
+__all__ = ["CURVES_PNG", "FLOAT_MODEL", "HISTORY_JSON", "load_keras_model", "load_run", "METRICS_JSON", "QAT_MODEL",
+           "RECIPE_JSON", "Run", "RUN_FORMAT", "RUN_FORMAT_VERSION", "RUN_JSON", "save_model_atomic", "STATE_DIR",
+           "write_json_atomic"]
+
 RUN_FORMAT = "cxr-edge-run"
 RUN_FORMAT_VERSION = 1
 RUN_JSON = "run.json"

@@ -14,6 +14,8 @@ import os
 
 from ..errors import DependencyError
 
+__all__ = ["load", "load_tfmot"]
+
 log = logging.getLogger(__name__)
 
 _INSTALL = 'pip install "cxr-edge[train]"'

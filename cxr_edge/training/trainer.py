@@ -48,6 +48,9 @@ from .runs import (CURVES_PNG, FLOAT_MODEL, METRICS_JSON, RECIPE_JSON, RUN_FORMA
                    STATE_DIR, load_run, save_model_atomic, sha256_file, write_json_atomic)
 from .tf_env import load
 
+__all__ = ["check_prepared", "Distribution", "ensure_data", "OPTIMIZER_SUFFIX", "plot_curves", "Predictor", "train",
+           "Trainer", "use_mixed_precision", "VAL_IN_MEMORY", "validation_set", "ValInputs", "WEIGHTS_SUFFIX"]
+
 log = logging.getLogger(__name__)
 
 # Not "*.weights.h5": tf-keras saves and loads that suffix in the Keras-3 object layout, which does not

@@ -21,6 +21,10 @@ from PIL import Image
 
 from .blur import box_blur, gaussian_blur
 
+__all__ = ["advice", "check_blur", "check_color_cast", "check_exposure", "check_glare", "check_quality",
+           "check_resolution", "check_tilt", "corner_angles", "overall_verdict", "QualityCheck", "QualitySpec",
+           "VERDICTS"]
+
 VERDICTS = ("pass", "warn", "fail")
 _LUMA = np.array([0.299, 0.587, 0.114])
 

@@ -47,6 +47,10 @@ from functools import cached_property
 import numpy as np
 from PIL import Image, ImageFilter
 
+__all__ = ["apply_homography", "FilmDetection", "find_film", "homography", "is_grayscale", "level_film",
+           "LEVELS_MIN_RANGE", "LEVELS_PERCENTILES", "perspective_coeffs", "rectify", "RectifyResult", "REFINE_SIZE",
+           "warp_film", "WORK_SIZE"]
+
 log = logging.getLogger(__name__)
 
 WORK_SIZE = 320        # long side of the search image

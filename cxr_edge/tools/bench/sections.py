@@ -272,7 +272,7 @@ def batch(pack, files: list, *, thread_counts=(1,), workers: int = 2, rounds: in
     classified = 0
     for p in pipes[1].predict_many(files[: min(n, 50)], workers=workers):
         statuses[p.status] = statuses.get(p.status, 0) + 1
-        classified += p.cxr4 is not None or p.nih14 is not None
+        classified += bool(p.results)
     return {"images": n, "workers": workers, "rows": rows, "status_of_first_50": statuses,
             "classifiers_ran_on_first_50": classified}
 
