@@ -25,7 +25,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ..errors import RecipeError, UnknownTaskError
@@ -35,7 +35,8 @@ from .augment import AugmentConfig
 __all__ = ["ALPHAS", "check_scope", "DataConfig", "describe", "load_recipe", "loss_defaults", "LOSS_KINDS",
            "LossConfig", "MIXED_PRECISION", "ModelConfig", "NUM_BLOCKS", "OPTIMIZERS", "parse_recipe", "parse_value",
            "QAT_SELECT", "QatConfig", "read_recipe_file", "Recipe", "RECIPE_FORMAT", "RECIPE_FORMAT_VERSION",
-           "recipe_path", "SCHEDULES", "set_key", "StageConfig", "STRATEGIES", "TOP_KEYS", "TrainConfig", "with_qat"]
+           "read_settings", "recipe_path", "SCHEDULES", "set_key", "setting", "StageConfig", "STRATEGIES", "TOP_KEYS",
+           "TrainConfig", "with_qat"]
 
 RECIPE_FORMAT = "cxr-edge-recipe"
 RECIPE_FORMAT_VERSION = 1
@@ -47,6 +48,19 @@ SCHEDULES = ("plateau", "cosine", "constant")
 MIXED_PRECISION = ("auto", "on", "off")
 STRATEGIES = ("default", "mirrored", "multiworker")
 _REQUIRED = object()
+
+
+def setting(default=MISSING, *, check=None, rule: str = "", choices=None):
+    """A recipe key's default and what a value must be, defined once, on the config field itself.
+
+    :func:`read_settings` reads every such field of a section with it; ``rule`` words ``check`` in
+    the error ("must be in 1..4096, got 0"). No ``default``: the key is required.
+    """
+    meta = {"check": check, "rule": rule, "choices": choices}
+    return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
+
+
+_LR = {"check": lambda v: 0 < v <= 1, "rule": "a learning rate in (0, 1]"}
 
 
 # --------------------------------------------------------------------------- sections
@@ -65,21 +79,21 @@ class DataConfig:
     duplicates: tuple[str, ...] = ()
     root: str | None = None
     test_list: str | None = None
-    official_test: bool = False
+    official_test: bool = setting(False)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 0
-    fraction: float = 1.0
-    size: int | None = None
-    clahe: bool = False
-    clahe_clip: float = 0.01
-    clahe_tiles: int = 8
-    no_finding: bool = False
-    permissive_only: bool = False
-    redistributable_only: bool = False
+    seed: int = setting(0)
+    fraction: float = setting(1.0, check=lambda v: 0 < v <= 1, rule="in (0, 1]")
+    size: int | None = setting(None, check=lambda v: 32 <= v <= 1024, rule="a pixel size in 32..1024")
+    clahe: bool = setting(False)
+    clahe_clip: float = setting(0.01, check=lambda v: 0 < v <= 1, rule="in (0, 1]")
+    clahe_tiles: int = setting(8, check=lambda v: 1 <= v <= 64, rule="in 1..64")
+    no_finding: bool = setting(False)
+    permissive_only: bool = setting(False)
+    redistributable_only: bool = setting(False)
     aliases: tuple[tuple[str, str], ...] = ()
-    patient_pattern: str | None = None
-    license: str | None = None
-    shard_size: int = 1024
+    patient_pattern: str | None = setting(None)
+    license: str | None = setting(None)
+    shard_size: int = setting(1024, check=lambda v: v >= 1, rule=">= 1")
 
     @property
     def prepares(self) -> bool:
@@ -111,9 +125,10 @@ class DataConfig:
 class ModelConfig:
     """``[model]``: MobileNetV2 width, backbone weights (a local file or None = from scratch), dropout."""
 
-    alpha: float = 1.0
+    alpha: float = setting(1.0, check=lambda a: any(abs(a - x) < 1e-9 for x in ALPHAS),
+                           rule=f"one of {', '.join(map(str, ALPHAS))} (MobileNetV2 widths)")
     weights: str | None = None
-    dropout: float = 0.2
+    dropout: float = setting(0.2, check=lambda v: 0 <= v < 1, rule="in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -124,31 +139,31 @@ class LossConfig:
     label_smoothing: float = 0.0
     class_weights: str | tuple[float, ...] = "none"
     pos_weights: str | tuple[float, ...] = "none"
-    focal_gamma: float = 2.0
-    weight_cap: float = 0.0
+    focal_gamma: float = setting(2.0, check=lambda v: 0 <= v <= 10, rule="in [0, 10]")
+    weight_cap: float = setting(0.0, check=lambda v: v == 0 or v >= 1, rule="0 (no cap) or >= 1")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """``[train]``: what every stage shares (a stage may override schedule, early_stopping, min_lr)."""
 
-    batch_size: int = 32
-    seed: int = 0
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "plateau"
-    plateau_factor: float = 0.3
-    plateau_patience: int = 2
-    min_lr: float = 1e-7
-    early_stopping: int = 3
-    min_delta: float = 0.0
-    mixed_precision: str = "auto"
-    restore_best: bool = True
-    steps_per_epoch: int = 0
-    val_batch_size: int = 64
-    val_photo_prob: float = 0.0
-    run_eagerly: bool = False
+    batch_size: int = setting(32, check=lambda v: 1 <= v <= 4096, rule="in 1..4096")
+    seed: int = setting(0)
+    optimizer: str = setting("adam", choices=OPTIMIZERS)
+    momentum: float = setting(0.9, check=lambda v: 0 <= v < 1, rule="in [0, 1)")
+    weight_decay: float = setting(0.0, check=lambda v: 0 <= v < 1, rule="in [0, 1)")
+    schedule: str = setting("plateau", choices=SCHEDULES)
+    plateau_factor: float = setting(0.3, check=lambda v: 0 < v < 1, rule="in (0, 1)")
+    plateau_patience: int = setting(2, check=lambda v: v >= 0, rule=">= 0")
+    min_lr: float = setting(1e-7, check=lambda v: 0 <= v < 1, rule="in [0, 1)")
+    early_stopping: int = setting(3, check=lambda v: v >= 0, rule=">= 0 (0 = off)")
+    min_delta: float = setting(0.0, check=lambda v: 0 <= v < 1, rule="in [0, 1)")
+    mixed_precision: str = setting("auto", choices=MIXED_PRECISION)
+    restore_best: bool = setting(True)
+    steps_per_epoch: int = setting(0, check=lambda v: v >= 0, rule=">= 0 (0 = the whole split)")
+    val_batch_size: int = setting(64, check=lambda v: v >= 1, rule=">= 1")
+    val_photo_prob: float = setting(0.0, check=lambda v: 0 <= v <= 1, rule="a share in [0, 1]")
+    run_eagerly: bool = setting(False)
 
 
 @dataclass(frozen=True)
@@ -157,13 +172,13 @@ class StageConfig:
 
     name: str
     trainable: str
-    epochs: int
-    lr: float
+    epochs: int = setting(check=lambda v: 0 <= v <= 10000, rule=">= 0")
+    lr: float = setting(**_LR)
     train_bn: bool = False
     cache_features: bool = False
-    schedule: str | None = None
-    early_stopping: int | None = None
-    min_lr: float | None = None
+    schedule: str | None = setting(None, choices=SCHEDULES)
+    early_stopping: int | None = setting(None, check=lambda v: v >= 0, rule=">= 0 (0 = off)")
+    min_lr: float | None = setting(None, check=lambda v: 0 <= v < 1, rule="in [0, 1)")
 
 
 #: how ``cxr-edge qat`` picks the epoch that becomes qat.h5: the task's primary validation metric, or the
@@ -175,15 +190,17 @@ QAT_SELECT = ("primary", "float_agreement")
 class QatConfig:
     """``[qat]``: the quantization-aware fine-tune ``cxr-edge qat`` runs on the best float model."""
 
-    epochs: int = 3
-    lr: float = 1e-5
-    batch_size: int | None = None
-    schedule: str = "cosine"
-    early_stopping: int = 0
-    calibrate_batches: int = 8
-    depthwise_per_channel: bool = True
-    distill: float = 0.0          # share of each training target taken from the float model's output
-    select: str = "primary"       # qat.h5 = the epoch best on: "primary" metric, or "float_agreement"
+    epochs: int = setting(3, check=lambda v: 1 <= v <= 1000, rule="in 1..1000")
+    lr: float = setting(1e-5, **_LR)
+    batch_size: int | None = setting(None, check=lambda v: 1 <= v <= 4096, rule="in 1..4096")
+    schedule: str = setting("cosine", choices=SCHEDULES)
+    early_stopping: int = setting(0, check=lambda v: v >= 0, rule=">= 0 (0 = off)")
+    calibrate_batches: int = setting(8, check=lambda v: 0 <= v <= 1000, rule="in 0..1000")
+    depthwise_per_channel: bool = setting(True)
+    # share of each training target taken from the float model's output
+    distill: float = setting(0.0, check=lambda v: 0.0 <= v <= 1.0, rule="a share in [0, 1]")
+    # qat.h5 = the epoch best on: "primary" metric, or "float_agreement"
+    select: str = setting("primary", choices=QAT_SELECT)
 
 
 @dataclass(frozen=True)
@@ -444,6 +461,23 @@ def _coerce(value, kind, fail):
     return value
 
 
+_KINDS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def read_settings(t: _Table, cls, *names: str) -> dict:
+    """``{name: value}`` of ``cls``'s fields ``names`` (all its :func:`setting` fields when none are named)
+    from table ``t``: each read with the default, check, rule and choices its field carries."""
+    out = {}
+    for f in fields(cls):
+        if "check" not in f.metadata or (names and f.name not in names):
+            continue
+        kind = _KINDS[str(f.type).replace(" | None", "")]
+        default = _REQUIRED if f.default is MISSING else f.default
+        m = f.metadata
+        out[f.name] = t.get(f.name, kind, default, check=m["check"], rule=m["rule"], choices=m["choices"])
+    return out
+
+
 TOP_KEYS = ("format", "format_version", "name", "task", "source_file", "data", "model", "augment", "loss",
             "train", "stages", "qat")
 
@@ -498,28 +532,15 @@ def _data(t: _Table, base: Path, name: str) -> DataConfig:
     for k, v in aliases.items():
         if not isinstance(v, str):
             t.fail(f"aliases.{k}", f"must be a task label string, got {v!r}")
-    size = t.get("size", int, None, check=lambda v: 32 <= v <= 1024, rule="a pixel size in 32..1024")
     cfg = DataConfig(
         dir=folder, sources=sources, positives=positives, negatives=negatives,
         images=t.paths("images", base, dirs=True), metadata=t.paths("metadata", base),
         duplicates=t.paths("duplicates", base),
         root=t.path("root", base, required_dir=True) if t.has("root") else None,
         test_list=t.path("test_list", base, required_file=True) if t.has("test_list") else None,
-        official_test=t.get("official_test", bool, False),
         split=tuple(float(v) for v in split),
-        seed=t.get("seed", int, 0),
-        fraction=t.get("fraction", float, 1.0, check=lambda v: 0 < v <= 1, rule="in (0, 1]"),
-        size=size,
-        clahe=t.get("clahe", bool, False),
-        clahe_clip=t.get("clahe_clip", float, 0.01, check=lambda v: 0 < v <= 1, rule="in (0, 1]"),
-        clahe_tiles=t.get("clahe_tiles", int, 8, check=lambda v: 1 <= v <= 64, rule="in 1..64"),
-        no_finding=t.get("no_finding", bool, False),
-        permissive_only=t.get("permissive_only", bool, False),
-        redistributable_only=t.get("redistributable_only", bool, False),
         aliases=tuple(sorted(aliases.items())),
-        patient_pattern=t.get("patient_pattern", str, None),
-        license=t.get("license", str, None),
-        shard_size=t.get("shard_size", int, 1024, check=lambda v: v >= 1, rule=">= 1"),
+        **read_settings(t, DataConfig),
     )
     t.finish([f.name for f in DataConfig.__dataclass_fields__.values()])
     if not prepares:
@@ -537,9 +558,7 @@ def _check_prepared(t: _Table, cfg: DataConfig) -> None:
 
 
 def _model(t: _Table, base: Path) -> ModelConfig:
-    alpha = t.get("alpha", float, 1.0)
-    if not any(abs(alpha - a) < 1e-9 for a in ALPHAS):
-        t.fail("alpha", f"must be one of {', '.join(map(str, ALPHAS))} (MobileNetV2 widths), got {alpha}")
+    settings = read_settings(t, ModelConfig)
     raw = t.get("weights", str, rule="a local MobileNetV2 no-top .h5 file for this alpha (the ImageNet file "
                                     "is ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224"
                                     "_no_top.h5, alpha 1.0), or \"none\" to train from scratch (--weights none)")
@@ -548,9 +567,8 @@ def _model(t: _Table, base: Path) -> ModelConfig:
         t.fail("weights", "= 'imagenet' would download from the internet, which cxr-edge never does; give a "
                           "local .h5 file or \"none\"")
     weights = None if low == "none" else t.path("weights", base, required_file=True, value=raw)
-    dropout = t.get("dropout", float, 0.2, check=lambda v: 0 <= v < 1, rule="in [0, 1)")
-    t.finish(["alpha", "weights", "dropout"])
-    return ModelConfig(alpha=alpha, weights=weights, dropout=dropout)
+    t.finish(list(ModelConfig.__dataclass_fields__))
+    return ModelConfig(weights=weights, **settings)
 
 
 def _augment(t: _Table) -> AugmentConfig:
@@ -604,37 +622,13 @@ def _loss(t: _Table, spec: TaskSpec) -> LossConfig:
                               f"{spec.name} is softmax: use loss.class_weights")
     if class_w != "none" and pos_w != "none":
         t.fail("pos_weights", "and loss.class_weights both weight the positives; set one of them to \"none\"")
-    gamma = t.get("focal_gamma", float, 2.0, check=lambda v: 0 <= v <= 10, rule="in [0, 10]")
-    cap = t.get("weight_cap", float, 0.0, check=lambda v: v == 0 or v >= 1, rule="0 (no cap) or >= 1")
-    t.finish(["kind", "label_smoothing", "class_weights", "pos_weights", "focal_gamma", "weight_cap"])
+    t.finish(list(LossConfig.__dataclass_fields__))
     return LossConfig(kind=kind, label_smoothing=smoothing, class_weights=class_w, pos_weights=pos_w,
-                      focal_gamma=gamma, weight_cap=cap)
-
-
-def _lr(t: _Table, name: str, default=_REQUIRED):
-    return t.get(name, float, default, check=lambda v: 0 < v <= 1, rule="a learning rate in (0, 1]")
+                      **read_settings(t, LossConfig))
 
 
 def _train(t: _Table) -> TrainConfig:
-    c = TrainConfig(
-        batch_size=t.get("batch_size", int, 32, check=lambda v: 1 <= v <= 4096, rule="in 1..4096"),
-        seed=t.get("seed", int, 0),
-        optimizer=t.get("optimizer", str, "adam", choices=OPTIMIZERS),
-        momentum=t.get("momentum", float, 0.9, check=lambda v: 0 <= v < 1, rule="in [0, 1)"),
-        weight_decay=t.get("weight_decay", float, 0.0, check=lambda v: 0 <= v < 1, rule="in [0, 1)"),
-        schedule=t.get("schedule", str, "plateau", choices=SCHEDULES),
-        plateau_factor=t.get("plateau_factor", float, 0.3, check=lambda v: 0 < v < 1, rule="in (0, 1)"),
-        plateau_patience=t.get("plateau_patience", int, 2, check=lambda v: v >= 0, rule=">= 0"),
-        min_lr=t.get("min_lr", float, 1e-7, check=lambda v: 0 <= v < 1, rule="in [0, 1)"),
-        early_stopping=t.get("early_stopping", int, 3, check=lambda v: v >= 0, rule=">= 0 (0 = off)"),
-        min_delta=t.get("min_delta", float, 0.0, check=lambda v: 0 <= v < 1, rule="in [0, 1)"),
-        mixed_precision=t.get("mixed_precision", str, "auto", choices=MIXED_PRECISION),
-        restore_best=t.get("restore_best", bool, True),
-        steps_per_epoch=t.get("steps_per_epoch", int, 0, check=lambda v: v >= 0, rule=">= 0 (0 = the whole split)"),
-        val_batch_size=t.get("val_batch_size", int, 64, check=lambda v: v >= 1, rule=">= 1"),
-        val_photo_prob=t.get("val_photo_prob", float, 0.0, check=lambda v: 0 <= v <= 1, rule="a share in [0, 1]"),
-        run_eagerly=t.get("run_eagerly", bool, False),
-    )
+    c = TrainConfig(**read_settings(t, TrainConfig))
     t.finish(list(TrainConfig.__dataclass_fields__))
     return c
 
@@ -666,14 +660,10 @@ def _stages(raw: list, file: Path, train: TrainConfig, model: ModelConfig) -> tu
                                      f"{trainable!r}")
         stage = StageConfig(
             name=name, trainable=trainable,
-            epochs=t.get("epochs", int, rule=">= 0", check=lambda v: 0 <= v <= 10000),
-            lr=_lr(t, "lr"),
             # from scratch BN statistics must be learnt, except on a frozen (cached) backbone
             train_bn=t.get("train_bn", bool, model.weights is None and not cache),
             cache_features=cache,
-            schedule=t.get("schedule", str, None, choices=SCHEDULES),
-            early_stopping=t.get("early_stopping", int, None, check=lambda v: v >= 0, rule=">= 0 (0 = off)"),
-            min_lr=t.get("min_lr", float, None, check=lambda v: 0 <= v < 1, rule="in [0, 1)"),
+            **read_settings(t, StageConfig),
         )
         if stage.cache_features and stage.train_bn:
             t.fail("train_bn", "= true cannot go with cache_features = true: cached features need the backbone, "
@@ -688,17 +678,7 @@ def _stages(raw: list, file: Path, train: TrainConfig, model: ModelConfig) -> tu
 
 
 def _qat(t: _Table) -> QatConfig:
-    c = QatConfig(
-        epochs=t.get("epochs", int, 3, check=lambda v: 1 <= v <= 1000, rule="in 1..1000"),
-        lr=_lr(t, "lr", 1e-5),
-        batch_size=t.get("batch_size", int, None, check=lambda v: 1 <= v <= 4096, rule="in 1..4096"),
-        schedule=t.get("schedule", str, "cosine", choices=SCHEDULES),
-        early_stopping=t.get("early_stopping", int, 0, check=lambda v: v >= 0, rule=">= 0 (0 = off)"),
-        calibrate_batches=t.get("calibrate_batches", int, 8, check=lambda v: 0 <= v <= 1000, rule="in 0..1000"),
-        depthwise_per_channel=t.get("depthwise_per_channel", bool, True),
-        distill=t.get("distill", float, 0.0, check=lambda v: 0.0 <= v <= 1.0, rule="a share in [0, 1]"),
-        select=t.get("select", str, "primary", choices=QAT_SELECT),
-    )
+    c = QatConfig(**read_settings(t, QatConfig))
     t.finish(list(QatConfig.__dataclass_fields__))
     return c
 
