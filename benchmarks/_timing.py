@@ -1,7 +1,7 @@
 """What every benchmark script shares: timing, the shared data folder and the table header.
 
 The timing primitives (``time_calls``, ``interleave``, ``Stats``, ``run_child``) live in
-:mod:`cxr_edge.bench`, the device-side library behind ``cxr-edge bench``, so a Raspberry Pi
+:mod:`cxr_edge.tools.bench`, the device-side library behind ``cxr-edge bench``, so a Raspberry Pi
 and these scripts measure the same way; this module re-exports them and adds what only the
 scripts need.
 """

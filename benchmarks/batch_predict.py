@@ -7,7 +7,7 @@ Run:
 
 The images are the real 256x256 grey PNGs of ../shared/data (NIH first, then the 4-class set;
 cycled if ``--images`` is larger than what is there), read from where they lie. Variants,
-interleaved in the same run (``cxr_edge.bench.batch``), each over all the images per round:
+interleaved in the same run (``cxr_edge.tools.bench.sections.batch``), each over all the images per round:
 
 * plain loop: ``Pipeline.predict`` on one image after the other, 1 interpreter thread (the baseline);
 * ``Pipeline.predict_many(workers=2)``: 2 worker threads, each running whole predictions (decode,

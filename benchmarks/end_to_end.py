@@ -6,9 +6,9 @@ Run:
         [--runs-dir runs] [--rounds 8] [--runs 3] [--threads 1]
 
 The photo: a real NIH CXR from ../shared/data rendered as a phone photo by
-``cxr_edge.photosim.simulate_photo`` (moderate severity, desk background, long side 4000 px:
+``cxr_edge.tools.photosim.simulate_photo`` (moderate severity, desk background, long side 4000 px:
 3000x4000 = 12 MP) and saved as JPEG quality 90 in a temporary folder (never kept).
-Variants, interleaved in the same run (``cxr_edge.bench.end_to_end``):
+Variants, interleaved in the same run (``cxr_edge.tools.bench.sections.end_to_end``):
 
 * full JPEG decoding (the baseline, ratio 1.0) against reduced-size decoding (Pillow
   ``draft``: the 4000x3000 JPEG decodes at 1/4, 1000x750, still 3-4x the 224-px model input);

@@ -4,7 +4,7 @@ Three measurements, each a subcommand:
 
 ``accuracy --pack P --data PREPARED [--split test] [--severity moderate] [--limit N]``
     For every image of the split: the original (digital), a simulated phone
-    photo of its original file (:func:`cxr_edge.photosim.simulate_photo`,
+    photo of its original file (:func:`cxr_edge.tools.photosim.simulate_photo`,
     JPEG-encoded, film on a drawn background in perspective) used raw
     (``rectify=False``: the whole photo to the models) and rectified (the
     default pipeline), and with ``--tta`` the digital and rectified variants
@@ -26,7 +26,7 @@ Three measurements, each a subcommand:
     photo is straightened with its TRUE corners, as simulated (full camera
     effects) and as the scene alone (background, lighting and perspective,
     no camera effects), each fed to the models with and without the film's
-    level stretch (:func:`cxr_edge.rectify.level_film`), per background and in
+    level stretch (:func:`cxr_edge.runtime.photo.rectify.level_film`), per background and in
     all. The same draws as ``accuracy`` (seed + image index).
 
 ``speed --pack P [--rounds 30]``

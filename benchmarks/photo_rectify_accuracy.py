@@ -2,7 +2,7 @@
 
 For each severity (mild, moderate, severe) and background (lightbox, desk,
 dark room, monitor) it renders photos of randomly drawn real CXRs from
-``../shared/data`` with :func:`cxr_edge.photosim.simulate_photo` (which knows
+``../shared/data`` with :func:`cxr_edge.tools.photosim.simulate_photo` (which knows
 the true corners) and reports:
 
 * found: the share of photos where a film was found;

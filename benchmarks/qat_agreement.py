@@ -13,7 +13,7 @@ and, for each int8 model against float, the agreement (softmax: same argmax; sig
 against the QAT Keras model it was converted from (the conversion's own fidelity: QAT fine-tuning
 itself moves the model away from float). Conversion goes through
 ``cxr_edge.training.convert.convert`` and the int8 models run through the device-side
-``cxr_edge.interpreter.TFLiteModel``, as export does. The float baseline is measured in the same run.
+``cxr_edge.runtime.interpreter.TFLiteModel``, as export does. The float baseline is measured in the same run.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ Run (workstation; ~1-3 minutes per run at 224 px on 2 cores):
 The baseline is ``RUN_DIR/state/after-<first stage>.h5``: the best model when the first stage (frozen
 backbone, head on cached features) ended, i.e. exactly what head-only training gives with this run's
 data, split, seed and head settings. The staged model is ``RUN_DIR/float.h5``. Both are scored with
-``cxr_edge.metrics.task_metrics`` (patient-bootstrap 95% CIs) on each split as digital films (the
+``cxr_edge.tools.metrics.task_metrics`` (patient-bootstrap 95% CIs) on each split as digital films (the
 device preprocessing) and with every image turned into a simulated, rectified phone photo
-(``cxr_edge.photosim`` via the training augmentation's ``photo_batch``, fixed seed). The difference
+(``cxr_edge.tools.photosim`` via the training augmentation's ``photo_batch``, fixed seed). The difference
 column is staged minus baseline. That photo is the training look: effects drawn on the already
 straightened film. It is milder than ``photo_pipeline.py accuracy`` (a full photo simulated, then found
 and straightened by predict), whose scenes compress the film's contrast far more (a film on a desk

@@ -9,7 +9,7 @@ What it runs, in order (every step is a `cxr-edge` command; the log of each is i
 
   per model (gate, cxr4, nih14):
     train        cxr-edge train train/<task>.toml --out runs/<task> --resume     (prepares prepared/<task> first)
-    calibration  cxr-edge calibration build prepared/<task> --out calibration_data/<task>.csv --force
+    calibration  cxr-edge calibration build prepared/<task> --out cxr_edge/resources/calibration_data/<task>.csv --force
     qat          cxr-edge qat runs/<task> --resume
     export       cxr-edge export runs/<task> --int8 --out BUILD/pack              (PTQ and QAT, the better kept)
     ood          cxr-edge ood fit BUILD/pack --data prepared/<task>

@@ -262,9 +262,9 @@ def per_label(b: Build) -> str:
 def export_check(b: Build) -> str:
     out = ["## int8 against float (the export check)", "",
            "`cxr-edge export --int8` converted each model twice, by post-training quantization (PTQ, with the "
-           "300-image calibration set in `calibration_data/`) and from the quantization-aware fine-tuned model "
+           "300-image calibration set in `cxr_edge/resources/calibration_data/`) and from the quantization-aware fine-tuned model "
            "(QAT), compared both with the float model on the validation split through the device path, and "
-           "kept the one closer to float. Over tolerance (`export/<task>.json`) nothing would have shipped.", ""]
+           "kept the one closer to float. Over tolerance (`cxr_edge/resources/export/<task>.json`) nothing would have shipped.", ""]
     rows = []
     for slot in SLOTS:
         if slot not in b.models:
@@ -329,7 +329,7 @@ def calibration(b: Build) -> str:
 def photos(b: Build) -> str:
     out = ["## Phone photos against digital films", "",
            "No real phone photographs of films exist in the data, so the test films were turned into simulated "
-           "photos (`cxr_edge.photosim`, severity moderate: the film on a lightbox or desk with perspective, "
+           "photos (`cxr_edge.tools.photosim`, severity moderate: the film on a lightbox or desk with perspective, "
            "glare, moiré, blur, JPEG and a colour cast, 1280 px) and run through `predict`'s photo path: raw = "
            "the whole photo as the model input, rectified = the film found, straightened and checked first.", ""]
     rows = []

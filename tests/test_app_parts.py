@@ -1,6 +1,6 @@
 """The app's parts on their own: worker delivery, settings, camera frames (in the Kivy child process).
 
-The heatmap overlay the Result screen draws is :func:`cxr_edge.cam.overlay`, tested in tests/test_cam.py."""
+The heatmap overlay the Result screen draws is :func:`cxr_edge.runtime.cam.overlay`, tested in tests/test_cam.py."""
 
 import os
 import tempfile

@@ -150,3 +150,14 @@ def test_pipeline_from_pack_default_predicts_a_path_an_array_a_pil_image_and_a_f
     film = p.film(cxr)
     assert isinstance(film, Film) and p.predict(film).to_dict()["nih14"] == by_path.to_dict()["nih14"]
     assert [r.status for r in p.predict_many([cxr, film], workers=1)] == ["ok", "ok"]
+
+
+def test_the_readme_python_example_runs(shared_data):
+    """The README's "Python" section is code that runs (from the clone's root, with ../shared beside it)."""
+    readme = (REPO / "README.md").read_text()
+    code = readme.split("## Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    if (REPO.parent / "shared" / "data").resolve() != shared_data.resolve():
+        pytest.skip("the README example names ../shared beside the clone; $CXR_EDGE_SHARED points elsewhere")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.splitlines()[0] == "ok True" and "a.png error" in res.stdout

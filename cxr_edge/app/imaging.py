@@ -1,4 +1,4 @@
-"""PIL images to Kivy textures for display; heatmap overlays come from :func:`cxr_edge.cam.overlay`."""
+"""PIL images to Kivy textures for display; heatmap overlays come from :func:`cxr_edge.runtime.cam.overlay`."""
 
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ _path = click.Path(path_type=str)
               help="int8 from the QAT model, from the float model (post-training quantization with the calibration "
                    "set), or auto: both, keep the better (default: the policy's, normally auto).")
 @click.option("--policy", type=_path, default=None,
-              help="Export policy JSON (default: export/<task>.json): calibration set, I/O type, allowed deltas.")
+              help="Export policy JSON (default: ./export/<task>.json, else the one shipped in the package): "
+                   "calibration set, I/O type, allowed deltas.")
 @click.option("--out", type=_path, default=None,
               help="Model pack to create, or whose slot for this task to replace (other models are kept). "
                    "Without --out the model is checked and reported, nothing else is written.")
@@ -50,7 +51,7 @@ def export(run_dir, int8, source, policy, out, calibration, data_root, split, va
     Examples:
       cxr-edge export runs/gate  --int8 --out packs/default
       cxr-edge export runs/cxr4  --int8 --from auto --out packs/default
-      cxr-edge export runs/nih14 --int8 --from qat --policy export/nih14.json --out packs/default
+      cxr-edge export runs/nih14 --int8 --from qat --policy my_nih14_policy.json --out packs/default
       cxr-edge export runs/cxr4  --int8 --variant float16 --variant dynamic     (check only, no pack)
     """
     from ..training.export import export_run

@@ -1,7 +1,7 @@
 """The prepared cache: ``fit_to_square`` outputs in ``.npy`` shards, written resumably, read memory-mapped.
 
 Format: ``cache/shard_NNNNN.npy`` holds uint8 ``(n, S, S)`` (or ``(n, S, S, 3)``)
-exactly as :func:`cxr_edge.preprocess.fit_to_square` returns them, in record
+exactly as :func:`cxr_edge.runtime.preprocess.fit_to_square` returns them, in record
 order; ``cache/shard_NNNNN.json`` beside it says which records it holds (a
 hash of their paths, sizes and mtimes and the input spec), each image's file
 sha256, pixel sha256 and decode error, and the shard's own sha256.

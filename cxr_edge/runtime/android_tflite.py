@@ -4,7 +4,7 @@ python-for-android's tflite-runtime recipe does not build, but an APK can
 carry the TFLite AAR (``org.tensorflow:tensorflow-lite``, via buildozer's
 ``android.gradle_dependencies``) and Python can drive it with pyjnius. This
 module gives :class:`Interpreter`, the subset of the Python TFLite
-``Interpreter`` API that :class:`cxr_edge.interpreter.TFLiteModel` uses, so
+``Interpreter`` API that :class:`cxr_edge.runtime.interpreter.TFLiteModel` uses, so
 the rest of cxr-edge does not know it runs on Java.
 
 Off Android (no pyjnius, or no TFLite classes on the Java class path) importing

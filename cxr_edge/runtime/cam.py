@@ -95,7 +95,7 @@ class Head:
 
 
 def head_of(model) -> Head | None:
-    """The head of a :class:`~cxr_edge.pipeline.LoadedModel` (or a PackModel), or None when the model
+    """The head of a :class:`~cxr_edge.runtime.pipeline.LoadedModel` (or a PackModel), or None when the model
     carries no ``head.npz`` or has no ``features`` output (then it can give no heatmaps)."""
     meta = model.metadata
     member = (meta.extras.get("head") or {}).get("file", HEAD_MEMBER)

@@ -333,7 +333,7 @@ class CaseStore:
              profile: str = "", note: str = "") -> Case:
         """Save one analysed film atomically and return the stored case.
 
-        ``result`` is a :class:`~cxr_edge.pipeline.Prediction` or its ``to_dict()``;
+        ``result`` is a :class:`~cxr_edge.runtime.prediction.Prediction` or its ``to_dict()``;
         ``film`` the image the models saw; ``quality`` the quality checks shown
         to the user (``QualityCheck`` objects or dicts).
         """

@@ -8,7 +8,7 @@ Backends, in order of preference (override with ``backend=`` or the
   without XNNPACK (measured ~14x slower here).
 * ``tf.lite`` – TensorFlow's own interpreter (deprecated, heavy; last resort).
 * ``tflite-java`` – on Android, the TFLite Java API through pyjnius
-  (``cxr_edge.android_tflite``), where no Python runtime can be packaged.
+  (``cxr_edge.runtime.android_tflite``), where no Python runtime can be packaged.
 
 Callers pass and receive float32: :meth:`TFLiteModel.run` quantizes inputs
 and dequantizes outputs with the tensors' own scale and zero point, so no

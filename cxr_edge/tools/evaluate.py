@@ -232,12 +232,12 @@ def _photo_tools():
     try:
         from .photosim import resolve_severity, simulate_photo
     except ImportError as exc:
-        raise CxrEdgeError(f"--photos needs the phone-photo simulator (cxr_edge.photosim), which is not "
+        raise CxrEdgeError(f"--photos needs the phone-photo simulator (cxr_edge.tools.photosim), which is not "
                            f"available here ({exc}). Evaluate without --photos.") from exc
     try:
         from ..runtime.photo.rectify import rectify
     except ImportError:
-        log.warning("cxr_edge.rectify is not available: photos are evaluated without rectification")
+        log.warning("cxr_edge.runtime.photo.rectify is not available: photos are evaluated without rectification")
         rectify = None
     return resolve_severity, simulate_photo, rectify
 

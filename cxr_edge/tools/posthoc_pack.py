@@ -5,10 +5,10 @@ the chosen split through the device path (as ``cxr-edge predict`` runs it),
 then:
 
 1. a temperature is fitted to the raw outputs, for sigmoid heads with a logit offset per label
-   (:func:`~cxr_edge.calibration.fit_temperature_and_bias`; softmax:
-   :func:`~cxr_edge.calibration.fit_temperature`);
+   (:func:`~cxr_edge.tools.posthoc_fit.fit_temperature_and_bias`; softmax:
+   :func:`~cxr_edge.tools.posthoc_fit.fit_temperature`);
 2. per-label thresholds are chosen on the temperature-scaled probabilities by
-   a rule (:func:`~cxr_edge.calibration.choose_thresholds`: ``max-f1``,
+   a rule (:func:`~cxr_edge.tools.posthoc_fit.choose_thresholds`: ``max-f1``,
    ``youden``, ``sensitivity:0.90``, ``specificity:0.80``) and stored as a
    named profile (``screening``, ``balanced``, ...); a pack holds several;
 3. profiles calibrated earlier under another temperature/offsets get their

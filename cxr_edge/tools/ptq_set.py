@@ -17,7 +17,7 @@ manifest means the same thing on every machine. A JSON sidecar with the same ste
 * :func:`load_calibration_set` reads a manifest and checks it against its sidecar; at export
   time :meth:`CalibrationSet.inputs` finds every file under the data root, refuses a missing file
   or one whose sha256 differs from the manifest, and preprocesses it with the device-side
-  :func:`cxr_edge.preprocess.preprocess` at the model's own input spec.
+  :func:`cxr_edge.runtime.preprocess.preprocess` at the model's own input spec.
 
 The set's hash (:attr:`CalibrationSet.sha256`) is the sha256 of its sorted file hashes: it names
 the image content, independent of paths, row order and machine, and is recorded in every model

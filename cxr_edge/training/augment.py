@@ -17,7 +17,7 @@ effusion, a right upper lobe mass) would move. Turn it on only for a task
 where side carries no meaning, and say so in the recipe.
 
 Phone-photo simulation (``photo_prob`` > 0) runs before these, in numpy, via
-:func:`cxr_edge.photosim.simulate_rectified`: what a field photo of the film
+:func:`cxr_edge.tools.photosim.simulate_rectified`: what a field photo of the film
 looks like after the app has found and rectified the film (glare, moiré,
 blur, JPEG, colour cast turned grey, vignetting, a sliver of lightbox/desk at
 the edge), with a severity. :mod:`cxr_edge.training.dataset` calls it
@@ -210,7 +210,7 @@ def photo_batch(pixels, config: AugmentConfig, rng):
     try:
         from ..tools.photosim import simulate_rectified
     except ImportError as exc:  # the simulator is a separate device-side module
-        raise RecipeError(f"augment.photo_prob > 0 needs cxr_edge.photosim, which cannot be imported ({exc}). "
+        raise RecipeError(f"augment.photo_prob > 0 needs cxr_edge.tools.photosim, which cannot be imported ({exc}). "
                           "Set photo_prob to 0 or install a cxr-edge that ships it.") from exc
 
     out = np.array(pixels, copy=True)

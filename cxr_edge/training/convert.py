@@ -71,7 +71,7 @@ def convert(model, mode: str = "int8", representative=None, *, io_dtype: str | N
     if mode == "int8" and not qat and representative is None:
         raise RecipeError("mode 'int8' from a float model needs representative data (calibration "
                           "images, preprocessed like the model input, e.g. ~200-500 from "
-                          "calibration_data/); a QAT model needs none")
+                          "a calibration set); a QAT model needs none")
     if representative is not None and (mode != "int8" or qat):
         log.warning("representative data ignored: mode %r of a %s model does not calibrate",
                     mode, "QAT" if qat else "float")
@@ -226,7 +226,7 @@ def output_roles(tflite, num_labels: int) -> dict:
     """``{'probs': i, 'features': j}``: indices into the interpreter's output list.
 
     ``tflite`` is the model's bytes or a path; read with the device-side interpreter wrapper
-    (:class:`cxr_edge.interpreter.TFLiteModel`), so the indices are those of
+    (:class:`cxr_edge.runtime.interpreter.TFLiteModel`), so the indices are those of
     ``TFLiteModel.outputs`` / ``run()``. ``'features'`` is absent for a one-output model.
     """
     from ..runtime.interpreter import TFLiteModel

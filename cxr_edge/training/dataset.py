@@ -11,7 +11,7 @@ Pipeline (per epoch)::
     crop / brightness / contrast / mixup (TF, batched) ─▶ x = pixels·scale +
     offset ─▶ prefetch
 
-Normalization is the same arithmetic as :func:`cxr_edge.preprocess.normalize`
+Normalization is the same arithmetic as :func:`cxr_edge.runtime.preprocess.normalize`
 (float32 ``pixels * scale + offset``), so without augmentation the batches
 equal what the device feeds the model, value for value.
 

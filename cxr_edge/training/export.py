@@ -1,14 +1,15 @@
 """``export_run``: a training run to a checked int8 model in a model pack, or a clear refusal.
 
-1. Read the run (:func:`~cxr_edge.training.runs.load_run`) and its export policy (``export/<task>.json``).
+1. Read the run (:func:`~cxr_edge.training.runs.load_run`) and its export policy (``./export/<task>.json``,
+   else the one shipped in the package, ``cxr_edge/resources/export/<task>.json``).
 2. Build the int8 candidates: ``ptq`` (post-training quantization of ``float.h5`` with the
    policy's calibration set, verified file by file) and/or ``qat`` (``qat.h5``, which carries its
    own ranges); ``auto`` builds both when the run has a QAT model and keeps the better.
 3. Run the Keras float model and every int8 candidate on the same held-out split (val by
    default, never train). The int8 side goes through the device path ``cxr-edge predict`` uses:
-   :func:`~cxr_edge.preprocess.fit_to_square` pixels (the prepared cache when its input spec
-   matches, checked against the original files, else the originals), :func:`~cxr_edge.preprocess.normalize`,
-   and :class:`~cxr_edge.pipeline.LoadedModel` over :class:`~cxr_edge.interpreter.TFLiteModel`,
+   :func:`~cxr_edge.runtime.preprocess.fit_to_square` pixels (the prepared cache when its input spec
+   matches, checked against the original files, else the originals), :func:`~cxr_edge.runtime.preprocess.normalize`,
+   and :class:`~cxr_edge.runtime.pipeline.LoadedModel` over :class:`~cxr_edge.runtime.interpreter.TFLiteModel`,
    one image at a time.
 4. Compare (:func:`~cxr_edge.training.export_check.compare`) against the policy's tolerances.
 5. Always write a report (JSON + Markdown). Over tolerance: :class:`~cxr_edge.errors.ExportCheckError`
@@ -85,7 +86,8 @@ def _policy(spec: TaskSpec, policy, overrides: dict) -> ExportPolicy:
 
     if get_task(pol.task).family != spec.family:
         raise RecipeError(f"export policy {pol.path} is for task {pol.task}; the run is a {spec.name} model. "
-                          f"Use --policy export/{spec.family}.json")
+                          f"Use --policy with a {spec.family} policy (the shipped one: "
+                          f"cxr_edge/resources/export/{spec.family}.json), or leave --policy out")
     return pol.with_overrides(**overrides)
 
 
@@ -95,11 +97,12 @@ def _calibration(pol: ExportPolicy, spec: TaskSpec, data_root, notes: list) -> t
 
     if pol.calibration is None:
         raise RecipeError(f"post-training quantization needs a calibration set and policy {pol.path} names none; "
-                          "pass --calibration calibration_data/<task>.csv (cxr-edge calibration build makes one)")
+                          "pass --calibration MANIFEST.csv (cxr-edge calibration build makes one)")
     cs = load_calibration_set(pol.calibration)
     if get_task(cs.task).family != spec.family:
         raise DataError(f"calibration set {pol.calibration} holds {cs.task} images; a {spec.name} model must be "
-                        f"calibrated on its own kind of images. Use calibration_data/{spec.family}.csv")
+                        f"calibrated on its own kind of images. Use a {spec.family} set (the shipped one: "
+                        f"cxr_edge/resources/calibration_data/{spec.family}.csv)")
     if cs.n < pol.min_calibration:
         raise DataError(f"calibration set {pol.calibration} has {cs.n} images, fewer than the policy's minimum "
                         f"{pol.min_calibration} (recommended {pol.recommended_calibration}): int8 ranges measured "

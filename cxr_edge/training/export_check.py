@@ -32,7 +32,7 @@ policy's ``check.envelope_limit`` is the ceiling: however unstable the float mod
 past it (the shipped cxr4 policy: accuracy at most 2 points, agreement at least 0.96). The envelope is
 measured, reported beside every check and stored in the pack.
 
-numpy only (the metrics are :mod:`cxr_edge.metrics`); no TensorFlow.
+numpy only (the metrics are :mod:`cxr_edge.tools.metrics`); no TensorFlow.
 """
 
 from __future__ import annotations
@@ -185,8 +185,8 @@ def load_policy(path) -> ExportPolicy:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise RecipeError(f"export policy {path} does not exist; the shipped ones are export/gate.json, "
-                          "export/cxr4.json and export/nih14.json") from None
+        raise RecipeError(f"export policy {path} does not exist; the shipped ones are gate.json, cxr4.json and "
+                          "nih14.json in cxr_edge/resources/export/ (leave --policy out to use them)") from None
     except (OSError, ValueError) as exc:
         raise RecipeError(f"export policy {path} cannot be read ({exc})") from exc
     return parse_policy(data, path=path.resolve())
@@ -203,14 +203,15 @@ def default_policy_path(spec: TaskSpec) -> Path:
             if (root / f"{name}.json").is_file():
                 return root / f"{name}.json"
     raise RecipeError(f"no export policy for task {spec.name}: looked for {spec.name}.json in "
-                      f"{', '.join(str(r) for r in roots)}. Pass --policy export/{spec.family}.json")
+                      f"{', '.join(str(r) for r in roots)}. Pass --policy PATH, e.g. a copy of "
+                      f"cxr_edge/resources/export/{spec.family}.json")
 
 
 # --------------------------------------------------------------------------- measuring
 
 
 def summarize(spec: TaskSpec, y, probs) -> dict:
-    """The numbers export compares, from :func:`cxr_edge.metrics.task_metrics` (no bootstrap)."""
+    """The numbers export compares, from :func:`cxr_edge.tools.metrics.task_metrics` (no bootstrap)."""
     m = task_metrics(spec, y, probs, n_resamples=0)
     out = {"accuracy": m["accuracy"]["value"]}
     if "auroc" in m:       # one-label sigmoid: its AUROC is the mean AUROC

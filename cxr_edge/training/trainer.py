@@ -197,7 +197,7 @@ class ValInputs:
 def validation_set(prepared, recipe: Recipe, path: Path | None = None, chunk: int = 256) -> ValInputs:
     """The val split's model inputs, computed once (see :class:`ValInputs`).
 
-    Exactly the device preprocessing (:func:`cxr_edge.preprocess.normalize` of the cached pixels),
+    Exactly the device preprocessing (:func:`cxr_edge.runtime.preprocess.normalize` of the cached pixels),
     except that a ``train.val_photo_prob`` share of the images is turned into simulated phone photos
     (the recipe's ``augment.photo_severity``) with a numpy generator seeded from ``train.seed`` alone,
     so the same images are the same photos in every epoch, process and resume. Checkpoint selection

@@ -5,7 +5,7 @@ Each check returns a :class:`QualityCheck` (name, score, verdict 'pass' /
 :class:`QualitySpec` with defaults and ``to_dict`` / ``from_dict``, stored in
 the model pack next to the models it was tuned for. The defaults were set on
 the project's real CXRs (clean digital images pass; fewer than 1 % warn) and
-on simulated degradations (:mod:`cxr_edge.photosim`).
+on simulated degradations (:mod:`cxr_edge.tools.photosim`).
 
 The film-level checks (blur, glare, exposure) look at the film as the model
 will: scaled to ``analysis_size`` on its longer side. numpy + Pillow only.
