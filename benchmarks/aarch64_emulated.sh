@@ -394,9 +394,10 @@ main() {
       echo "- **the memory limit did not stop a $(( MEM_MB * 3 / 2 )) MB allocation**: peak RSS below is not bounded" >> "$REPORT"
       FAILED=1
     else
-      echo "- limit check: allocating $(( MEM_MB * 3 / 2 )) MB in the root under the limit failed, as it must (exit $probe$([ "$probe" = 137 ] && echo ': killed by the OOM killer'); $(tail -1 "$OUT/limit-probe.err" | cut -c1-80))" >> "$REPORT"
+      echo "- limit check: allocating $(( MEM_MB * 3 / 2 )) MB in the root under the limit failed, as it must (exit $probe$([ "$probe" = 137 ] && echo ': killed by the OOM killer')$([ -s "$OUT/limit-probe.err" ] && echo "; $(tail -1 "$OUT/limit-probe.err" | cut -c1-80)"))" >> "$REPORT"
     fi
   fi
+  echo >> "$REPORT"
 
   say "predicting on ${#IMAGES[@]} images natively (x86_64)"
   (cd "$SHARED" && run x86_64 0 "$NATIVE_VENV/bin/cxr-edge" predict --json "${IMAGES[@]}") || true
@@ -423,8 +424,9 @@ main() {
       echo
       echo "## The pitfall: QEMU's default CPU ('max')"
       echo
-      echo "Without QEMU_CPU, qemu-aarch64 emulates its 'max' CPU, which advertises features (SVE, SME) that LiteRT's"
-      echo "kernels then use and that this QEMU gets wrong. Not a failure of this check: it shows why QEMU_CPU is pinned."
+      echo "Without QEMU_CPU, qemu-aarch64 emulates its 'max' CPU, which advertises every feature it knows (SVE, SME"
+      echo "among them); LiteRT picks its kernels by those features, and the answers come out wrong without any error."
+      echo "Not a failure of this check: it shows why QEMU_CPU is pinned."
       echo
     } >> "$REPORT"
     python3 "$HELPER" compare --out "$OUT" --base x86_64 --tol "$TOL" --expect-differ max >> "$REPORT" || FAILED=1

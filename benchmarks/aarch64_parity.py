@@ -201,7 +201,7 @@ def compare_one(base: dict, other: dict, tol: float) -> dict:
         else:
             bad.append(f"{key} {x!r} vs {y!r}")
     # the verdicts first, so a table cell shows the difference that matters (a status, not a missing key)
-    bad.sort(key=lambda d: (not d.startswith("status "), not d.startswith("gate.")))
+    bad.sort(key=lambda d: (not d.startswith("status "), not d.startswith("gate.score "), not d.startswith("gate.")))
     return {"values": len(set(a) | set(b)), "numeric": numeric, "identical": identical,
             "max_diff": max_diff, "bad": bad}
 
@@ -226,7 +226,7 @@ def compare_runs(base: dict[str, dict], others: dict[str, dict[str, dict]], tol:
 
 def _cell(r: dict, tol: float) -> str:
     if r["bad"]:
-        return f"**differs** ({len(r['bad'])}: {r['bad'][0]}{' ...' if len(r['bad']) > 1 else ''})"
+        return f"**differs** ({len(r['bad'])}: {'; '.join(r['bad'][:2])}{' ...' if len(r['bad']) > 2 else ''})"
     if r["max_diff"] == 0:
         return f"identical ({r['values']})"
     return f"within {tol:g} (max {r['max_diff']:.2g})"
@@ -342,7 +342,8 @@ def cmd_project(args) -> int:
     if not rows:
         raise SystemExit(f"{args.report}: no int8 rows (run `cxr-edge bench --only models --json`)")
     print(f"Measured natively in this run: `{rep.get('command')}` on {rep['machine'].get('cpu')} "
-          f"({rep['machine'].get('machine')}, {rep['machine'].get('cpus')} CPUs), {rep['machine'].get('date')}.\n")
+          f"({rep['machine'].get('machine')}, {rep['machine'].get('cpus')} CPUs), {rep['machine'].get('date')}, "
+          f"load average {rep['machine'].get('load_avg')} (a busy host measures fewer GMAC/s).\n")
     print("| model | px | threads | M MACs (counted) | int8 median ms | GMAC/s |\n|---|---|---|---|---|---|")
     for m in sorted(rows, key=lambda m: (m["task"], m["threads"])):
         print(f"| {m['task']} | {m['input'][0]} | {m['threads']} | {m['macs_m']} | {m['run']['median']} | "
