@@ -250,12 +250,12 @@ write_cpuinfo() {  # write_cpuinfo CPU FILE
 
 mount_root() {
   local d
-  for d in proc sys dev mnt/shared mnt/cxr-edge; do mkdir -p "$ROOT/$d"; done
+  # No need to mount the repository: the device side is installed from a wheel of it (install_sides).
+  for d in proc sys dev mnt/shared; do mkdir -p "$ROOT/$d"; done
   mount_tracked "$ROOT/proc" -t proc proc
   mount_tracked "$ROOT/sys" -t sysfs -o ro sysfs
   mount_tracked "$ROOT/dev" --bind /dev
   mount_tracked "$ROOT/mnt/shared" --bind -o ro "$SHARED"
-  mount_tracked "$ROOT/mnt/cxr-edge" --bind -o ro "$REPO"
   cp /etc/resolv.conf "$ROOT/etc/resolv.conf" 2>/dev/null || true   # for pip inside
   mkdir -p "$ROOT/etc/cxr-edge"
   for d in cortex-a72 cortex-a76; do write_cpuinfo "$d" "$ROOT/etc/cxr-edge/cpuinfo-$d"; done
@@ -325,6 +325,7 @@ install_sides() {
   local w="/tmp/$(basename "$ROOT_TMP")/$(basename "$WHEEL")" c="/tmp/$(basename "$ROOT_TMP")/constraints.txt"
   if [ ! -x "$ROOT$VENV/bin/pip" ]; then
     say "creating the arm64 venv $VENV in the root (emulated: a minute or two)"
+    in_root cortex-a72 /bin/rm -rf "$VENV.partial"
     in_root cortex-a72 python3 -m venv "$VENV.partial"
     in_root cortex-a72 /bin/sh -c "sed -i 's|$VENV.partial|$VENV|g' $VENV.partial/bin/* && mv $VENV.partial $VENV"
   fi

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -101,6 +102,7 @@ class MemoryLimit:
                     return
                 except OSError:
                     time.sleep(0.1)
+            print(f"could not remove the cgroup {self.path}: a process is still in it", file=sys.stderr)
 
 
 def files_key(kind: str) -> str:
@@ -117,6 +119,9 @@ def _read(path: Path) -> str:
 def cmd_run(args) -> int:
     """Run one command; stdout to OUT/NAME.out, stderr to OUT/NAME.err, facts to OUT/NAME.run.json."""
     out = Path(args.out)
+    # Terminated (the script's Ctrl-C or kill reaches the whole process group): unwind, so that
+    # subprocess.run kills the child and the cgroup is removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     limit = MemoryLimit(args.mem_mb)
     t0 = time.perf_counter()
     try:
