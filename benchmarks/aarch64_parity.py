@@ -59,10 +59,13 @@ class MemoryLimit:
             except OSError:
                 continue
             try:
+                # a v2 child has memory.max only when its parent hands the memory controller down
+                if not (base / name / _limit_file(kind)).exists():
+                    raise OSError("no memory controller in this cgroup")
                 for fname, value in files.items():
-                    if (base / name / fname).exists():
+                    if (base / name / fname).exists():   # memsw / swap files exist only with swap accounting
                         (base / name / fname).write_text(str(value))
-                if int(_read(base / name / files_key(kind)).split()[0]) > (mb << 20):
+                if int(_read(base / name / _limit_file(kind))) > (mb << 20):
                     raise OSError("limit not taken")
             except (OSError, ValueError):
                 (base / name).rmdir()
@@ -105,7 +108,7 @@ class MemoryLimit:
             print(f"could not remove the cgroup {self.path}: a process is still in it", file=sys.stderr)
 
 
-def files_key(kind: str) -> str:
+def _limit_file(kind: str) -> str:
     return "memory.max" if kind.startswith("cgroup v2") else "memory.limit_in_bytes"
 
 
