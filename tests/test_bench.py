@@ -134,6 +134,27 @@ def test_keras_rows_are_skipped_with_a_note_without_tensorflow(tiny_pack):
     assert keras["rows"] == [] and "TensorFlow is not installed" in keras["note"]
 
 
+@pytest.mark.parametrize("broken", ["raise ImportError('libtensorflow_framework.so.2: cannot open shared object file')",
+                                    "import os; os.abort()"], ids=["import-error", "process-dies"])
+def test_keras_rows_are_skipped_with_the_reason_when_tensorflow_is_broken(tmp_path, broken):
+    """TensorFlow installed but unusable (a broken install; a wheel built for other CPUs, which kills the
+    process): bench goes on without the optional Keras rows and says why, instead of "Internal error"."""
+    import os
+
+    from cxr_edge.config import BUNDLED_PACK
+
+    for name in ("tensorflow", "tf_keras"):     # both found, so bench believes TensorFlow is there
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(broken + "\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
+    res = subprocess.run([sys.executable, "-m", "cxr_edge", "bench", "--pack", str(BUNDLED_PACK), "--only", "keras",
+                          "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    keras = json.loads(res.stdout)["keras"]
+    assert keras["rows"] == [] and keras["note"].startswith("skipped: TensorFlow is installed but")
+    assert ("libtensorflow_framework" in keras["note"]) if "ImportError" in broken else ("died" in keras["note"])
+
+
 def test_keras_rows_need_the_alpha_the_pack_records(tiny_pack):
     from cxr_edge.runtime.pack import load_pack
 

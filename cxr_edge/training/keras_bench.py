@@ -17,7 +17,14 @@ import numpy as np
 from ..tools.bench.harness import interleave, time_calls
 from ..tools.bench.machine import tensorflow_available
 
-__all__ = ['KERAS_CALLS', 'KerasWorker', 'keras_rows']
+__all__ = ['KERAS_CALLS', 'KerasUnavailable', 'KerasWorker', 'keras_rows']
+
+
+class KerasUnavailable(RuntimeError):
+    """The Keras worker could not run: TensorFlow failed to import or to build the model, or its process died.
+
+    The Keras rows are an optional comparison: :func:`keras_rows` turns this into a note, never a failed bench.
+    """
 
 
 class KerasWorker:
@@ -42,21 +49,30 @@ class KerasWorker:
         self._proc.start()
         child.close()
         self.cpu_s = self.wall_s = 0.0
-        status, self.info = self._recv()
+        try:
+            status, self.info = self._recv()
+        except KerasUnavailable:
+            self.close()
+            raise
         if status != "ready":
             self.close()
-            raise RuntimeError(self.info)
+            raise KerasUnavailable(self.info)
 
     def _recv(self):
-        if not self._conn.poll(900):
-            raise RuntimeError("the Keras worker did not answer in 15 minutes")
-        return self._conn.recv()
+        try:
+            if not self._conn.poll(900):
+                raise KerasUnavailable("the TensorFlow process did not answer in 15 minutes")
+            return self._conn.recv()
+        except (EOFError, OSError):   # it died: a TensorFlow built for other CPUs, a crash in its native code
+            self._proc.join(5)
+            raise KerasUnavailable(f"the TensorFlow process died (exit code {self._proc.exitcode}) "
+                                   "before it answered") from None
 
     def __call__(self, runs: int) -> list[float]:
         self._conn.send(runs)
         status, samples, *cpu = self._recv()
         if status != "ok":
-            raise RuntimeError(samples)
+            raise KerasUnavailable(samples)
         self.cpu_s += cpu[0]
         self.wall_s += sum(samples) / 1e3
         return samples
@@ -147,12 +163,13 @@ def keras_rows(pack, inputs, counts, *, rounds: int, runs: int, enabled: bool = 
     rows = []
     int8 = {(r["slot"], r["threads"]): r["run"]["median"] for r in int8_rows or []}
     for slot, build in builds.items():
-        workers = {t: KerasWorker(inputs[slot], threads=t, build=build) for t in counts}
         try:
-            stats = interleave({t: w for t, w in workers.items()}, rounds=rounds, runs=runs)
-        finally:
-            for w in workers.values():
-                w.close()
+            stats, workers = _keras_stats(inputs[slot], build, counts, rounds=rounds, runs=runs)
+        except KerasUnavailable as exc:
+            # TensorFlow is installed but cannot run here (a broken install, a wheel built for other CPUs):
+            # an optional comparison, so the bench goes on without it and says why
+            return {"rows": rows, "note": f"skipped: TensorFlow is installed but the Keras float model could "
+                                          f"not run ({exc}); the int8 rows do not need it"}
         for t, s in stats.items():
             q = int8.get((slot, t))
             rows.append({"slot": slot, "threads": t, "alpha": build["alpha"], "size": build["size"],
@@ -161,4 +178,16 @@ def keras_rows(pack, inputs, counts, *, rounds: int, runs: int, enabled: bool = 
                          "tensorflow": workers[t].info.get("tensorflow")})
     return {"rows": rows, "note": "Keras float through TensorFlow (tf.function, graph mode) on the same input; "
                                   "random weights of the same architecture (speed does not depend on them)"}
+
+
+def _keras_stats(x, build: dict, counts, *, rounds: int, runs: int) -> tuple[dict, dict]:
+    """Stats per thread count of one Keras model, and its (closed) workers; raises KerasUnavailable."""
+    workers: dict = {}
+    try:
+        for t in counts:
+            workers[t] = KerasWorker(x, threads=t, build=build)
+        return interleave(workers, rounds=rounds, runs=runs), workers
+    finally:
+        for w in workers.values():
+            w.close()
 
