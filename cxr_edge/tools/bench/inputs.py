@@ -24,14 +24,35 @@ def synthetic_film(size: int = 1024, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(a * 255, 0, 255).astype(np.uint8), "L")
 
 
-def phone_jpeg(film: Image.Image, *, long_side: int = 4000, quality: int = 90, seed: int = 0) -> bytes:
-    """A phone photo of ``film`` (simulated: perspective, light, noise...), ``long_side`` px, as JPEG bytes."""
+def phone_jpeg(film: Image.Image, *, long_side: int = 4000, quality: int = 90, seed: int = 0,
+               render_side: int | None = None) -> bytes:
+    """A phone photo of ``film`` (simulated: perspective, light, noise...), ``long_side`` px, as JPEG bytes.
+
+    The scene is rendered at ``render_side`` px (default half of ``long_side``), enlarged, and given
+    sensor grain at full size: rendering 12 MP directly peaked at 0.7 GB (a 1 GB Pi must run bench),
+    this at about 0.2 GB over the caller. The pipeline decodes a 12-MP JPEG at 1/4 scale, so it sees
+    the same scene; the grain keeps the JPEG as dense as a full render's (same decode work).
+    """
     from ..photosim import simulate_photo
 
-    sim = simulate_photo(film, "moderate", seed, background="desk", fill=0.8, long_side=long_side)
+    sim = simulate_photo(film, "moderate", seed, background="desk", fill=0.8,
+                         long_side=render_side or max(1, long_side // 2))
+    size = (round(long_side * 3 / 4), long_side)      # portrait 4:3, as simulate_photo draws it
+    pixels = np.array(Image.fromarray(sim.photo, "RGB").resize(size, Image.BICUBIC))
+    del sim
+    rng = np.random.default_rng(seed)
+    for y in range(0, pixels.shape[0], 256):      # in strips: no full-size float or int16 copy
+        strip = pixels[y:y + 256].astype(np.int16)
+        grain = rng.normal(0, _GRAIN, strip.shape[:2] + (1,)) + rng.normal(0, _GRAIN / 2, strip.shape)
+        pixels[y:y + 256] = np.clip(strip + np.rint(grain).astype(np.int16), 0, 255)
     buf = io.BytesIO()
-    Image.fromarray(sim.photo, "RGB").save(buf, "JPEG", quality=quality)
+    Image.fromarray(pixels, "RGB").save(buf, "JPEG", quality=quality)
     return buf.getvalue()
+
+
+#: Sensor grain added at full size (grey levels, per pixel; half of it per channel): with it the 12-MP JPEG
+#: of the synthetic film takes as long to decode as a full-size render's did (see benchmarks/RESULTS.md).
+_GRAIN = 2.5
 
 
 def write_batch(folder: Path, sources: list, n: int) -> list[Path]:
