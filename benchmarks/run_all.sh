@@ -22,6 +22,7 @@ run() {  # name, command...
 run device_latency $PY benchmarks/device_latency.py --pack $PACK
 run end_to_end $PY benchmarks/end_to_end.py --pack $PACK --runs-dir runs
 run batch_predict $PY benchmarks/batch_predict.py --pack $PACK --runs-dir runs --rounds 2
+run batch_workers $PY benchmarks/batch_workers.py --pack $PACK
 run memory $PY benchmarks/memory.py --pack $PACK --runs-dir runs
 run model_latency $PY benchmarks/model_latency.py --pack $PACK --runs-dir runs --rounds 6 --tflite-runtime-python /tmp/tflrt-venv/bin/python
 run photo_cxr4 $PY benchmarks/photo_pipeline.py accuracy --pack $PACK --data prepared/cxr4 --tta

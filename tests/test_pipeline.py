@@ -21,6 +21,43 @@ def cxr(shared_data):
     return shared_data / "nih_cxr14" / "images" / "00000061_012.png"
 
 
+class _KillsItsWorker:
+    """A source that kills the worker process that unpickles it, as a crash in a native decoder would."""
+
+    def __reduce__(self):
+        import signal
+
+        return signal.raise_signal, (signal.SIGKILL,)
+
+
+def _worker_pids() -> set[int]:
+    """Live worker processes started by this process (children running cxr_edge.runtime.workers)."""
+    import os
+
+    pids = set()
+    for task in os.listdir(f"/proc/{os.getpid()}/task"):
+        with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
+            pids |= {int(p) for p in f.read().split()}
+    found = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"cxr_edge.runtime.workers" in f.read():
+                    found.add(pid)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.fixture
+def at_once(monkeypatch):
+    """Workers from the first image: this process does not predict alone first (a tiny-model batch
+    would be over before they started)."""
+    from cxr_edge.runtime import workers
+
+    monkeypatch.setattr(workers, "PAYS_OFF_S", 0.0)
+
+
 def test_accepted_image_gets_all_three_results(pipeline, cxr):
     pred = pipeline.predict(cxr)
     assert pred.status == "ok" and pred.gate.accepted
@@ -61,7 +98,7 @@ def test_unknown_profile_fails_at_start(tiny_pack):
         Pipeline(tiny_pack, profile="screening")
 
 
-def test_bad_file_in_a_batch_does_not_stop_it(pipeline, cxr, tmp_path):
+def test_bad_file_in_a_batch_does_not_stop_it(pipeline, cxr, tmp_path, at_once):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"")
     preds = list(pipeline.predict_many([cxr, bad, cxr], workers=2))
@@ -70,7 +107,7 @@ def test_bad_file_in_a_batch_does_not_stop_it(pipeline, cxr, tmp_path):
     assert preds[0].results["cxr4"].probabilities == preds[2].results["cxr4"].probabilities  # deterministic
 
 
-def test_pipelined_and_plain_loops_agree(pipeline, shared_data):
+def test_pipelined_and_plain_loops_agree(pipeline, shared_data, at_once):
     files = sorted((shared_data / "cxr4" / "images").glob("*.png"))[:6]
     a = [p.to_dict()["cxr4"] for p in pipeline.predict_many(files, workers=2)]
     b = [p.to_dict()["cxr4"] for p in pipeline.predict_many(files, workers=0)]
@@ -78,7 +115,7 @@ def test_pipelined_and_plain_loops_agree(pipeline, shared_data):
     assert a == b == c
 
 
-def test_batch_reads_ahead_a_bounded_window(pipeline, cxr):
+def test_batch_reads_ahead_a_bounded_window(pipeline, cxr, at_once):
     """predict_many must not pull the whole list into memory: a 1,000-image batch held 480 MB that way."""
     pulled = []
 
@@ -94,27 +131,59 @@ def test_batch_reads_ahead_a_bounded_window(pipeline, cxr):
     assert sum(1 for _ in stream) == 39 and len(pulled) == 40
 
 
-def test_batch_workers_run_their_own_interpreters(pipeline, cxr):
-    """Each worker thread gets interpreters of its own, so two images really run on two cores."""
-    import threading
+def test_a_short_batch_is_predicted_without_starting_workers(pipeline, cxr):
+    preds = pipeline.predict_many([cxr] * 3, workers=2)
+    assert next(preds).status == "ok" and not _worker_pids()
+    assert [p.status for p in preds] == ["ok", "ok"]
 
-    seen = {}
-    original = pipeline._replica
 
-    def replica():
-        clone = original()
-        seen[threading.get_ident()] = {id(m.model) for m in clone.models.values()}
-        return clone
+def test_batch_runs_in_worker_processes_whose_logs_reach_the_parent(pipeline, cxr, caplog, at_once):
+    """Two workers are two processes with interpreters of their own; what they log arrives here."""
+    import logging
+    import os
 
-    pipeline._replica = replica
-    try:
-        preds = list(pipeline.predict_many([cxr] * 8, workers=2))
-    finally:
-        del pipeline._replica
-    assert all(p.status == "ok" for p in preds)
-    main_ids = {id(m.model) for m in pipeline.models.values()}
-    assert seen and all(ids.isdisjoint(main_ids) for ids in seen.values())
-    assert len({frozenset(ids) for ids in seen.values()}) == len(seen)
+    caplog.set_level(logging.DEBUG, logger="cxr_edge")
+    preds = list(pipeline.predict_many([cxr] * 6, workers=2))
+    assert [p.status for p in preds] == ["ok"] * 6
+    assert len({p.results["nih14"].probabilities["Effusion"] for p in preds}) == 1
+    from_workers = [r for r in caplog.records if r.process != os.getpid()]
+    assert from_workers and all(r.processName.startswith("cxr-edge worker") for r in from_workers)
+    assert {r.process for r in from_workers} - {os.getpid()}   # a worker loaded its models and said so
+    assert not _worker_pids()                                # and both are gone
+
+
+def test_a_worker_crash_is_that_images_error_and_the_batch_goes_on(pipeline, cxr, caplog, at_once):
+    from cxr_edge.runtime.workers import CRASH_KIND
+
+    preds = list(pipeline.predict_many([cxr, cxr, _KillsItsWorker(), cxr, cxr, cxr], workers=2))
+    assert [p.status for p in preds] == ["ok", "ok", "error", "ok", "ok", "ok"]
+    assert preds[2].error["kind"] == CRASH_KIND and "killed by SIGKILL" in preds[2].error["message"]
+    assert preds[2].file == "<image>"
+    assert "starting another" in caplog.text and not _worker_pids()
+
+
+def test_every_kind_of_source_gives_the_same_result_in_workers(pipeline, cxr, at_once):
+    import io
+
+    from PIL import Image
+
+    image = Image.open(cxr)
+    sources = lambda: [cxr, str(cxr), cxr.read_bytes(), image, np.asarray(image), io.BytesIO(cxr.read_bytes()),
+                       lambda: "not an image, and not picklable"]
+    here = [p.to_dict() for p in pipeline.predict_many(sources(), workers=0)]
+    there = [p.to_dict() for p in pipeline.predict_many(sources(), workers=2)]
+    strip = [{k: v for k, v in d.items() if k != "timings_ms"} for d in here]
+    assert strip == [{k: v for k, v in d.items() if k != "timings_ms"} for d in there]
+    assert [d["status"] for d in there] == ["ok"] * 6 + ["error"]
+    assert [d["file"] for d in there][:2] == [str(cxr)] * 2
+
+
+def test_stopping_a_batch_early_stops_its_workers(pipeline, cxr, at_once):
+    stream = pipeline.predict_many([cxr] * 20, workers=2)
+    assert next(stream).status == "ok"
+    assert len(_worker_pids()) == 2
+    stream.close()           # what a consumer's break, exception or Ctrl-C does to the generator
+    assert not _worker_pids()
 
 
 def test_same_answer_from_path_bytes_and_array(pipeline, cxr):

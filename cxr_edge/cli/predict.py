@@ -23,8 +23,9 @@ EXIT_SOME_FAILED = 1
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Interpreter CPU threads per model.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 32),
-              help="Images predicted at a time, each on a thread with interpreters of its own "
-                   "(0 = one at a time on the main thread).")
+              help="Images predicted at a time, each in a worker process with interpreters of its own "
+                   "(about 80 MB each; a worker that crashes costs only its image). 0 = one at a time in "
+                   "this process, the least memory.")
 @click.option("--profile", default=None, help="Threshold profile stored in the pack (e.g. screening, balanced).")
 @backend_option
 @click.option("--no-rectify", "no_rectify", is_flag=True,

@@ -36,16 +36,12 @@ The photo stage is one method, :meth:`Pipeline.film`; ``predict(path)`` runs it,
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import io
 import logging
 import os
-import threading
 import time
 import warnings
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -461,42 +457,43 @@ class Pipeline:
         return pred
 
     def predict_many(self, sources: Iterable, *, workers: int = 2) -> Iterator[Prediction]:
-        """Predict many images, yielding results in input order.
+        """Predict many images, yielding one result per source, in input order.
 
-        With ``workers`` >= 1, each of ``workers`` threads runs whole predictions (decode, film,
-        preprocessing *and* the models) with interpreters of its own: LiteRT releases the GIL while a
-        model runs, so two workers use two cores. At most ``2 * workers`` images are in flight, so
-        memory stays flat however long the list (an unbounded read-ahead held every decoded image of a
-        1,000-image batch: 480 MB). ``workers=0`` runs everything on the calling thread.
+        With ``workers`` >= 1, ``workers`` worker processes run whole predictions (decode, film,
+        preprocessing and the models), each with interpreters of its own, so two workers use two
+        cores (:mod:`cxr_edge.runtime.workers`: threads were held back by the GIL in the photo
+        stage). The calling thread predicts the first image itself, and starts the workers only when
+        the images ahead would take it more than they take to start (~0.3 s here). At most ``2 * workers`` images are in
+        flight, so memory stays flat however long the list; a worker that crashes turns its one image
+        into an ``error`` result. ``workers=0``, a single source, or a system where worker processes
+        cannot run: everything on the calling thread.
         """
-        if workers <= 0:
-            for src in sources:
-                yield self.predict(src, _path_name(src))
+        from . import workers as _workers
+
+        items = ((src.read() if _is_stream(src) else src, _path_name(src)) for src in sources)
+        total = len(sources) if hasattr(sources, "__len__") else None
+        if total is not None:              # no more workers than images; one image is predicted here
+            workers = min(workers, total) if total > 1 else 0
+        why_not = _workers.supported(self) if workers > 0 else None
+        if why_not:
+            log.warning("predicting in this process, one image at a time: %s", why_not)
+        if workers <= 0 or why_not:
+            for src, name in items:
+                yield self.predict(src, name)
             return
-        local = threading.local()
+        yield from _workers.predict_in_workers(self, items, workers, total)
 
-        def one(src):
-            replica = getattr(local, "pipeline", None)
-            if replica is None:
-                replica = local.pipeline = self._replica()
-            return replica.predict(src, _path_name(src))
+    def __getstate__(self) -> dict:
+        """A pipeline pickles without its interpreters (native objects): a copy in another process
+        builds its own from the pack when it is unpickled (:mod:`cxr_edge.runtime.workers`)."""
+        state = dict(self.__dict__)
+        del state["models"]
+        return state
 
-        window: deque = deque()
-        it = iter(sources)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr-edge-predict") as pool:
-            for src in it:
-                window.append(pool.submit(one, src))
-                if len(window) >= 2 * workers:
-                    yield window.popleft().result()
-            while window:
-                yield window.popleft().result()
-
-    def _replica(self) -> "Pipeline":
-        """The same pipeline with interpreters of its own (an interpreter runs one image at a time)."""
-        clone = copy.copy(self)
-        clone.models = {slot: LoadedModel.from_pack(pm, threads=self.threads, backend=self.backend)
-                        for slot, pm in self.pack.models.items()}
-        return clone
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.models = {slot: LoadedModel.from_pack(pm, threads=self.threads, backend=self.backend)
+                       for slot, pm in self.pack.models.items()}
 
 
 def pack_quality_spec(pack: ModelPack) -> QualitySpec:
