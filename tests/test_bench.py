@@ -18,9 +18,11 @@ from cxr_edge.training.keras_bench import KerasWorker, keras_rows
 from cxr_edge.cli import main
 
 REPORT_KEYS = {"schema", "machine", "command", "pack", "settings", "notes", "backend", "models", "keras",
-               "end_to_end", "batch", "memory", "startup", "sizes", "targets"}
+               "end_to_end", "batch", "mixed_batch", "memory", "startup", "sizes", "targets"}
 TARGETS = {"int8 @224, 1 thread: median ms", "int8 vs Keras float, 1 thread: speed-up",
-           "12-MP phone JPEG to all results, 1 thread: ms", "batch: images/s", "peak RSS of predict: MB",
+           "12-MP phone JPEG to all results, 1 thread: ms", "batch: images/s",
+           "batch scaling, 1024-px PNGs + 12-MP JPEGs: predict_many(workers=2) / plain loop",
+           "peak memory of predict, all its processes (PSS; RSS where PSS is unknown): MB",
            "pack size: MB", "cxr-edge --help: s"}
 
 
@@ -86,8 +88,18 @@ def test_bench_json_has_the_documented_keys(tiny_pack):
     assert {"decode", "gate", "cxr4", "nih14"} <= {r["name"] for r in e2e["stages"]}
     assert any("gate rejects" in r["name"] for r in e2e["rows"])
     assert report["batch"]["images"] == 4 and all(r["per_s"] > 0 for r in report["batch"]["rows"])
-    assert [r["exit_code"] for r in report["memory"]] == [0, 0, 0, 0]
+    mixed = report["mixed_batch"]
+    assert mixed["images"] == 4 and [r["name"] for r in mixed["rows"]] == [
+        "plain loop: predict() per image, 1 thread", "predict_many(workers=2): 2 worker processes, 1 interpreter "
+        "thread each"] and mixed["status_of_first_50"] == {"ok": 4}
+    scaling = next(t for t in report["targets"] if t["name"].startswith("batch scaling"))
+    assert scaling["value"] == mixed["rows"][1]["ratio"] > 0
+    assert [r["exit_code"] for r in report["memory"]] == [0] * 6
     assert all(r["peak_rss_mb"] > 0 for r in report["memory"])
+    workers = report["memory"][4]      # the mixed batch with --workers 2: the memory of every process counts
+    assert "12-MP JPEGs (--workers 2)" in workers["name"] and workers["total_pss_mb"] > 0
+    memory = next(t for t in report["targets"] if t["name"].startswith("peak memory"))
+    assert memory["value"] == max(r["total_pss_mb"] for r in report["memory"][2:])
     assert [r["name"] for r in report["startup"]][:2] == ["python -c pass", "cxr-edge --help"]
     assert report["sizes"]["total_bytes"] == report["pack"]["total_bytes"] > 0
     assert {t["name"] for t in report["targets"]} == TARGETS

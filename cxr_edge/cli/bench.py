@@ -22,11 +22,12 @@ __all__ = ["bench"]
 @click.option("--quick", is_flag=True, help="A few samples only: checks that everything runs (~1 min), "
                                             "numbers are rough.")
 @click.option("--only", "sections", multiple=True,
-              type=click.Choice(["models", "keras", "end_to_end", "batch", "memory", "startup"]),
+              type=click.Choice(["models", "keras", "end_to_end", "batch", "mixed_batch", "memory", "startup"]),
               help="Run only these sections (repeat the option for several).")
 @click.option("--no-keras", "no_keras", is_flag=True, help="Skip the Keras float rows even when TensorFlow is here.")
 @click.option("--batch-images", type=click.IntRange(1, 100000), default=None,
-              help="Images in the batch and peak-RSS runs [default: 200; 16 with --quick].")
+              help="Images in each batch (256-px; mixed 1024-px and 12-MP) and in the memory run "
+                   "[default: 200; 16 with --quick].")
 @backend_option
 def bench(pack, threads, as_json, image, quick, sections, no_keras, batch_images, backend):
     """Measure a model pack on this machine: latency, throughput, memory, start-up and size.

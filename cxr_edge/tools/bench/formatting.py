@@ -5,7 +5,7 @@ from __future__ import annotations
 from .machine import describe_machine
 from .sections import SECTIONS
 
-__all__ = ['FORMATTERS', 'format_batch', 'format_end_to_end', 'format_keras', 'format_memory', 'format_models', 'format_report', 'format_sizes', 'format_startup']
+__all__ = ['FORMATTERS', 'format_batch', 'format_end_to_end', 'format_keras', 'format_memory', 'format_mixed_batch', 'format_models', 'format_report', 'format_sizes', 'format_startup']
 
 
 def format_report(report: dict) -> str:
@@ -72,17 +72,27 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
-def format_batch(bt: dict) -> list[str]:
-    out = [f"## Batch: {bt['images']} images through predict", "",
+def format_batch(bt: dict, what: str = "images") -> list[str]:
+    out = [f"## Batch: {bt['images']} {what} through predict", "",
            "| variant | seconds | images/s | speed-up |", "|---|---|---|---|"]
     out += [f"| {r['name']} | {r['median_ms'] / 1e3:.2f} | {r['per_s']:.0f} | {r['ratio']}x |" for r in bt["rows"]]
     return out + ["", f"Status of the first 50: {bt['status_of_first_50']}."]
 
 
+def format_mixed_batch(bt: dict) -> list[str]:
+    return format_batch(bt, "1024-px PNGs and 12-MP phone JPEGs (alternating)")
+
+
 def format_memory(rows: list[dict]) -> list[str]:
-    out = ["## Peak RSS (a fresh child process)", "", "| command | peak RSS MB | ratio to python -c pass | exit |",
-           "|---|---|---|---|"]
-    return out + [f"| {r['name']} | {r['peak_rss_mb']:.0f} | {r['ratio']}x | {r['exit_code']} |" for r in rows]
+    out = ["## Peak memory (a fresh child process and the worker processes it starts)", "",
+           "| command | largest process: peak RSS MB | ratio to python -c pass | all processes: RSS MB | "
+           "all processes: PSS MB | processes | exit |", "|---|---|---|---|---|---|---|"]
+    return out + [f"| {r['name']} | {r['peak_rss_mb']:.0f} | {r['ratio']}x | {_fmt0(r.get('total_rss_mb'))} | "
+                  f"{_fmt0(r.get('total_pss_mb'))} | {r.get('processes') or '-'} | {r['exit_code']} |" for r in rows]
+
+
+def _fmt0(v) -> str:
+    return "-" if v is None else f"{v:.0f}"
 
 
 def format_startup(rows: list[dict]) -> list[str]:
@@ -96,7 +106,8 @@ def format_sizes(p: dict) -> list[str]:
 
 
 FORMATTERS = {"models": format_models, "keras": format_keras, "end_to_end": format_end_to_end,
-              "batch": format_batch, "memory": format_memory, "startup": format_startup}
+              "batch": format_batch, "mixed_batch": format_mixed_batch, "memory": format_memory,
+              "startup": format_startup}
 
 
 def _table(rows: list[dict], ratio_title: str | None) -> list[str]:

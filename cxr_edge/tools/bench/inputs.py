@@ -1,4 +1,4 @@
-"""Inputs without data: a synthetic film, a simulated 12-MP phone JPEG of it, a folder of copies."""
+"""Inputs without data: a synthetic film, a simulated 12-MP phone JPEG of it, folders of copies."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ['phone_jpeg', 'synthetic_film', 'write_batch']
+__all__ = ['mixed_batch', 'phone_jpeg', 'synthetic_film', 'write_batch']
 
 
 def synthetic_film(size: int = 1024, seed: int = 0) -> Image.Image:
@@ -69,3 +69,26 @@ def write_batch(folder: Path, sources: list, n: int) -> list[Path]:
         out.append(dst)
     return out
 
+
+
+def mixed_batch(folder: Path, film: Image.Image, photo: bytes, n: int) -> list[Path]:
+    """``n`` files in ``folder`` alternating a 1024-px PNG of ``film`` and the JPEG ``photo``: the two kinds
+    of large input a batch gets (a scanned film, a phone photo). The first two are the files, the rest
+    symbolic links to them (copies where links cannot be made)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    big = film if max(film.size) == 1024 else film.resize(
+        tuple(round(v * 1024 / max(film.size)) for v in film.size), Image.LANCZOS)
+    out = []
+    for i in range(n):
+        dst = folder / (f"{i:05d}_film_1024.png" if i % 2 == 0 else f"{i:05d}_photo_12mp.jpg")
+        if i == 0:
+            big.save(dst)
+        elif i == 1:
+            dst.write_bytes(photo)
+        else:
+            try:
+                dst.symlink_to(out[i % 2].name)
+            except OSError:
+                shutil.copyfile(out[i % 2], dst)
+        out.append(dst)
+    return out

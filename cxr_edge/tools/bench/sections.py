@@ -29,10 +29,16 @@ What it measures (the keys of :func:`run_bench`'s report, all JSON-ready):
   rectify -> quality -> gate -> classifiers (-> heatmaps); reduced-size JPEG
   decoding against a full decode first, all models against a gate that
   rejects, with heatmaps; stage medians from the pipeline's own timings.
-* ``batch``: images/s of a folder through ``predict`` in a plain loop and
-  through ``predict_many`` (worker threads with interpreters of their own).
-* ``memory``: peak RSS of ``cxr-edge predict`` (one image, a batch) in a child
-  process, beside bare Python and Python with numpy + Pillow + the interpreter.
+* ``batch``: images/s of a folder of 256-px PNGs through ``predict`` in a plain
+  loop and through ``predict_many`` (worker processes with interpreters of
+  their own, their start-up included).
+* ``mixed_batch``: the same for a folder of 1024-px PNGs and 12-MP phone JPEGs
+  (the photo stage is most of the work): how ``predict_many(workers=2)``
+  scales against the plain loop.
+* ``memory``: peak memory of ``cxr-edge predict`` (one image, a batch, the mixed
+  batch) in a child process, with its worker processes: the largest process's
+  RSS and the sums over all of them (:mod:`.memory`), beside bare Python and
+  Python with numpy + Pillow + the interpreter.
 * ``startup``: ``cxr-edge --help`` and a first prediction, against ``python -c pass``.
 * ``sizes``: the pack's models and total.
 * ``targets``: the issue's targets, each with the measured value and whether it was met.
@@ -53,11 +59,11 @@ import numpy as np
 from PIL import Image
 
 from .harness import Measure, child_env, cli_command, default_threads, interleave, run_child, stat_rows, timed
-from .inputs import phone_jpeg, synthetic_film, write_batch
+from .inputs import mixed_batch, phone_jpeg, synthetic_film, write_batch
 from .machine import installed_backends, machine_info
 from .memory import peak_rss
 
-__all__ = ['SCHEMA', 'SECTIONS', 'TARGETS', 'accepting_profile', 'batch', 'count_macs', 'end_to_end', 'model_measures', 'model_rows', 'pack_summary', 'run_bench', 'startup', 'targets']
+__all__ = ['SCHEMA', 'SECTIONS', 'TARGETS', 'accepting_profile', 'batch', 'count_macs', 'end_to_end', 'model_measures', 'model_rows', 'pack_summary', 'run_bench', 'startup', 'targets', 'workers_row_name']
 
 
 log = logging.getLogger(__name__)
@@ -70,7 +76,7 @@ NO_KERAS_SECTION = ("skipped: run_bench was given no Keras section (cxr-edge ben
 
 #: The issue's targets, on a 2-core machine; latency targets apply to MobileNetV2 1.0 at 224 px.
 TARGETS = {"int8_ms": 5.0, "int8_vs_keras": 10.0, "end_to_end_ms": 60.0, "batch_per_s": 100.0,
-           "peak_rss_mb": 150.0, "pack_mb": 9.0, "help_s": 0.3}
+           "batch_scaling": 1.7, "peak_rss_mb": 150.0, "pack_mb": 9.0, "help_s": 0.3}
 
 
 def count_macs(model) -> int | None:
@@ -241,9 +247,18 @@ def end_to_end(pack, photo, *, threads: int = 1, rounds: int, runs: int, profile
     }
 
 
+def workers_row_name(workers: int, threads: int = 1) -> str:
+    """The name of a ``predict_many`` row of :func:`batch`."""
+    return (f"predict_many(workers={workers}): {workers} worker processes, {threads} interpreter thread"
+            f"{'s' if threads > 1 else ''} each")
+
+
 def batch(pack, files: list, *, thread_counts=(1,), workers: int = 2, rounds: int = 1,
           profile: str | None = None) -> dict:
-    """Images/s of ``files`` through the plain ``predict`` loop and ``predict_many``, all models on every image."""
+    """Images/s of ``files`` through the plain ``predict`` loop and ``predict_many``, all models on every image.
+
+    Each ``predict_many`` call starts its worker processes and stops them at the end, as ``cxr-edge
+    predict`` does: their start-up is in its time."""
     from ...runtime.pipeline import Pipeline
 
     # gate_first=False: every image runs all three models, whatever the gate says of it (the synthetic film of
@@ -258,11 +273,10 @@ def batch(pack, files: list, *, thread_counts=(1,), workers: int = 2, rounds: in
     def many(t, w):
         return lambda: [None for _ in pipes[t].predict_many(files, workers=w)]
 
-    variants = {"plain loop: predict() per image, 1 thread": loop,
-                f"predict_many(workers={workers}), 1 interpreter thread": many(1, workers)}
+    variants = {"plain loop: predict() per image, 1 thread": loop, workers_row_name(workers): many(1, workers)}
     for t in thread_counts:
         if t != 1:
-            variants[f"predict_many(workers={workers}), {t} interpreter threads"] = many(t, workers)
+            variants[workers_row_name(workers, t)] = many(t, workers)
     stats = interleave({k: timed(f) for k, f in variants.items()}, rounds=rounds, runs=1, warmup=0)
     rows = stat_rows(stats, next(iter(variants)))
     for r in rows:
@@ -324,8 +338,8 @@ def run_bench(pack=None, *, threads: int | None = None, image=None, quick: bool 
         tmp = Path(tmp)
         one = tmp / "one.png"
         film.save(one)
+        photo = phone_jpeg(film) if todo & {"end_to_end", "mixed_batch", "memory"} else None
         if "end_to_end" in todo:
-            photo = phone_jpeg(film)
             report["end_to_end"] = end_to_end(loaded, photo, threads=1, rounds=rounds, runs=max(1, runs // 5),
                                               profile=accepting_profile(loaded))
         n = batch_images or (16 if quick else 200)
@@ -334,8 +348,14 @@ def run_bench(pack=None, *, threads: int | None = None, image=None, quick: bool 
         if "batch" in todo:
             report["batch"] = batch(loaded, files, thread_counts=counts, rounds=1 if quick else 3,
                                     profile=accepting_profile(loaded))
+        if "mixed_batch" in todo:
+            mixed = mixed_batch(tmp / "mixed", film, photo, n)
+            report["mixed_batch"] = batch(loaded, mixed, rounds=1 if quick else 3, profile=accepting_profile(loaded))
         if "memory" in todo:
-            report["memory"] = peak_rss(loaded.path, one, tmp / "batch", n)
+            # 20 large images: enough work for the workers to start and reach their peak (at most
+            # 2 x workers images are in flight), and quick on a Pi
+            mixed_batch(tmp / "mixed_memory", film, photo, 20)
+            report["memory"] = peak_rss(loaded.path, one, tmp / "batch", n, mixed_dir=tmp / "mixed_memory")
         if "startup" in todo:
             report["startup"] = startup(loaded.path, one, rounds=2 if quick else 5)
     report["sizes"] = report["pack"]["models"] | {"total_bytes": report["pack"]["total_bytes"]}
@@ -343,7 +363,12 @@ def run_bench(pack=None, *, threads: int | None = None, image=None, quick: bool 
     return report
 
 
-SECTIONS = ("models", "keras", "end_to_end", "batch", "memory", "startup")
+def _memory_of(row: dict) -> float:
+    """What a command costs the machine: its processes' summed PSS, else the largest one's RSS."""
+    return row["total_pss_mb"] if row.get("total_pss_mb") is not None else row["peak_rss_mb"]
+
+
+SECTIONS = ("models", "keras", "end_to_end", "batch", "mixed_batch", "memory", "startup")
 
 
 def accepting_profile(pack) -> str | None:
@@ -381,8 +406,14 @@ def targets(report: dict) -> list[dict]:
         first is not None and first <= TARGETS["end_to_end_ms"])
     b = max((r["per_s"] for r in report.get("batch", {}).get("rows", [])), default=None)
     add("batch: images/s", f">= {TARGETS['batch_per_s']}", b, b is not None and b >= TARGETS["batch_per_s"])
-    rss = max((r["peak_rss_mb"] for r in report.get("memory", []) if r["name"].startswith("cxr-edge")), default=None)
-    add("peak RSS of predict: MB", f"<= {TARGETS['peak_rss_mb']}", rss, rss is not None and rss <= TARGETS["peak_rss_mb"])
+    mixed = report.get("mixed_batch", {})
+    scale = next((r["ratio"] for r in mixed.get("rows", []) if r["name"] == workers_row_name(mixed.get("workers", 2))),
+                 None)
+    add("batch scaling, 1024-px PNGs + 12-MP JPEGs: predict_many(workers=2) / plain loop",
+        f">= {TARGETS['batch_scaling']}x", scale, scale is not None and scale >= TARGETS["batch_scaling"])
+    rss = max((_memory_of(r) for r in report.get("memory", []) if r["name"].startswith("cxr-edge")), default=None)
+    add("peak memory of predict, all its processes (PSS; RSS where PSS is unknown): MB",
+        f"<= {TARGETS['peak_rss_mb']}", rss, rss is not None and rss <= TARGETS["peak_rss_mb"])
     mb = round(report["pack"]["total_bytes"] / 1e6, 2)
     add("pack size: MB", f"<= {TARGETS['pack_mb']}", mb, mb <= TARGETS["pack_mb"])
     h = next((r["median_ms"] / 1e3 for r in report.get("startup", []) if r["name"] == "cxr-edge --help"), None)
