@@ -68,8 +68,10 @@ def test_ctrl_c_stops_predict_and_its_worker_processes(tiny_pack, shared_data, t
     folder.mkdir()
     for i in range(2000):
         os.symlink(shared_data / "nih_cxr14" / "images" / "00000061_012.png", folder / f"{i:04d}.png")
+    # a test run in the background inherits SIGINT ignored, and Python keeps it so: give the command the default
     p = subprocess.Popen([sys.executable, "-m", "cxr_edge", "predict", "--json", "--workers", "2", "--pack",
-                          str(tiny_pack), str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          str(tiny_pack), str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     workers = set()
     while len(workers) < 2:      # the first images are predicted before the workers start
         assert json.loads(p.stdout.readline())["status"] == "ok"

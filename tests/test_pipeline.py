@@ -162,6 +162,22 @@ def test_a_worker_crash_is_that_images_error_and_the_batch_goes_on(pipeline, cxr
     assert "starting another" in caplog.text and not _worker_pids()
 
 
+def test_a_worker_killed_from_outside_costs_at_most_its_image(pipeline, cxr, at_once):
+    """The OOM killer picks a worker, busy or idle: the batch still gets one row per image."""
+    import os
+    import signal
+
+    from cxr_edge.runtime.workers import CRASH_KIND
+
+    stream = pipeline.predict_many([cxr] * 30, workers=2)
+    preds = [next(stream)]
+    os.kill(min(_worker_pids()), signal.SIGKILL)
+    preds += list(stream)
+    assert len(preds) == 30 and not _worker_pids()
+    kinds = [p.error["kind"] if p.error else p.status for p in preds]
+    assert set(kinds) <= {"ok", CRASH_KIND} and kinds.count(CRASH_KIND) <= 1
+
+
 def test_every_kind_of_source_gives_the_same_result_in_workers(pipeline, cxr, at_once):
     import io
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 
 import click
 
@@ -100,10 +100,12 @@ def predict(images, pack, as_json, threads, workers, profile, backend, no_rectif
     if not as_json:
         click.echo(table.header())
     show_progress = not as_json and len(files) > 20 and sys.stderr.isatty()
-    results = pipeline.predict_many(files, workers=workers)
+    predictions = pipeline.predict_many(files, workers=workers)
+    results = predictions
     if show_progress:
         results = click.progressbar(results, length=len(files), label="predicting", file=sys.stderr)
-    with (results if show_progress else nullcontext(results)) as stream:
+    # closing: on Ctrl-C or an error the worker processes stop before the command does
+    with closing(predictions), (results if show_progress else nullcontext(results)) as stream:
         for pred in stream:
             failed += pred.status == "error"
             if heatmap_dir is not None and pred.heatmaps:

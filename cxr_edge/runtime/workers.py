@@ -29,7 +29,7 @@ is memory: each worker holds its own Python, numpy, LiteRT and models (~80 MB PS
 * **Where it cannot run** (not a POSIX system, a frozen or embedded Python, the Android Java
   backend) or when no worker starts, the images are predicted in the calling process, with a warning.
 
-A worker is ``python -m cxr_edge.runtime.workers`` started with :mod:`subprocess`, not
+A worker is a fresh Python running :func:`main` of this module, started with :mod:`subprocess`, not
 :mod:`multiprocessing`: multiprocessing's spawn re-imports the caller's main script in every child,
 so a script calling ``predict_many`` at its top level (as the README's example does) would run
 again in each worker.
@@ -37,6 +37,8 @@ again in each worker.
 
 from __future__ import annotations
 
+import atexit
+import itertools
 import logging
 import os
 import pickle
@@ -44,6 +46,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -65,6 +68,12 @@ BOOT_TIMEOUT_S = 120.0
 #: The error kind of an image whose worker died while predicting it.
 CRASH_KIND = "worker_crash"
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])    # the folder that holds this cxr_edge
+# A worker runs this very cxr_edge: its folder goes on the path only where the parent found it some other
+# way (an editable install's finder); prepending site-packages could shadow the standard library.
+_BOOT = ("import sys\n"
+         "if sys.argv[1] not in sys.path: sys.path.insert(0, sys.argv[1])\n"
+         "from cxr_edge.runtime.workers import main\n"
+         "main(sys.argv[2:])\n")
 
 
 def supported(pipeline) -> str | None:
@@ -84,6 +93,7 @@ def predict_in_workers(pipeline, items: Iterable[tuple[object, str | None]], wor
     processes, yielded in input order (see the module docstring). ``total``: how many items there are,
     where known (it tells whether starting workers pays off)."""
     pool = _Pool(pipeline, workers)
+    _POOLS.add(pool)
     try:
         yield from pool.run(iter(items), total)
     finally:
@@ -100,13 +110,11 @@ class _Worker:
         self.started = time.monotonic()
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [_PACKAGE_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(req_r), str(res_w)], pass_fds=(req_r, res_w),
+                [sys.executable, "-c", _BOOT, _PACKAGE_ROOT, str(req_r), str(res_w)], pass_fds=(req_r, res_w),
                 stdin=subprocess.DEVNULL, stdout=2,      # a stray print must not land in `predict --json`
-                env=env, start_new_session=True)
+                start_new_session=True)
         finally:
             os.close(req_r)
             os.close(res_w)
@@ -200,7 +208,7 @@ class _Pool:
             if not self.workers:          # none started or all gave up: the rest in this process
                 yield from self._here(items, done, next_out)
                 return
-            for w in self.workers:        # the next images to the free workers, within the window
+            for w in list(self.workers):        # the next images to the free workers, within the window
                 if exhausted or not w.ready or w.item is not None or taken >= next_out + window:
                     continue
                 item = next(items, None)
@@ -212,6 +220,10 @@ class _Pool:
                     w.send(taken, source, name)
                 except (pickle.PicklingError, TypeError, AttributeError):   # not picklable: predict it here
                     done[taken] = self.pipeline.predict(source, name)
+                except OSError:               # it died since its last answer: the image goes to another
+                    items = itertools.chain([item], items)
+                    self._lost(w, done, w.death())
+                    continue
                 taken += 1
             if exhausted and next_out == taken:
                 return
@@ -284,6 +296,17 @@ class _Pool:
         self.workers = []
 
 
+#: Pools with workers, so that none outlives the interpreter (a generator abandoned by an exception
+#: is not always closed before exit).
+_POOLS: "weakref.WeakSet[_Pool]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for pool in list(_POOLS):
+        pool.close()
+
+
 def _pays_off(spent: float, taken: int, total: int | None) -> bool:
     """Whether the images ahead are worth starting workers for (see PAYS_OFF_S)."""
     if PAYS_OFF_S <= 0:
@@ -341,11 +364,17 @@ def _serve(requests: Connection, out: Connection) -> None:
             index, source, name = requests.recv()
         except EOFError:                  # the parent closed the pipe, or is gone
             return
-        out.send(("result", index, pipeline.predict(source, name)))
+        pred = pipeline.predict(source, name)
+        try:
+            out.send(("result", index, pred))
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:   # never seen; not a crash either
+            out.send(("result", index, error_result(pred.file, CxrEdgeError(
+                f"{pred.file}: the result could not be sent back from the worker process ({exc}). This is a bug "
+                "in cxr-edge: please report it."), kind="internal")))
 
 
 def main(argv: list[str]) -> None:
-    """Entry point of a worker: ``python -m cxr_edge.runtime.workers REQUEST_FD MESSAGE_FD``."""
+    """Entry point of a worker: ``main([REQUEST_FD, MESSAGE_FD])`` (see ``_BOOT``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent decides when to stop
     requests = Connection(int(argv[0]), writable=False)
     out = Connection(int(argv[1]), readable=False)
@@ -354,6 +383,3 @@ def main(argv: list[str]) -> None:
     except (BrokenPipeError, EOFError):      # the parent is gone
         pass
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
