@@ -36,6 +36,19 @@ class PackError(CxrEdgeError):
     """A model pack that is missing, tampered, truncated or does not match this toolkit."""
 
 
+class ConfigError(CxrEdgeError):
+    """A configuration file or setting (``$CXR_EDGE_CONFIG``, ``$CXR_EDGE_PACK``) that cannot be used."""
+
+
+class OutputError(CxrEdgeError, OSError):
+    """An output file that cannot or may not be written (a special file, an existing file without --force,
+    a full disk, a read-only folder). Also an ``OSError``, so callers that handle failed writes keep doing so."""
+
+    def __init__(self, message: str, *, path=None):
+        super().__init__(message)
+        self.path = path
+
+
 class BackendError(CxrEdgeError):
     """No usable TFLite interpreter, or a model the interpreter refuses."""
 
@@ -56,6 +69,18 @@ class ExportCheckError(CxrEdgeError):
 
 class DependencyError(CxrEdgeError):
     """An optional dependency (TensorFlow, pydicom, kivy, matplotlib) is not installed."""
+
+
+def file_kind(mode: int) -> str:
+    """'a FIFO (named pipe)', 'a folder', ... for a ``st_mode`` that is not a regular file (for messages)."""
+    import stat
+
+    for test, kind in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def require(module: str, extra: str, purpose: str):

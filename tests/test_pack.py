@@ -118,6 +118,8 @@ def test_labels_that_disagree_with_the_registry_are_refused(tiny_pack, tmp_path)
     pack = load_pack(tiny_pack)
     meta = pack["cxr4"].metadata
     meta.labels = ["COVID-19", "Normal", "Pneumonia", "TB"]
+    meta.thresholds = {p: {("TB" if k == "Tuberculosis" else k): v for k, v in t.items()}
+                       for p, t in meta.thresholds.items()}   # consistent in itself, so only the registry disagrees
     content = md.embed(pack["cxr4"].content, meta)
     write_pack(tmp_path / "renamed", {"cxr4": (content, meta)})
     with pytest.raises(PackError, match="made for labels"):

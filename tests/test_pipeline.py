@@ -74,7 +74,7 @@ def test_accepted_image_gets_all_three_results(pipeline, cxr):
 def test_rejected_image_skips_the_classifiers(tiny_pack, tmp_path, shared_data):
     pack = shutil.copytree(tiny_pack, tmp_path / "strict")
     meta = load_pack(pack)["gate"].metadata
-    meta.thresholds["strict"] = {"chest_xray": 1.01}  # nothing can pass
+    meta.thresholds["strict"] = {"chest_xray": 1.0}  # nothing can pass
     rewrite_metadata(pack, {"gate": meta})
     pred = Pipeline(pack, profile="strict").predict(shared_data / "noncxr" / "images" / "skimage_coffee.png")
     assert pred.status == "rejected" and pred.results.get("cxr4") is None and pred.results.get("nih14") is None
@@ -242,7 +242,7 @@ def test_a_softmax_profile_flags_classes_beside_the_top_answer(tiny_pack, tmp_pa
     plain = Pipeline(pack).predict(cxr).results["cxr4"]
     low = min(plain.probabilities, key=plain.probabilities.get)   # the least likely class ...
     meta = load_pack(pack)["cxr4"].metadata
-    meta.thresholds["screening"] = {lbl: (0.0 if lbl == low else 1.01) for lbl in meta.labels}
+    meta.thresholds["screening"] = {lbl: (0.0 if lbl == low else 1.0) for lbl in meta.labels}
     rewrite_metadata(pack, {"cxr4": meta})
     pred = Pipeline(pack, profile="screening").predict(cxr).results["cxr4"]
     assert pred.top == plain.top != low and pred.positive == [low]   # ... is flagged, the answer unchanged

@@ -151,7 +151,7 @@ def test_heatmap_files_are_listed_in_the_json(cli, tiny_pack, photos, shared_dat
     film = preds[0]["rectify"]["size"]
     assert Image.open(preds[0]["heatmaps"][preds[0]["cxr4"]["top"]]).size == tuple(film)   # drawn over the film
     assert len(list(maps.iterdir())) == sum(len(d["heatmaps"]) for d in preds)
-    human = cli("predict", shared_data / CXR, "--pack", tiny_pack, "--heatmap", maps)
+    human = cli("predict", shared_data / CXR, "--pack", tiny_pack, "--heatmap", maps, "--force")
     assert f"heatmap {preds[1]['cxr4']['top']}: {maps}" in human.output
 
 

@@ -141,10 +141,11 @@ def test_cli_writes_the_rectified_png(cli, films, tmp_path):
     assert "film found" in res.output and "TL" in res.output
     with Image.open(out) as img:
         assert img.format == "PNG" and img.mode == "L" and min(img.size) > 300
-    res = cli("rectify", photo, "--out", out, "--json")
+    assert cli("rectify", photo, "--out", out).exit_code == 2     # an existing output needs --force
+    res = cli("rectify", photo, "--out", out, "--json", "--force")
     data = json.loads(res.output)
     assert data["found"] and len(data["corners"]) == 4 and data["out"] == str(out)
-    assert not list(tmp_path.glob(".rectify-*"))                        # no temp files left behind
+    assert not list(tmp_path.glob(".*"))                                 # no temp files left behind
 
 
 def test_cli_passes_a_digital_image_through(cli, shared_data, tmp_path):

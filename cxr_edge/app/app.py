@@ -9,6 +9,7 @@ main thread. Nothing here opens a network connection.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from kivy.app import App
 
-from cxr_edge.runtime.cases import CaseStore
+from cxr_edge.runtime.cases import CaseStore, CaseStoreError
 from cxr_edge.config import resolve_pack
 from cxr_edge.errors import CxrEdgeError, ImageError
 from cxr_edge.runtime.images import load_image
@@ -61,7 +62,11 @@ class Controller:
                  app_pack=None):
         self.data_dir = Path(data_dir)
         self.app_pack = Path(app_pack) if app_pack else None   # a pack shipped inside the APK (mobile_app/pack)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CaseStoreError(f"cannot create the app's data folder {self.data_dir} ({exc.strerror or exc}); "
+                                 "choose a folder you may write to (XDG_CONFIG_HOME, or HOME).") from exc
         self.settings = AppSettings.load(self.data_dir / "settings.json")
         self.pack_flag = pack
         self.threads_flag = threads
@@ -382,6 +387,26 @@ class CxrEdgeApp(App):
         super().__init__(**kw)
         self._pack, self._threads, self._data_dir, self._app_pack = pack, threads, data_dir, app_pack
         self.controller: Controller | None = None
+
+    @property
+    def user_data_dir(self) -> str:
+        """Kivy's data folder (``$XDG_CONFIG_HOME`` or ``~/.config``, then the app's name, on Linux), with
+        its parents made first: Kivy makes only the last folder, so on a fresh device, with no ~/.config
+        yet, the app could not start. A folder that cannot be made is a clear error, not a traceback."""
+        from kivy.utils import platform
+
+        if platform not in ("android", "ios", "win", "macosx"):
+            base = Path(os.environ.get("XDG_CONFIG_HOME") or "~/.config").expanduser()
+            try:
+                base.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CaseStoreError(f"cannot create the app's data folder in {base} ({exc.strerror or exc}). Set "
+                                     "XDG_CONFIG_HOME (or HOME) to a folder you may write to.") from exc
+        try:
+            return super().user_data_dir
+        except OSError as exc:
+            raise CaseStoreError(f"cannot create the app's data folder ({exc.strerror or exc}: "
+                                 f"{exc.filename}). Set XDG_CONFIG_HOME (or HOME) to a folder you may write to.") from exc
 
     def build(self):
         self.controller = Controller(self._data_dir or self.user_data_dir, pack=self._pack, threads=self._threads,

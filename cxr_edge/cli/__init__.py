@@ -13,7 +13,9 @@ line too (set ``CXR_EDGE_DEBUG=1`` for the traceback).
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import math
 import os
 import sys
 
@@ -43,11 +45,31 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "app": ("cxr_edge.cli.app", "app", "Start the Kivy field app (photo or file -> check -> result -> history)."),
     "rectify": ("cxr_edge.cli.rectify", "rectify", "Find the X-ray film in a phone photo and save it upright."),
     "ood": ("cxr_edge.cli.ood", "ood", "Fit the out-of-distribution guard (unusual-image statistics) into a pack."),
+    "pack": ("cxr_edge.cli.pack", "pack", "Sign model packs and check their signatures (Ed25519 keys)."),
 }
 
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE, what a shell reports for a writer whose reader closed
+
+
+def json_text(obj, **kwargs) -> str:
+    """Strict JSON for --json output: NaN and infinities become null (bare ``NaN`` is not JSON, and a
+    reader that accepts it computes with it), numpy scalars become numbers, and anything else left
+    over is refused rather than printed half-valid."""
+    return json.dumps(_finite(obj), allow_nan=False, **kwargs)
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if type(obj).__module__ == "numpy" and hasattr(obj, "item"):
+        return _finite(obj.item() if getattr(obj, "ndim", 0) == 0 else obj.tolist())
+    return obj
 
 
 class LazyGroup(click.Group):

@@ -35,7 +35,21 @@ def app(pack, threads):
                         "or leave --pack out to use the default pack.")
     os.environ.setdefault("KIVY_NO_ARGS", "1")  # Kivy must not read cxr-edge's own arguments
     os.environ.setdefault("KIVY_LOG_MODE", "PYTHON")  # Kivy logs through cxr-edge's logging, leaves stderr alone
+    _make_kivy_home()
     require("kivy", "app", "cxr-edge app")
     from ..app.app import main
 
     main(pack=pack, threads=threads)
+
+
+def _make_kivy_home() -> None:
+    """Kivy makes its folder (``$KIVY_HOME``, default ``~/.kivy``) with a plain mkdir when it is imported, so on a
+    fresh device whose home folder does not exist yet the app died with FileNotFoundError: make the parents."""
+    from ..errors import ConfigError
+
+    home = Path(os.environ.get("KIVY_HOME") or Path("~/.kivy").expanduser())
+    try:
+        home.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {home.parent} for the app's settings ({exc.strerror or exc}). Set HOME "
+                          "(or KIVY_HOME and XDG_CONFIG_HOME) to a folder you may write to.") from exc

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
+from . import json_text
 from .options import backend_option
 
 __all__ = ["bench"]
@@ -52,7 +51,7 @@ def bench(pack, threads, as_json, image, quick, sections, no_keras, batch_images
     report = run_bench(pack, threads=threads, image=image, quick=quick, keras=not no_keras,
                        batch_images=batch_images, sections=sections or None, backend=backend,
                        command=_command_line(click.get_current_context()), keras_rows=keras_rows)
-    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+    click.echo(json_text(report, indent=2) if as_json else format_report(report))
 
 
 def _command_line(ctx) -> str:

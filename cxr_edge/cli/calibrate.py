@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
+from . import json_text
 from .evaluate import StageProgress, format_number
 
 __all__ = ["calibrate", "format_result"]
@@ -70,7 +69,7 @@ def calibrate(pack, data, split, rule, profile, make_default, keep_temperature, 
                                make_default=make_default, temperature=not keep_temperature, bias=bias,
                                allow_test_split=allow_test_split, allow_train_split=allow_train_split,
                                dry_run=dry_run, threads=threads, progress=progress)
-    click.echo(json.dumps(result) if as_json else format_result(result))
+    click.echo(json_text(result) if as_json else format_result(result))
 
 
 def format_result(r: dict) -> str:

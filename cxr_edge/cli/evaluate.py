@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
+from . import json_text
 from .options import backend_option
 
 __all__ = ["evaluate", "format_number", "format_result", "StageProgress"]
@@ -105,7 +105,7 @@ def evaluate(model, data, split, photos, photo_size, profile, n_boot, seed, min_
     r = ev.result
     for flag in r["leakage"]["flags"]:
         click.secho(f"WARNING: {flag}", err=True, fg="red", bold=True)
-    click.echo(json.dumps(r) if as_json else format_result(r))
+    click.echo(json_text(r) if as_json else format_result(r))
 
 
 def format_number(v, digits: int = 3) -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
+
+from . import json_text
 
 __all__ = ["export", "format_report"]
 
@@ -58,7 +58,7 @@ def export(run_dir, int8, source, policy, out, calibration, data_root, split, va
 
     report = export_run(run_dir, out=out, int8=int8, source=source, policy=policy, calibration=calibration,
                         data_root=data_root, split=split, variants=variants, report_dir=report_dir, name=name)
-    click.echo(json.dumps(report, default=str) if as_json else format_report(report))
+    click.echo(json_text(report, default=str) if as_json else format_report(report))
 
 
 def _f(v) -> str:

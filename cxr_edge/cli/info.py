@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 __all__ = ["format_description", "info"]
 
+from . import json_text
+
 
 @click.command()
-@click.argument("pack", required=False, type=click.Path(path_type=str))
+@click.argument("pack", required=False, type=click.Path(path_type=str, readable=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the full verified description as JSON.")
-def info(pack, as_json):
+@click.option("--require-signed", "require_signed", is_flag=True,
+              help="Refuse a pack that is not signed by a key in the config's trusted_keys.")
+def info(pack, as_json, require_signed):
     """Describe PACK (default: the pack predict would use) after verifying its checksums.
 
     Shows each model's task, labels, input, quantization, thresholds,
@@ -21,11 +23,12 @@ def info(pack, as_json):
     """
     from ..config import resolve_pack
     from ..runtime.pack import load_pack
+    from ..runtime.signing import TrustPolicy
 
     path, origin = resolve_pack(pack)
-    desc = load_pack(path).describe()
+    desc = load_pack(path, trust=TrustPolicy.from_config(require_signed)).describe()
     if as_json:
-        click.echo(json.dumps(desc, indent=2, sort_keys=True))
+        click.echo(json_text(desc, indent=2, sort_keys=True))
         return
     click.echo(format_description(desc, origin))
 
@@ -35,6 +38,11 @@ def format_description(desc: dict, origin: str = "") -> str:
              f"name      {desc.get('name')}   created {desc.get('created')}   by cxr-edge {desc.get('toolkit_version')}",
              f"license   {desc.get('license')}",
              f"size      {desc['total_bytes'] / 1e6:.2f} MB in {len(desc['models'])} model(s); checksums OK"]
+    sig = desc.get("signature") or {}
+    lines.append("signature " + (f"signed by {sig.get('signer') or 'an unnamed signer'}, key {sig.get('key_id')} "
+                                 + (f"(trusted as {sig['trusted_as']!r})" if sig.get("trusted")
+                                    else "(NOT a trusted key here)") + f", {sig.get('signed_at')}"
+                                 if sig.get("signed") else "unsigned"))
     if desc.get("description"):
         lines.append(f"about     {desc['description']}")
     for slot, m in desc["models"].items():

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
+
+from . import json_text
 
 __all__ = ["fit", "ood"]
 
@@ -56,7 +56,7 @@ def fit(pack, data, split, threshold_split, quantile, components, shrinkage, out
     record = fit_pack(pack, data, split=split, threshold_split=threshold_split, components=components,
                       shrinkage=shrinkage, quantile=quantile, out=out, threads=threads, progress=progress)
     if as_json:
-        click.echo(json.dumps(record))
+        click.echo(json_text(record))
         return
     click.echo(f"{record['pack']}: {record['slot']} model fitted on {record['n_fit']} {record['fit_split']} images "
                f"({record['classes']} class mean(s), {record['width']} features, {record['components']} components)")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import closing, nullcontext
 
 import click
 
+from . import json_text
 from .options import backend_option
 
 __all__ = ["EXIT_SOME_FAILED", "predict"]
@@ -16,9 +16,13 @@ EXIT_SOME_FAILED = 1
 
 
 @click.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--pack", "pack", type=click.Path(path_type=str), default=None,
+# readable=False: click's own check would end the whole batch over one unreadable file; each file gets its own result.
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str, readable=False))
+@click.option("--pack", "pack", type=click.Path(path_type=str, readable=False), default=None,
               help="Model pack directory or .zip (default: $CXR_EDGE_PACK, the config file, or the bundled pack).")
+@click.option("--require-signed", "require_signed", is_flag=True,
+              help="Refuse a pack that is not signed by a key in the config's trusted_keys "
+                   "(the config's require_signed does the same).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image (JSON Lines) on stdout.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Interpreter CPU threads per model.")
@@ -32,6 +36,7 @@ EXIT_SOME_FAILED = 1
               help="Use every image as it is: no film search, no straightening, no photo quality checks.")
 @click.option("--heatmap", "heatmap_dir", default=None, type=click.Path(file_okay=False, path_type=str),
               help="Write a heatmap overlay PNG per reported finding into this folder (see below).")
+@click.option("--force", is_flag=True, help="Replace heatmap files that already exist (else each is a warning).")
 @click.option("--tta", is_flag=True,
               help="Test-time augmentation: average each model over a few shifted/zoomed views (about 4x the "
                    "model time; flips only for models trained with flips).")
@@ -42,8 +47,8 @@ EXIT_SOME_FAILED = 1
 @click.option("--on-poor-photo", "on_poor_photo", default="predict", show_default=True,
               type=click.Choice(["predict", "skip"]),
               help="When a photo fails a quality check: predict anyway with warnings, or skip it (an error entry).")
-def predict(images, pack, as_json, threads, workers, profile, backend, no_rectify, heatmap_dir, tta, no_ood,
-            all_models, on_poor_photo):
+def predict(images, pack, require_signed, as_json, threads, workers, profile, backend, no_rectify, heatmap_dir, force,
+            tta, no_ood, all_models, on_poor_photo):
     """Predict IMAGES (files or folders; folders are searched recursively).
 
     Phone photos of films: the film is found, straightened and checked for
@@ -69,7 +74,10 @@ def predict(images, pack, as_json, threads, workers, profile, backend, no_rectif
     be a shortcut the model learned. Read the film.
 
     One bad file does not stop a batch: it gets an error entry, and the exit
-    code is 1 when any image failed (2 for a bad pack or option).
+    code is 1 when any image failed (2 for a bad pack or option). A heatmap
+    that cannot be written (a full or read-only folder, an existing file
+    without --force) becomes a warning on its image's row; the results are
+    kept and the exit code is 1.
 
     \b
     Examples:
@@ -80,11 +88,14 @@ def predict(images, pack, as_json, threads, workers, profile, backend, no_rectif
     """
     from ..config import resolve_pack
     from ..runtime.images import iter_image_files
+    from ..runtime.pack import load_pack
     from ..runtime.pipeline import Pipeline
     from ..runtime.prediction import DISCLAIMER
+    from ..runtime.signing import TrustPolicy
 
     pack_path, origin = resolve_pack(pack)
-    pipeline = Pipeline(pack_path, threads=threads, profile=profile, backend=backend, rectify=not no_rectify,
+    loaded = load_pack(pack_path, trust=TrustPolicy.from_config(require_signed))
+    pipeline = Pipeline(loaded, threads=threads, profile=profile, backend=backend, rectify=not no_rectify,
                         heatmaps=heatmap_dir is not None, tta=tta, ood=not no_ood, on_poor_photo=on_poor_photo,
                         gate_first=not all_models)
     files = list(iter_image_files(images))
@@ -94,7 +105,7 @@ def predict(images, pack, as_json, threads, workers, profile, backend, no_rectif
     info = pipeline.describe()   # on stderr, so that --json output stays one object per line on stdout
     click.echo(f"pack: {pack_path} ({origin}); {info['backend']} {info['backend_version']} "
                f"({info['delegate']}), {threads} thread(s)", err=True)
-    failed = 0
+    failed = unwritten = 0
     taken: set = set()
     table = _Table(files, pipeline)
     if not as_json:
@@ -109,22 +120,36 @@ def predict(images, pack, as_json, threads, workers, profile, backend, no_rectif
         for pred in stream:
             failed += pred.status == "error"
             if heatmap_dir is not None and pred.heatmaps:
-                from pathlib import Path
-
-                from ..runtime.cam import write_overlays
-
-                pred.extras["heatmaps"] = write_overlays(pred.film, pred.heatmaps, heatmap_dir,
-                                                         Path(pred.file).stem, taken)
+                unwritten += not _write_heatmaps(pred, heatmap_dir, taken, force)
             if as_json:
-                click.echo(json.dumps(pred.to_dict()))
+                click.echo(json_text(pred.to_dict()))
             else:
                 click.echo(table.row(pred))
     if not as_json:
         click.echo(DISCLAIMER, err=True)
         if failed:
             click.echo(f"{failed} of {len(files)} image(s) could not be analysed (see their ERROR lines).", err=True)
-    if failed:
+    if unwritten:
+        click.echo(f"the heatmaps of {unwritten} image(s) could not be written to {heatmap_dir} (see their warnings); "
+                   "their results above are complete.", err=True)
+    if failed or unwritten:
         sys.exit(EXIT_SOME_FAILED)
+
+
+def _write_heatmaps(pred, heatmap_dir: str, taken: set, force: bool) -> bool:
+    """Write one image's heatmap overlays; a failure becomes a warning on its row, never a lost batch."""
+    from pathlib import Path
+
+    from ..runtime.cam import write_overlays
+    from ..errors import CxrEdgeError
+
+    try:
+        pred.extras["heatmaps"] = write_overlays(pred.film, pred.heatmaps, heatmap_dir, Path(pred.file).stem, taken,
+                                                 overwrite=force)
+        return True
+    except (CxrEdgeError, OSError) as exc:
+        pred.warnings.append(f"heatmap not written: {exc}")
+        return False
 
 
 class _Table:

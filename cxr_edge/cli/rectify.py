@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 import click
+
+from . import json_text
 
 __all__ = ["rectify"]
 
 
 @click.command()
-@click.argument("photo", type=click.Path(path_type=str))
+@click.argument("photo", type=click.Path(path_type=str, readable=False))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=str),
-              help="Where to write the upright film (PNG).")
+              help="Where to write the upright film (PNG): a new file, or an existing one with --force.")
+@click.option("--force", is_flag=True, help="Replace --out when it exists (never a link, device or FIFO).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-def rectify(photo, out, as_json):
+def rectify(photo, out, force, as_json):
     """Find the X-ray film in PHOTO, straighten it and write it to --out as PNG.
 
     PHOTO is a phone photo of a film on a lightbox, a window, a desk or a
@@ -35,9 +35,11 @@ def rectify(photo, out, as_json):
       cxr-edge rectify IMG_2041.jpg --out film.png --json
     """
     from ..errors import ImageError
+    from ..runtime.atomic import check_target
     from ..runtime.images import load_image
     from ..runtime.photo.rectify import rectify as rectify_film
 
+    check_target(out, overwrite=force)   # refuse before the work, not after it
     image = load_image(photo, mode="RGB")
     result = rectify_film(image)
     if result.image is None:
@@ -46,9 +48,9 @@ def rectify(photo, out, as_json):
             "whole film in view, all four corners visible, against a plain background such as a lightbox "
             "or a window.", kind="no_film", path=photo)
     film = result.image.convert("L") if result.passthrough else result.film
-    _save_png(film, out)
+    _save_png(film, out, overwrite=force)
     if as_json:
-        click.echo(json.dumps(dict(result.to_dict(), photo=photo, out=out)))
+        click.echo(json_text(dict(result.to_dict(), photo=photo, out=out)))
     elif result.passthrough:
         click.echo(f"{photo}: a digital image with no film border; written as the 8-bit grey image the models "
                    f"see to {out} ({film.size[0]} x {film.size[1]}).")
@@ -59,24 +61,12 @@ def rectify(photo, out, as_json):
         click.echo(f"wrote {out} ({film.size[0]} x {film.size[1]})")
 
 
-def _save_png(image, path: str) -> None:
-    """Write a PNG atomically (:func:`~cxr_edge.runtime.atomic.write_atomic`)."""
+def _save_png(image, path: str, *, overwrite: bool) -> None:
+    """Write a PNG atomically (:func:`~cxr_edge.runtime.atomic.write_atomic`: a regular file, never half-written)."""
     import io
 
-    from ..errors import ImageError
     from ..runtime.atomic import write_atomic
 
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ImageError(f"cannot write {path}: the folder {folder} does not exist. Create it first.",
-                         kind="unwritable", path=path)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    try:
-        write_atomic(path, buf.getvalue())
-    except PermissionError as exc:
-        raise ImageError(f"cannot write {path} ({exc.strerror or exc}). Choose a folder you can write to.",
-                         kind="unwritable", path=path) from exc
-    except OSError as exc:
-        raise ImageError(f"cannot write {path} ({exc.strerror or exc}). Check the disk space and the "
-                         "file name.", kind="unwritable", path=path) from exc
+    write_atomic(path, buf.getvalue(), overwrite=overwrite)

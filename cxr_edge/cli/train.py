@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from . import json_text
+
 __all__ = ["default_out", "epoch_line", "parse_sets", "train"]
 
 _path = click.Path(path_type=str)
@@ -91,10 +93,9 @@ def train(recipe, out, resume, weights, data_dir, strategy, sets, check, prepare
 
     rec = load_recipe(recipe, overrides=parse_sets(sets), weights=weights, data_dir=data_dir)
     if check:
-        import json
-
+        
         click.echo(describe(rec))
-        click.echo(json.dumps(rec.to_dict(), indent=2))
+        click.echo(json_text(rec.to_dict(), indent=2))
         return
     from .data import ProgressBar
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import io
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,7 @@ from PIL import Image
 from ..errors import PackError
 from ..tasks import InputSpec
 from .features import FEATURES_ROLE
+from .safezip import open_npz
 
 __all__ = ["class_maps", "colormap", "film_box", "Head", "HEAD_MEMBER", "head_of", "heatmaps", "MAX_SIDE", "overlay",
            "OVERLAY_MAX_SIDE", "to_display", "to_film", "write_overlays"]
@@ -78,11 +80,14 @@ class Head:
     @classmethod
     def from_npz(cls, data: bytes, *, activation: str, num_labels: int, source: str = HEAD_MEMBER) -> "Head":
         try:
-            with np.load(io.BytesIO(data)) as z:
+            with open_npz(data, source=source) as z:
                 kernel, bias = np.asarray(z["kernel"], np.float32), np.asarray(z["bias"], np.float32)
-        except (KeyError, ValueError, OSError) as exc:
+        except (KeyError, ValueError, TypeError, OSError, zipfile.BadZipFile) as exc:
             raise PackError(f"{source}: the head weights are unreadable or lack 'kernel'/'bias' ({exc}); "
                             "re-export the model with cxr-edge export") from exc
+        if not (np.isfinite(kernel).all() and np.isfinite(bias).all()):
+            raise PackError(f"{source}: the head weights hold NaN or infinite values; re-export the model with "
+                            "cxr-edge export")
         if kernel.ndim != 2 or kernel.shape[1] != num_labels or bias.shape != (num_labels,):
             raise PackError(f"{source}: head kernel {kernel.shape} / bias {bias.shape} do not fit {num_labels} "
                             "labels; re-export the model with cxr-edge export")
@@ -197,16 +202,23 @@ def _safe(name: str) -> str:
 
 
 def write_overlays(film: Image.Image, maps: dict[str, np.ndarray], out_dir, stem: str,
-                   taken: set | None = None) -> dict[str, str]:
+                   taken: set | None = None, *, overwrite: bool = False) -> dict[str, str]:
     """Write one overlay PNG per map as ``OUT_DIR/<stem>_<label>.png`` (atomically); returns {label: path}.
 
     ``taken`` (a set shared over a batch) makes names unique when two inputs
-    have the same stem: the later one gets ``-2``, ``-3``...
+    have the same stem: the later one gets ``-2``, ``-3``... An existing file
+    is replaced only with ``overwrite``. Raises
+    :class:`~cxr_edge.errors.OutputError` when a file cannot be written.
     """
     from .atomic import write_atomic
+    from ..errors import OutputError
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the heatmap folder {out_dir} ({exc.strerror or exc}); choose a folder "
+                          "you may write to.", path=out_dir) from exc
     taken = set() if taken is None else taken
     base, n = _safe(stem), 1
     while any(f"{base}{'' if n == 1 else f'-{n}'}_{_safe(lbl)}" in taken for lbl in maps):
@@ -223,6 +235,6 @@ def write_overlays(film: Image.Image, maps: dict[str, np.ndarray], out_dir, stem
         buf = io.BytesIO()
         overlay(shown, heat).save(buf, format="PNG")
         path = out_dir / f"{name}.png"
-        write_atomic(path, buf.getvalue())
+        write_atomic(path, buf.getvalue(), overwrite=overwrite)
         written[label] = str(path)
     return written

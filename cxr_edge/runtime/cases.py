@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import DataError, OutputError
 from .atomic import write_atomic
 from .images import load_image
 from ..tasks import CLASSIFIER_SLOTS, get_slot, get_task, task_names
@@ -55,6 +55,20 @@ THUMBNAIL_SIZE = 160
 
 class CaseStoreError(DataError):
     """A case database that cannot be opened, read or written."""
+
+
+def _write_error(path: Path, what: str, exc: sqlite3.Error) -> CaseStoreError:
+    text = str(exc).lower()
+    if "full" in text or getattr(exc, "sqlite_errorcode", None) == 13:   # SQLITE_FULL
+        advice = ("the device's storage is full. Free some space (old exports, photos, or delete cases you have "
+                  "exported) and try again")
+    elif "readonly" in text or "read-only" in text:
+        advice = "the case database is read-only; check the app's storage permission"
+    elif "locked" in text or "busy" in text:
+        advice = "another program is using the case database; close it and try again"
+    else:
+        advice = "check free space and try again; if it keeps failing, export the cases and report it"
+    return CaseStoreError(f"could not {what}: nothing was changed in {path} ({exc}); {advice}.")
 
 
 # --------------------------------------------------------------------------- schema and migrations
@@ -116,6 +130,7 @@ class Case:
     pack_name: str = ""
     profile: str = ""
     thumbnail: bytes | None = None
+    damaged: str = ""     # why the stored record could not be read whole ("" when it could)
 
     @property
     def created_local(self) -> str:
@@ -131,6 +146,7 @@ class ExportResult:
     csv_path: Path
     count: int
     images_dir: Path | None = None
+    problems: tuple[str, ...] = ()    # cases exported without their film, and why
 
 
 _CASE_COLUMNS = ("id", "uid", "created", "status", "summary", "result_json", "quality_json", "source", "note",
@@ -138,11 +154,46 @@ _CASE_COLUMNS = ("id", "uid", "created", "status", "summary", "result_json", "qu
 
 
 def _row_to_case(row) -> Case:
+    """A stored row as a Case; a damaged field (not JSON, wrong type) gives a Case marked ``damaged``
+    instead of an exception, so one bad row never hides the others from the list or the export."""
     d = dict(zip(_CASE_COLUMNS, row))
-    return Case(id=d["id"], uid=d["uid"], created=d["created"], status=d["status"], summary=d["summary"],
-                result=json.loads(d["result_json"]), quality=json.loads(d["quality_json"]), source=d["source"],
-                note=d["note"], pack_name=d["pack_name"], profile=d["profile"],
-                thumbnail=bytes(d["thumbnail"]) if d["thumbnail"] is not None else None)
+    problems = []
+    result = _json_field(d["result_json"], dict, "result_json", problems)
+    quality = [q for q in _json_field(d["quality_json"], list, "quality_json", problems) if isinstance(q, dict)]
+    text = {k: _clean(d[k]) if isinstance(d[k], str) else ("" if d[k] is None else str(d[k]))
+            for k in ("uid", "created", "status", "summary", "source", "note", "pack_name", "profile")}
+    if problems:
+        text["summary"] = f"Damaged record ({'; '.join(problems)})"
+    thumb = d["thumbnail"]
+    return Case(id=d["id"], result=result, quality=quality,
+                thumbnail=bytes(thumb) if isinstance(thumb, (bytes, bytearray, memoryview)) else None,
+                damaged="; ".join(problems), **text)
+
+
+def _json_field(raw, kind: type, name: str, problems: list):
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError, RecursionError) as exc:
+        problems.append(f"{name} is not readable JSON: {type(exc).__name__}")
+        return kind()
+    if not isinstance(value, kind):
+        problems.append(f"{name} is a {type(value).__name__}, not a {kind.__name__}")
+        return kind()
+    return value
+
+
+def _clean(text: str) -> str:
+    """Text that encodes as UTF-8: a file name read from a non-UTF-8 file system carries lone surrogates
+    (os.fsdecode), which SQLite and a UTF-8 CSV refuse; they become U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape" if _only_escapes(text) else "replace").decode("utf-8", "replace")
+
+
+def _only_escapes(text: str) -> bool:
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -187,7 +238,9 @@ def jsonable(obj, _path: str = ""):
             return _DROP
         if isinstance(value, np.generic):
             return value.item()
-        if isinstance(value, (str, int, float, bool)) or value is None:
+        if isinstance(value, str):
+            return _clean(value)
+        if isinstance(value, (int, float, bool)) or value is None:
             return value
         if isinstance(value, Path):
             return str(value)
@@ -302,19 +355,26 @@ class CaseStore:
                     conn.execute(f"PRAGMA user_version = {version + 1}")
 
     @contextlib.contextmanager
-    def _transaction(self):
-        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error: a write happens whole or not at all."""
+    def _transaction(self, what: str = "write"):
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error: a write happens whole or not at all.
+        SQLite's errors (a full disk, a read-only file) become a CaseStoreError that says what to do."""
         with self._lock:
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.DatabaseError as exc:
-                raise CaseStoreError(f"{self.path}: cannot write ({exc}); check free space and try again") from exc
+            except sqlite3.Error as exc:
+                raise _write_error(self.path, what, exc) from exc
             try:
                 yield conn
                 conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
+            except BaseException as exc:
+                if conn.in_transaction:   # SQLite may have rolled back by itself (a full disk does)
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        log.warning("%s: rollback failed after %s", self.path, exc)
+                if isinstance(exc, sqlite3.Error):
+                    raise _write_error(self.path, what, exc) from exc
                 raise
 
     def close(self) -> None:
@@ -343,11 +403,12 @@ class CaseStore:
         film_png = _png(film if film.mode in ("L", "RGB") else film.convert("L"))
         thumb = make_thumbnail(film)
         profile = profile or (d.get("nih14") or d.get("cxr4") or {}).get("profile", "")
-        row = {"uid": uuid.uuid4().hex, "created": _utc_now(), "status": str(d.get("status", "ok")),
-               "summary": summarize(d), "result_json": json.dumps(d, sort_keys=True),
-               "quality_json": json.dumps(_quality_dicts(quality)), "source": source, "note": note,
-               "pack_name": pack_name, "profile": profile, "thumbnail": thumb}
-        with self._transaction() as conn:
+        row = {"uid": uuid.uuid4().hex, "created": _utc_now(), "status": _clean(str(d.get("status", "ok"))),
+               "summary": _clean(summarize(d)), "result_json": json.dumps(d, sort_keys=True),
+               "quality_json": json.dumps(_quality_dicts(quality)), "source": _clean(str(source)),
+               "note": _clean(str(note)), "pack_name": _clean(str(pack_name)), "profile": _clean(str(profile)),
+               "thumbnail": thumb}
+        with self._transaction("save the case") as conn:
             cur = conn.execute(f"INSERT INTO cases ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                                tuple(row.values()))
             case_id = cur.lastrowid
@@ -361,7 +422,7 @@ class CaseStore:
 
     def delete(self, case_id: int) -> bool:
         """Delete a case and its film; True when it existed."""
-        with self._transaction() as conn:
+        with self._transaction("delete the case") as conn:
             conn.execute("DELETE FROM films WHERE case_id = ?", (case_id,))
             return conn.execute("DELETE FROM cases WHERE id = ?", (case_id,)).rowcount > 0
 
@@ -426,33 +487,46 @@ class CaseStore:
         if not folder.is_dir():
             raise CaseStoreError(f"export folder {folder} does not exist; pick an existing folder")
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        stem = f"cxr-cases-{stamp}"
+        stem, n = f"cxr-cases-{stamp}", 1
+        while (folder / f"{stem}.csv").exists() or (folder / f"{stem}-images").exists():   # two in one second
+            n += 1
+            stem = f"cxr-cases-{stamp}-{n}"
         cases = self.list()
         if case_ids is not None:
             wanted = set(case_ids)
             cases = [c for c in cases if c.id in wanted]
         images_dir = folder / f"{stem}-images" if images else None
-        rows = []
+        rows, problems = [], []
+        path = folder / f"{stem}.csv"
         try:
             if images_dir is not None:
                 images_dir.mkdir(exist_ok=True)
             for case in cases:
                 image_file = ""
                 if images_dir is not None:
-                    image_file = f"{images_dir.name}/case-{case.id}-{case.uid[:8]}.png"
-                    write_atomic(folder / image_file, self.film_png(case.id))
+                    image_file = self._export_film(folder, images_dir, case, problems)
                 rows.append(_csv_row(case, image_file))
             buf = io.StringIO()
             writer = csv.DictWriter(buf, fieldnames=csv_columns(), lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
-            path = folder / f"{stem}.csv"
-            write_atomic(path, buf.getvalue())
-        except OSError as exc:
+            write_atomic(path, buf.getvalue().encode("utf-8"), overwrite=False)
+        except (OSError, OutputError) as exc:
             raise CaseStoreError(f"cannot write the export to {folder} ({exc}); pick a folder this app may write "
                                  "to and check free space") from exc
         log.info("exported %d case(s) to %s", len(rows), path)
-        return ExportResult(path, len(rows), images_dir)
+        return ExportResult(path, len(rows), images_dir, tuple(problems))
+
+    def _export_film(self, folder: Path, images_dir: Path, case: Case, problems: list) -> str:
+        """One case's film into the export folder; a missing or damaged film is noted, never the end of the export."""
+        image_file = f"{images_dir.name}/case-{case.id}-{case.uid[:8]}.png"
+        try:
+            write_atomic(folder / image_file, self.film_png(case.id), overwrite=False)
+        except CaseStoreError as exc:
+            problems.append(f"case {case.id}: film not exported ({exc})")
+            log.warning("case %s: film not exported (%s)", case.id, exc)
+            return ""
+        return image_file
 
 
 # --------------------------------------------------------------------------- CSV
@@ -478,11 +552,32 @@ def csv_columns() -> list[str]:
 
 def _text(value: str) -> str:
     """Free text for a spreadsheet cell: a leading = + - @ would run as a formula in Excel/LibreOffice."""
-    value = str(value or "")
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+    value = _cell(str(value or ""))
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r", "\n") else value
+
+
+def _cell(value):
+    """Any text cell: every line break becomes a plain newline, which the writer quotes (it leaves a bare
+    carriage return unquoted on Python 3.10-3.12, so a note with one started a new row whose first cell
+    escaped the formula guard), and lone surrogates become U+FFFD."""
+    if not isinstance(value, str):
+        return value
+    return _clean(value.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 def _csv_row(case: Case, image_file: str) -> dict:
+    """One CSV row; a result whose fields have unexpected types still gives a row (marked damaged)."""
+    try:
+        row = _result_row(case, image_file)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        log.warning("case %s: result unreadable for the export (%s)", case.id, exc)
+        row = {"case_id": case.id, "uid": case.uid, "created": case.created, "status": "damaged",
+               "summary": _text(f"Damaged record ({type(exc).__name__})"), "source": _text(case.source),
+               "image_file": image_file, "note": _text(case.note)}
+    return {k: _cell(v) for k, v in row.items()}
+
+
+def _result_row(case: Case, image_file: str) -> dict:
     r = case.result
     gate = r.get("gate") or {}
     cxr4 = r.get("cxr4") or {}

@@ -17,10 +17,10 @@ other code deals with uint8/int8 tensors.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import os
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -102,28 +102,71 @@ def pick_backend(requested: str | None) -> tuple[str, type]:
     )
 
 
-@contextlib.contextmanager
-def _native_stderr_to_log():
-    """Route what the C++ runtime prints on stderr while loading ("INFO: Created ... XNNPACK delegate") to the log.
+class _NativeStderr:
+    """The process's one redirection of file descriptor 2, for the C++ runtime's log lines.
 
-    LiteRT logs from C++ straight to file descriptor 2, which Python logging cannot filter.
+    LiteRT logs from C++ straight to fd 2 ("INFO: Created ... XNNPACK delegate"), which Python logging
+    cannot filter. While any thread loads a model, fd 2 points at a temporary file; the first thread in
+    redirects it and the last one out restores it and logs what was caught. The count and the dup2 calls
+    are under one lock: threads that each saved and restored fd 2 themselves raced, and the process
+    was left writing its stderr (the safety line, the failure count, "Interrupted.") into a deleted file.
     """
-    try:
-        saved = os.dup(2)
-    except OSError:  # no real stderr (embedded interpreters): nothing to quiet
-        yield
-        return
-    with tempfile.TemporaryFile() as sink:
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: int | None = None
+        self._sink = None
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                self._redirect()
+            self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                self._restore()
+
+    def _redirect(self) -> None:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no real stderr (embedded interpreters): nothing to quiet
+            return
+        sink = tempfile.TemporaryFile()
         try:
             os.dup2(sink.fileno(), 2)
-            yield
-        finally:
-            os.dup2(saved, 2)
+        except OSError:
             os.close(saved)
+            sink.close()
+            return
+        self._saved, self._sink = saved, sink
+
+    def _restore(self) -> None:
+        if self._saved is None:
+            return
+        saved, sink, self._saved, self._sink = self._saved, self._sink, None, None
+        try:
+            os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+        with sink:
             sink.seek(0)
             text = sink.read().decode(errors="replace").strip()
-            if text:
-                log.debug("interpreter: %s", text)
+        if text:
+            log.debug("interpreter: %s", text)
+
+
+_NATIVE_STDERR = _NativeStderr()
+
+
+def _native_stderr_to_log():
+    """Route what the C++ runtime prints on stderr while loading to the log (see :class:`_NativeStderr`)."""
+    return _NATIVE_STDERR
 
 
 def _delegate_of(backend: str, version: str) -> str:

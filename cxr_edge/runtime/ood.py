@@ -38,11 +38,13 @@ from __future__ import annotations
 
 import io
 import logging
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import PackError
+from .safezip import open_npz
 
 __all__ = ["EXTRAS_KEY", "OODStats", "OOD_MEMBER", "WARNING", "stats_of"]
 
@@ -96,12 +98,30 @@ class OODStats:
     @classmethod
     def from_npz(cls, data: bytes, *, source: str = OOD_MEMBER) -> "OODStats":
         try:
-            with np.load(io.BytesIO(data)) as z:
-                return cls(np.asarray(z["class_means"], np.float32), np.asarray(z["components"], np.float32),
-                           np.asarray(z["variances"], np.float32), float(z["residual_var"]), float(z["threshold"]))
-        except (KeyError, ValueError, OSError) as exc:
+            with open_npz(data, source=source) as z:
+                stats = cls(np.asarray(z["class_means"], np.float32), np.asarray(z["components"], np.float32),
+                            np.asarray(z["variances"], np.float32), float(z["residual_var"]), float(z["threshold"]))
+        except (KeyError, ValueError, TypeError, OSError, zipfile.BadZipFile) as exc:
             raise PackError(f"{source}: the OOD statistics are unreadable ({exc}); fit them again with "
                             "cxr-edge ood fit") from exc
+        stats.check(source)
+        return stats
+
+    def check(self, source: str) -> None:
+        """Refuse statistics that would score every image NaN or never flag one by accident."""
+        m, p, v = self.class_means, self.components, self.variances
+        problem = None
+        if m.ndim != 2 or p.ndim != 2 or v.ndim != 1 or p.shape[0] != m.shape[1] or p.shape[1] != v.shape[0]:
+            problem = f"shapes class_means {m.shape}, components {p.shape}, variances {v.shape} do not fit together"
+        elif not (np.isfinite(m).all() and np.isfinite(p).all() and np.isfinite(v).all()):
+            problem = "they hold NaN or infinite values"
+        elif not (v > 0).all() or not (np.isfinite(self.residual_var) and self.residual_var > 0):
+            problem = "a variance is not > 0"
+        elif np.isnan(self.threshold):
+            problem = "the threshold is NaN"
+        if problem:
+            raise PackError(f"{source}: the OOD statistics are invalid ({problem}); fit them again with "
+                            "cxr-edge ood fit")
 
 
 def stats_of(model) -> OODStats | None:

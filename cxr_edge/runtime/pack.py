@@ -21,17 +21,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
 from . import metadata as md
-from ..errors import PackError, UnknownTaskError
+from ..errors import PackError, UnknownTaskError, file_kind
 from ..tasks import TaskSpec, get_task
+from .safezip import MAX_MEMBER_BYTES, MAX_TOTAL_BYTES, ZipLimitError, check_archive, read_member
 
 __all__ = ["fields_digest", "FIELDS_KEY", "FORMAT_VERSION", "load_pack", "MANIFEST", "ModelPack", "PACK_FORMAT",
-           "PackModel", "sha256_bytes", "SLOTS"]
+           "PackModel", "pack_files", "sha256_bytes", "SIGNATURE_FILE", "SLOTS", "check_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FIELDS_KEY = "fields_sha256"   # the manifest's own fields, hashed (see fields_digest)
 SLOTS = ("gate", "cxr4", "nih14")
+SIGNATURE_FILE = "signature.json"   # cxr_edge.runtime.signing.SIGNATURE
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -74,6 +78,7 @@ class ModelPack:
     path: Path
     manifest: dict
     models: dict[str, PackModel]
+    signature: object = None    # a signing.SignatureInfo when the signature was checked
 
     @property
     def name(self) -> str:
@@ -96,6 +101,7 @@ class ModelPack:
         out = {k: v for k, v in self.manifest.items() if k != "models"}
         out["path"] = str(self.path)
         out["total_bytes"] = self.total_bytes()
+        out["signature"] = self.signature.to_dict() if self.signature is not None else {"signed": False}
         out["models"] = {}
         for slot, m in self.models.items():
             meta = m.metadata.to_dict()
@@ -107,57 +113,152 @@ class ModelPack:
 # --------------------------------------------------------------------------- reading
 
 
-def load_pack(path) -> ModelPack:
-    """Read and verify a pack directory or ``.zip``; raises :class:`PackError` when anything is off."""
+def load_pack(path, *, trust=None, verify_signature: bool = True) -> ModelPack:
+    """Read and verify a pack directory or ``.zip``; raises :class:`PackError` when anything is off.
+
+    ``trust`` (a :class:`~cxr_edge.runtime.signing.TrustPolicy`, default: from the
+    config file) says whether the pack must be signed by a trusted key; a
+    signature that is present is always checked (``verify_signature=False``
+    skips it, for re-signing).
+    """
     path = Path(path)
-    if not path.exists():
-        raise PackError(f"model pack {path} does not exist. Pass --pack DIR, set CXR_EDGE_PACK, "
-                        "or build one with cxr-edge export.")
-    reader = _ZipReader(path) if path.is_file() else _DirReader(path)
+    reader = _reader(path)
     manifest = _read_manifest(reader, path)
     models = {}
     for slot, entry in manifest["models"].items():
         models[slot] = _verify_model(reader, path, slot, entry)
     if not models:
         raise PackError(f"{path}: the manifest lists no models; re-export the pack")
-    return ModelPack(path=path, manifest=manifest, models=models)
+    pack = ModelPack(path=path, manifest=manifest, models=models)
+    if verify_signature:
+        from .signing import TrustPolicy, check_signature
+
+        policy = trust if trust is not None else TrustPolicy.from_config()
+        if policy.require_signed or reader.has(SIGNATURE_FILE):
+            files = reader.read_all()
+            if reader.has(SIGNATURE_FILE) and SIGNATURE_FILE not in files:
+                raise PackError(f"{path}/{SIGNATURE_FILE} is not a file; the pack was damaged or tampered with. "
+                                "Get it again from its publisher.")
+            pack.signature = check_signature(files, policy, source=os.fspath(path))
+    return pack
+
+
+def pack_files(path) -> dict[str, bytes]:
+    """Every file of a pack ({name: bytes}, names relative to the pack), read within the limits."""
+    return _reader(Path(path)).read_all()
+
+
+def _reader(path: Path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise PackError(f"model pack {path} does not exist. Pass --pack DIR, set CXR_EDGE_PACK, "
+                        "or build one with cxr-edge export.") from None
+    except OSError as exc:
+        raise PackError(f"model pack {path} cannot be read ({exc.strerror or exc}); check its permissions.") from exc
+    if stat.S_ISDIR(st.st_mode):
+        return _DirReader(path)
+    if stat.S_ISREG(st.st_mode):
+        return _ZipReader(path)
+    raise PackError(f"model pack {path} is {file_kind(st.st_mode)}, not a pack folder or .zip. Pass --pack DIR, "
+                    "or fix CXR_EDGE_PACK / the config file's \"pack\".")
 
 
 class _DirReader:
     def __init__(self, root: Path):
         self.root = root
 
-    def read(self, name: str) -> bytes:
+    def _target(self, name: str) -> Path:
         target = (self.root / name).resolve()
         if self.root.resolve() not in target.parents:
             raise PackError(f"{self.root}: manifest names a file outside the pack ({name!r}); the pack is not safe")
+        return target
+
+    def has(self, name: str) -> bool:
+        return os.path.lexists(self.root / name)
+
+    def read(self, name: str) -> bytes:
+        target = self._target(name)
         try:
-            return target.read_bytes()
+            return _read_regular_file(target, f"{self.root}/{name}")
         except FileNotFoundError:
             raise PackError(f"{self.root}: {name} is missing. The pack is incomplete; copy the whole pack "
                             "directory again or re-export it.") from None
 
+    def read_all(self) -> dict[str, bytes]:
+        files, total = {}, 0
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            for fname in sorted(filenames):
+                rel = Path(dirpath, fname).relative_to(self.root).as_posix()
+                files[rel] = self.read(rel)
+                total += len(files[rel])
+                if total > MAX_TOTAL_BYTES:
+                    raise PackError(f"{self.root} holds more than {MAX_TOTAL_BYTES / 2**20:.0f} MiB of files; it is "
+                                    "not a pack this toolkit wrote")
+        return files
+
+
+def _read_regular_file(target: Path, shown: str) -> bytes:
+    """A pack member's bytes: a regular file within the size limit, opened without blocking."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(target, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise PackError(f"{shown} cannot be read ({exc.strerror or exc}); copy the pack again.") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PackError(f"{shown} is {file_kind(st.st_mode)}, not a file; the pack is damaged. Copy it again or "
+                            "re-export it.")
+        if st.st_size > MAX_MEMBER_BYTES:
+            raise PackError(f"{shown} is {st.st_size / 2**20:.0f} MiB; a pack file may be at most "
+                            f"{MAX_MEMBER_BYTES / 2**20:.0f} MiB. It is not a pack this toolkit wrote.")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(MAX_MEMBER_BYTES + 1)
+    except OSError as exc:
+        raise PackError(f"{shown} cannot be read ({exc.strerror or exc}); copy the pack again.") from exc
+    finally:
+        os.close(fd)
+    if len(data) > MAX_MEMBER_BYTES:
+        raise PackError(f"{shown} grew past {MAX_MEMBER_BYTES / 2**20:.0f} MiB while being read; copy the pack again.")
+    return data
+
 
 class _ZipReader:
     def __init__(self, path: Path):
+        self.path = path
         try:
             self.zf = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as exc:
+            check_archive(self.zf, source=str(path))
+        except ZipLimitError as exc:
+            raise PackError(f"{exc}. Do not use this pack.") from None
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
             raise PackError(f"{path} is neither a pack directory nor a readable pack .zip ({exc}). "
                             "Copy the pack again.") from exc
         names = self.zf.namelist()
         # A zip of the pack directory itself has one top folder; accept both layouts.
         tops = {n.split("/", 1)[0] for n in names}
         self.prefix = "" if MANIFEST in names else (next(iter(tops)) + "/" if len(tops) == 1 else "")
-        self.path = path
+
+    def has(self, name: str) -> bool:
+        return self.prefix + name in self.zf.namelist()
 
     def read(self, name: str) -> bytes:
         try:
-            return self.zf.read(self.prefix + name)
+            return read_member(self.zf, self.prefix + name, source=str(self.path))
         except KeyError:
             raise PackError(f"{self.path}: {name} is missing from the pack archive; re-export it") from None
-        except (zipfile.BadZipFile, OSError) as exc:
+        except ZipLimitError as exc:
+            raise PackError(f"{exc}. Do not use this pack.") from None
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as exc:  # RuntimeError: encrypted
             raise PackError(f"{self.path}: {name} is damaged in the archive ({exc}); copy the pack again") from exc
+
+    def read_all(self) -> dict[str, bytes]:
+        return {n[len(self.prefix):]: self.read(n[len(self.prefix):]) for n in sorted(self.zf.namelist())
+                if n.startswith(self.prefix) and not n.endswith("/")}
 
 
 def _read_manifest(reader, path: Path) -> dict:
@@ -165,6 +266,8 @@ def _read_manifest(reader, path: Path) -> dict:
         manifest = json.loads(reader.read(MANIFEST))
     except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not text
         raise PackError(f"{path}/{MANIFEST} is not valid JSON ({exc}); the pack was damaged, copy it again") from exc
+    except RecursionError:
+        raise PackError(f"{path}/{MANIFEST} is nested too deeply to be a pack manifest; the pack was damaged") from None
     if not isinstance(manifest, dict):
         raise PackError(f"{path}/{MANIFEST} holds a JSON {type(manifest).__name__}, not a pack manifest object; "
                         "the pack was damaged, copy it again or re-export it")
@@ -172,19 +275,49 @@ def _read_manifest(reader, path: Path) -> dict:
         raise PackError(f"{path} is not a cxr-edge model pack ({MANIFEST} has format "
                         f"{manifest.get('format')!r}, expected {PACK_FORMAT!r})")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
         raise PackError(f"{path}: pack format version {version!r} is not supported by cxr-edge {__version__} "
                         f"(supports up to {FORMAT_VERSION}). Upgrade: pip install -U cxr-edge")
     if not isinstance(manifest.get("models"), dict):
         raise PackError(f"{path}/{MANIFEST} has no 'models' table; re-export the pack")
-    for slot, entry in manifest["models"].items():
-        if not isinstance(entry, dict):
-            raise PackError(f"{path}/{MANIFEST}: the entry for model {slot!r} is not an object; re-export the pack")
+    check_manifest(manifest, f"{path}/{MANIFEST}")
     _check_fields(manifest, path)
     made_by = str(manifest.get("toolkit_version", "0"))
     if made_by.split(".")[0] != __version__.split(".")[0]:
         log.warning("%s was made by cxr-edge %s; this is %s", path, made_by, __version__)
     return manifest
+
+
+_TOP_TYPES = {"name": str, "license": str, "description": str, "created": str, "toolkit_version": str,
+              "extra": dict, FIELDS_KEY: str}
+_ENTRY_TYPES = {"task": str, "file": str, "sha256": str, "bytes": int, "metadata": dict}
+
+
+def check_manifest(manifest: dict, where: str) -> None:
+    """The manifest's fields have the types this toolkit writes (PackError naming the field otherwise)."""
+    for key, want in _TOP_TYPES.items():
+        if key in manifest and not isinstance(manifest[key], want):
+            raise _bad_field(where, key, manifest[key], want)
+    for slot, entry in manifest["models"].items():
+        if not isinstance(entry, dict):
+            raise PackError(f"{where}: the entry for model {slot!r} is not an object; re-export the pack")
+        for key, want in _ENTRY_TYPES.items():
+            value = entry.get(key)
+            if key in ("file", "sha256") and value is None:
+                raise PackError(f"{where}: model {slot!r} has no {key!r}; re-export the pack")
+            if value is not None and (not isinstance(value, want) or isinstance(value, bool)):
+                raise _bad_field(where, f"models.{slot}.{key}", value, want)
+        name = entry["file"]
+        if not name or name != Path(name).name or name.startswith(".") or "\\" in name:
+            raise PackError(f"{where}: models.{slot}.file {name!r} is not a plain file name in the pack; the pack is "
+                            "not safe")
+        if entry.get("bytes", 0) < 0 or entry.get("bytes", 0) > MAX_MEMBER_BYTES:
+            raise PackError(f"{where}: models.{slot}.bytes {entry['bytes']} is outside 0..{MAX_MEMBER_BYTES}")
+
+
+def _bad_field(where: str, key: str, value, want) -> PackError:
+    return PackError(f"{where}: field '{key}' is {type(value).__name__} {value!r:.60}; it must be {want.__name__}. "
+                     "The pack was damaged or edited; copy it again or re-export it.")
 
 
 def fields_digest(manifest: dict) -> str:
@@ -199,9 +332,10 @@ def fields_digest(manifest: dict) -> str:
 
 def _check_fields(manifest: dict, path: Path) -> None:
     recorded = manifest.get(FIELDS_KEY)
-    if recorded is None:   # packs written before the digest existed
-        log.info("%s/%s has no %s; its top-level fields are not verified", path, MANIFEST, FIELDS_KEY)
-        return
+    if recorded is None:   # every pack this toolkit writes has one: removing it must not switch the check off
+        raise PackError(f"{path}/{MANIFEST} has no {FIELDS_KEY}, so its fields (name, licence, 'extra' such as the "
+                        "photo quality thresholds) cannot be verified; it was edited by hand. Do not use it; copy "
+                        "the pack again or re-export it.")
     if recorded != fields_digest(manifest):
         raise PackError(f"{path}/{MANIFEST} was edited after the pack was written: its fields (name, licence, "
                         "'extra' such as the photo quality thresholds, or the slot -> file table) no longer match "
@@ -218,9 +352,7 @@ def _normalized(d, path: Path, name: str) -> dict | None:
 
 
 def _verify_model(reader, path: Path, slot: str, entry: dict) -> PackModel:
-    name = entry.get("file")
-    if not name:
-        raise PackError(f"{path}/{MANIFEST}: model {slot!r} has no file name; re-export the pack")
+    name = entry["file"]
     content = reader.read(name)
     if "bytes" in entry and len(content) != entry["bytes"]:
         raise PackError(

@@ -56,7 +56,7 @@ from . import cam
 from . import ood as _ood
 from . import tta as _tta
 from .features import pooled
-from .images import load_image
+from .images import check_regular, decode_budget, load_image
 from .interpreter import TFLiteModel
 from .metadata import ModelMetadata
 from .pack import ModelPack, PackModel, load_pack
@@ -107,6 +107,10 @@ class LoadedModel:
         probs_idx = pm.metadata.outputs.get("probs")
         if probs_idx is None or probs_idx >= len(model.outputs):
             raise PackError(f"{pm.file}: metadata names no valid 'probs' output; re-export the pack")
+        width = model.outputs[probs_idx].shape[-1]
+        if width != len(pm.metadata.labels):
+            raise PackError(f"{pm.file}: its 'probs' output has {width} values but its metadata names "
+                            f"{len(pm.metadata.labels)} labels; the labels do not match the model. Re-export the pack.")
         if model.input_shape != (pm.metadata.input.size, pm.metadata.input.size, pm.metadata.input.channels):
             raise PackError(f"{pm.file}: the model's input {model.input_shape} disagrees with its metadata "
                             f"({pm.metadata.input.size} px, {pm.metadata.input.channels} channel); re-export it")
@@ -253,6 +257,8 @@ class Pipeline:
         name = name or _name(source)
         if _is_stream(source):
             source = source.read()
+        elif isinstance(source, (str, os.PathLike)):
+            check_regular(source, name)   # a FIFO or /dev/zero is refused before anything opens it
         colour, size = _peek(source)
         if not colour and (size is None or max(size) < GREY_SEARCH_MIN_SIDE):
             img = self.load(source)    # a small grey image or a DICOM file: digital, nothing to search
@@ -420,14 +426,16 @@ class Pipeline:
         """
         name = name or (str(source) if isinstance(source, (str, Path)) else "<image>")
         try:
-            if isinstance(source, Film):
-                film = dataclasses.replace(source, timings_ms=dict(source.timings_ms))   # the caller's Film stays as it was
-            else:
-                film = self.film(source, name, rectify=rectify)
-            t0 = time.perf_counter()
-            inputs = self.prepare(film.image)
-            film.timings_ms["preprocess"] = (time.perf_counter() - t0) * 1e3
-            return self._finish_one(name, film, inputs, heatmaps)
+            with decode_budget():   # a large image's memory stays counted until its prediction is done
+                if isinstance(source, Film):
+                    # the caller's Film stays as it was
+                    film = dataclasses.replace(source, timings_ms=dict(source.timings_ms))
+                else:
+                    film = self.film(source, name, rectify=rectify)
+                t0 = time.perf_counter()
+                inputs = self.prepare(film.image)
+                film.timings_ms["preprocess"] = (time.perf_counter() - t0) * 1e3
+                return self._finish_one(name, film, inputs, heatmaps)
         except ImageError as exc:
             return error_result(name, exc)
         except Exception as exc:  # one image must never stop a batch; the log keeps the traceback

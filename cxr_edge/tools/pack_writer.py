@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,10 +21,13 @@ from .. import __version__
 from ..errors import PackError
 from ..runtime import metadata as md
 from ..runtime.atomic import write_atomic
-from ..runtime.pack import FIELDS_KEY, FORMAT_VERSION, MANIFEST, PACK_FORMAT, fields_digest, load_pack, sha256_bytes
+from ..runtime.pack import (FIELDS_KEY, FORMAT_VERSION, MANIFEST, PACK_FORMAT, check_manifest, fields_digest, load_pack,
+                            pack_files, sha256_bytes)
 from ..tasks import get_task
 
-__all__ = ["build_manifest", "rewrite_metadata", "rewrite_model", "write_pack"]
+log = logging.getLogger(__name__)
+
+__all__ = ["build_manifest", "replace_pack_file", "rewrite_metadata", "rewrite_model", "write_pack", "zip_bytes"]
 
 
 def build_manifest(models: dict[str, tuple[bytes, md.ModelMetadata]], *, name: str, license: str = "unspecified",
@@ -31,6 +35,7 @@ def build_manifest(models: dict[str, tuple[bytes, md.ModelMetadata]], *, name: s
     """The manifest and file contents of a pack; ``models`` maps slot -> (model with embedded metadata, metadata)."""
     files, entries = {}, {}
     for slot, (content, meta) in models.items():
+        meta.check(f"the {slot} model's metadata")   # a pack is refused when it is written, not only when read
         spec = get_task(meta.task)
         if spec.family != slot:
             raise PackError(f"a {meta.task!r} model cannot go in slot {slot!r}; its slot is {spec.family!r}")
@@ -41,6 +46,7 @@ def build_manifest(models: dict[str, tuple[bytes, md.ModelMetadata]], *, name: s
     manifest = {"format": PACK_FORMAT, "format_version": FORMAT_VERSION, "name": name,
                 "toolkit_version": __version__, "created": md.utc_now(), "license": license,
                 "description": description, "models": entries, "extra": extra or {}}
+    check_manifest(manifest, f"the manifest of pack {name!r}")
     manifest[FIELDS_KEY] = fields_digest(manifest)
     return manifest, files
 
@@ -58,12 +64,12 @@ def write_pack(out, models: dict[str, tuple[bytes, md.ModelMetadata]], *, name: 
 
 def rewrite_metadata(path, updates: dict[str, md.ModelMetadata]) -> Path:
     """Replace the metadata of some models in an existing pack (e.g. after calibration), atomically."""
-    pack = load_pack(path)
+    pack = _load_for_rewrite(path)
     models = {}
     for slot, m in pack.models.items():
         meta = updates.get(slot, m.metadata)
         models[slot] = (md.embed(m.content, meta, m.files), meta)
-    keep = {k: pack.manifest.get(k) for k in ("license", "description", "extra")}
+    keep = {k: pack.manifest[k] for k in ("license", "description", "extra") if k in pack.manifest}
     return write_pack(pack.path, models, name=pack.name, overwrite=True, **keep)
 
 
@@ -72,11 +78,39 @@ def rewrite_model(path, slot: str, meta, files: dict[str, bytes]) -> Path:
 
     (:func:`rewrite_metadata` keeps the members as they are.)
     """
-    pack = load_pack(path)
+    pack = _load_for_rewrite(path)
     models = {s: (m.content, m.metadata) for s, m in pack.models.items()}
     models[slot] = (md.embed(pack[slot].content, meta, files), meta)
-    keep = {k: pack.manifest.get(k) for k in ("license", "description", "extra")}
+    keep = {k: pack.manifest[k] for k in ("license", "description", "extra") if k in pack.manifest}
     return write_pack(pack.path, models, name=pack.name, overwrite=True, **keep)
+
+
+def _load_for_rewrite(path):
+    pack = load_pack(path)
+    if pack.signature is not None and pack.signature.signed:
+        log.warning("%s was signed; the rewritten pack is not (sign it again: cxr-edge pack sign)", pack.path)
+    return pack
+
+
+def replace_pack_file(path, name: str, data: bytes) -> None:
+    """Add or replace one file of a pack (e.g. its signature) atomically: in a folder, the file; a .zip is
+    rewritten whole."""
+    path = Path(path)
+    if path.is_dir():
+        write_atomic(path / name, data, overwrite=True)
+        return
+    files = pack_files(path)
+    files[name] = data
+    write_atomic(path, zip_bytes(files), overwrite=True)
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    """A pack's files as one uncompressed .zip."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for fname, content in sorted(files.items()):
+            zf.writestr(fname, content)
+    return buf.getvalue()
 
 
 def _write_atomically(out: Path, files: dict[str, bytes], *, overwrite: bool) -> Path:
@@ -85,11 +119,9 @@ def _write_atomically(out: Path, files: dict[str, bytes], *, overwrite: bool) ->
                         "one is complete)")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".zip":
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-            for fname, content in sorted(files.items()):
-                zf.writestr(fname, content)
-        return write_atomic(out, buf.getvalue())
+        return write_atomic(out, zip_bytes(files), overwrite=overwrite)
+    if os.path.islink(out) or (out.exists() and not out.is_dir()):
+        raise PackError(f"{out} exists and is not a pack folder; choose another output name")
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     try:
         for fname, content in files.items():

@@ -75,6 +75,10 @@ class QualitySpec:
     cast_fail: float = 0.40
 
     def __post_init__(self):
+        for f in fields(self):   # a NaN threshold compares False with everything: a check that never fires
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"QualitySpec: {f.name} must be a finite number, got {v!r}")
         pairs = [("blur_fail", "blur_warn"), ("glare_warn", "glare_fail"), ("dark_fail", "dark_warn"),
                  ("bright_warn", "bright_fail"), ("min_side_fail", "min_side_warn"),
                  ("tilt_warn_deg", "tilt_fail_deg"), ("cast_warn", "cast_fail")]
