@@ -66,7 +66,9 @@ def test_cause01_interrupted_appears_whenever_ctrl_c_comes(images, tmp_path):
     outcomes = []
     for delay in (0.3, 0.6, 0.9, 1.2, 1.6, 2.2):
         proc = subprocess.Popen([sys.executable, "-m", "cxr_edge", "predict", *map(str, batch), "--workers", "2"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=REPO)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=REPO,
+                                # a background job (CI, nohup) inherits SIGINT ignored: restore it
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
