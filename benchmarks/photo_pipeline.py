@@ -87,7 +87,7 @@ def _model_ms(pred) -> float:
 # --------------------------------------------------------------------------- accuracy
 
 
-def _split(args):
+def split_setup(args):
     """(prepared, task spec, pack slot, split table, images used, labels) for ``--data/--split/--limit``."""
     prepared = open_prepared(args.data)
     table = prepared.table(args.split)
@@ -96,7 +96,7 @@ def _split(args):
 
 
 def accuracy(args) -> dict:
-    prepared, spec, slot, table, n, y = _split(args)
+    prepared, spec, slot, table, n, y = split_setup(args)
     plain = Pipeline(args.pack, gate_first=False, ood=False)
     tta = Pipeline(args.pack, gate_first=False, ood=False, tta=True) if args.tta else None
     labels = plain.models[slot].spec.labels
@@ -151,7 +151,7 @@ def accuracy(args) -> dict:
 def levels(args) -> dict:
     from cxr_edge.runtime.photo.rectify import level_film, warp_film
 
-    prepared, spec, slot, table, n, y = _split(args)
+    prepared, spec, slot, table, n, y = split_setup(args)
     pipe = Pipeline(args.pack, gate_first=False, ood=False)
     labels = pipe.models[slot].spec.labels
     keys = ("photo", "photo_levelled", "scene_only", "scene_only_levelled")
@@ -286,10 +286,9 @@ def speed(args) -> dict:
         for k, v in times.items()}}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    photos = argparse.ArgumentParser(add_help=False)     # what accuracy and levels share
+def photo_arguments() -> argparse.ArgumentParser:
+    """The options of a benchmark over simulated photos of a prepared split (a parent parser)."""
+    photos = argparse.ArgumentParser(add_help=False)
     photos.add_argument("--pack", required=True, type=Path)
     photos.add_argument("--data", required=True, type=Path)
     photos.add_argument("--split", default="test")
@@ -298,6 +297,13 @@ def main():
     photos.add_argument("--seed", type=int, default=0)
     photos.add_argument("--limit", type=int, default=0)
     photos.add_argument("--progress", action="store_true")
+    return photos
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    photos = photo_arguments()                           # what accuracy and levels share
     a = sub.add_parser("accuracy", parents=[photos])
     a.add_argument("--tta", action="store_true")
     o = sub.add_parser("ood")

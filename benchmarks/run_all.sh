@@ -36,6 +36,11 @@ done
 run photo_levels_cxr4 $PY benchmarks/photo_pipeline.py levels --pack $PACK --data prepared/cxr4
 run photo_ood $PY benchmarks/photo_pipeline.py ood --pack $PACK --data prepared/gate
 run photo_speed $PY benchmarks/photo_pipeline.py speed --pack $PACK --rounds 15
+for sev in mild moderate severe; do   # monitor photos: which moiré reduction (film.MOIRE_METHOD)
+  run photo_moire_$sev $PY benchmarks/photo_moire.py --pack $PACK --data prepared/cxr4 --severity $sev
+done
+run photo_noncxr $PY benchmarks/photo_noncxr.py --pack $PACK
+run real_photos $PY benchmarks/real_photos.py --pack $PACK --photos ../shared/data/real_photos_dev --json $OUT/real_photos.json
 run data_pipeline $PY benchmarks/data_pipeline.py --prepared prepared/nih14 --rounds 3
 run train_throughput $PY benchmarks/train_throughput.py --weights ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5 --size 224 --task cxr4
 run bench $PY -m cxr_edge bench --pack $PACK --threads 2 --json

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from cxr_edge.errors import ImageError
-from cxr_edge.runtime.images import iter_image_files, load_image
+from cxr_edge.runtime.images import iter_image_files, load_image, scan_image_files, sniff_format
 
 
 def _gradient(w=64, h=48):
@@ -33,6 +33,73 @@ def test_common_formats_load_as_grey(tmp_path, fmt, suffix):
     img = load_image(path)
     assert img.mode == "L" and img.size == (64, 48)
     assert abs(int(np.asarray(img)[10, 63]) - 255) <= 6  # the bright end stays bright
+
+
+@pytest.mark.parametrize("name", ["IMG_0042.jfif", "IMG_0042.jpe", "IMG_0042", "IMG_0042.png", "photo.JFIF"])
+def test_a_jpeg_is_read_whatever_its_name(tmp_path, name):
+    """The content decides, never the suffix: .jfif (Windows saves web JPEGs so), .jpe, none, even a wrong one."""
+    path = _save(Image.fromarray(_gradient()).convert("RGB"), tmp_path / name, format="JPEG")
+    img = load_image(path, mode="RGB")
+    assert img.size == (64, 48) and img.mode == "RGB"
+    assert sniff_format(path.read_bytes()[:132]) == "jpeg"
+    assert scan_image_files([tmp_path]).files == [path]                    # a folder run takes it too
+
+
+def _heif_writer():
+    try:
+        import pillow_heif
+    except ImportError:
+        pytest.skip("pillow-heif is not installed (the [heic] extra): no HEIC file can be made or read")
+    pillow_heif.register_heif_opener()
+    if not pillow_heif.libheif_info().get("HEIF"):
+        pytest.skip("this pillow-heif build has no HEVC encoder: no HEIC file can be made here")
+
+
+def test_a_real_heic_photo_is_read(tmp_path):
+    _heif_writer()
+    arr = np.stack([_gradient(96, 64)] * 3, -1)
+    path = tmp_path / "IMG_1234.HEIC"
+    Image.fromarray(arr).save(path, format="HEIF", quality=95)
+    assert sniff_format(path.read_bytes()[:132]) == "heif"
+    img = load_image(path)
+    assert img.mode == "L" and img.size == (96, 64)
+    assert abs(int(np.asarray(img)[32, 95]) - 255) <= 10 and int(np.asarray(img)[32, 0]) <= 10
+    copy = tmp_path / "no_suffix"
+    copy.write_bytes(path.read_bytes())
+    assert scan_image_files([tmp_path]).files == [path, copy]
+
+
+def test_heic_without_pillow_heif_says_which_extra(tmp_path, monkeypatch):
+    import cxr_edge.runtime.images as images
+
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)              # makes `import pillow_heif` fail
+    monkeypatch.setattr(images, "_HEIF_READY", False)
+    # a HEIC file's first box: 'ftyp' with the 'heic' brand (what an iPhone writes)
+    path = tmp_path / "IMG_1234.HEIC"
+    path.write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 200)
+    with pytest.raises(ImageError) as err:
+        load_image(path)
+    assert err.value.kind == "heic_unavailable"
+    assert "cxr-edge[heic]" in str(err.value) and "pillow-heif" in str(err.value) and "JPEG" in str(err.value)
+
+
+def test_a_folder_scan_says_why_it_skipped_each_file(tmp_path):
+    jpeg = io.BytesIO()
+    Image.fromarray(_gradient()).save(jpeg, "JPEG")
+    (tmp_path / "a.jfif").write_bytes(jpeg.getvalue())
+    (tmp_path / "scan_0001").write_bytes(jpeg.getvalue())               # no suffix at all
+    (tmp_path / "notes.txt").write_text("film of Mr X, taken on the ward\n")
+    (tmp_path / "report.pdf").write_bytes(b"%PDF-1.7\n...")
+    (tmp_path / "empty.dat").write_bytes(b"")
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (tmp_path / "broken.jpg").write_bytes(b"not really")               # named as an image: its own error later
+    scan = scan_image_files([tmp_path])
+    assert [p.name for p in scan.files] == ["a.jfif", "broken.jpg", "scan_0001"]
+    why = {s.path.name: (s.kind, s.reason) for s in scan.skipped}
+    assert why == {".DS_Store": ("hidden", "a hidden file (its name starts with '.')"),
+                   "empty.dat": ("empty", "an empty file (0 bytes)"),
+                   "notes.txt": ("not_an_image", "not an image (text)"),
+                   "report.pdf": ("not_an_image", "not an image (a PDF document)")}
 
 
 def test_16bit_png_is_minmax_scaled(tmp_path):

@@ -87,6 +87,8 @@ def test_grey_photo_of_a_film_is_still_rectified(films):
 
 
 def test_no_film_in_a_photo_is_said_not_guessed(shared_data):
+    """No corners are ever guessed: a colour photo without a four-sided film is taken as cropped to the film
+    (the whole photo, less flat borders), or with cropping off, nothing."""
     rng = np.random.default_rng(0)
     scene = Image.open(shared_data / "noncxr" / "images" / "skimage_coffee.png").convert("L")
     box = Image.eval(scene, lambda v: 255 if v > 8 else 0).getbbox()          # drop letterbox bars
@@ -96,8 +98,11 @@ def test_no_film_in_a_photo_is_said_not_guessed(shared_data):
     noise = rng.integers(0, 256, (1024, 768, 3), dtype=np.uint8)
     for photo in (natural.astype(np.uint8), plain, noise):
         res = rectify(photo)
-        assert not res.found and not res.passthrough and res.image is None and res.corners is None
-        assert res.detection.reason                                   # says why
+        assert res.path == "cropped" and not res.found and not res.passthrough and res.ok
+        assert res.box == (0, 0, 768, 1024) and res.image.size == (768, 1024)   # nothing flat to trim here
+        assert res.detection.reason                                   # says why no edges were found
+        off = rectify(photo, allow_crop=False)
+        assert off.path == "none" and off.image is None and off.corners is None and not off.ok
 
 
 def test_homography_and_warp_geometry():
@@ -165,16 +170,13 @@ def test_cli_bad_input_is_a_clean_error(cli, tmp_path):
     assert not out.exists()
     blank = tmp_path / "wall.jpg"
     Image.new("RGB", (800, 600), (180, 170, 150)).save(blank)
-    res = cli("rectify", blank, "--out", out)
-    assert res.exit_code == 2 and "no X-ray film found" in res.output and "corners" in res.output
-    assert not out.exists()
     res = cli("rectify", blank, "--out", tmp_path / "missing" / "film.png")
     assert res.exit_code == 2 and "Error:" in res.output
 
 
 def test_a_film_that_fills_the_frame_to_its_edges_is_found(films):
     # fill 0.98: the film's edges lie a few pixels inside the photo's. (A film cut off by the frame has no
-    # edges to find: that photo is "no film found", with the advice to get all four corners in view.)
+    # edges to find: that photo is taken as cropped to the film, with the advice to get its edges in view.)
     errors = []
     for i, film in enumerate(films):
         for seed in range(2):
@@ -204,3 +206,82 @@ def test_photographed_film_reaches_the_models_with_its_levels_stretched(films):
     assert digital.passthrough and digital.film is digital.image
     flat = Image.fromarray(np.random.default_rng(0).integers(120, 128, (200, 160), dtype=np.uint8))
     assert level_film(flat) is flat
+
+
+# --------------------------------------------------------------------------- photos without film edges
+
+
+def _framed(film: Image.Image, bands) -> Image.Image:
+    """``film`` inside nested uniform bands, outermost first: (grey level, width in px) each."""
+    img = film
+    for level, width in reversed(bands):
+        canvas = Image.new("L", (img.size[0] + 2 * width, img.size[1] + 2 * width), level)
+        canvas.paste(img, (width, width))
+        img = canvas
+    return img
+
+
+def test_uniform_borders_are_trimmed_one_band_after_another(films):
+    from cxr_edge.runtime.photo.rectify import trim_borders
+
+    film = films[0].resize((400, 400))
+    framed = _framed(film, [(235, 40), (12, 24)])          # a white page margin, then a black bezel
+    x0, y0, x1, y1 = trim_borders(framed)
+    assert abs(x0 - 64) <= 3 and abs(y0 - 64) <= 3 and abs(x1 - 464) <= 3 and abs(y1 - 464) <= 3
+    assert trim_borders(film) == (0, 0, 400, 400)          # a film cut to its own content: nothing to trim
+    # one side only (a letterbox bar at the top), and a flat image is never trimmed to nothing
+    bar = Image.new("L", (400, 460), 0)
+    bar.paste(film, (0, 60))
+    assert abs(trim_borders(bar)[1] - 60) <= 3 and trim_borders(bar)[3] == 460
+    assert trim_borders(Image.new("L", (300, 200), 77)) == (0, 0, 300, 200)
+
+
+def test_a_flat_region_that_fades_into_the_film_is_kept():
+    """A burnt-out (saturated) abdomen is part of the film: no step to the film, so no trim."""
+    rng = np.random.default_rng(0)
+    rows = np.linspace(0, 1, 400)[:, None]
+    texture = 110 + 100 * gaussian_rows(rng, (400, 300))
+    fade = np.clip((rows - 0.65) / 0.25, 0, 1)               # the bottom third fades to white ...
+    img = np.clip(texture * (1 - fade) + 255 * fade, 0, 255).astype(np.uint8)   # ... saturated below 90 %
+    from cxr_edge.runtime.photo.rectify import trim_borders
+
+    assert trim_borders(Image.fromarray(img))[3] == 400
+
+
+def gaussian_rows(rng, shape):
+    from cxr_edge.tools.photosim import gaussian_blur
+
+    a = gaussian_blur(rng.standard_normal(shape).astype(np.float32), 6.0)
+    return a / (np.abs(a).max() + 1e-6)
+
+
+def test_a_tightly_cropped_photo_takes_the_cropped_path(films):
+    """A film photographed so that it fills the frame past its edges: no corners to find, so the photo is the
+    film, and what the models see is that photo with its levels stretched."""
+    from cxr_edge.tools.photosim import simulate_cropped_photo
+
+    sim = simulate_cropped_photo(films[0], "mild", 1, background="lightbox", long_side=960)
+    res = rectify(sim.photo)
+    assert res.path == "cropped" and not res.found and res.ok and res.film.mode == "L"
+    assert res.to_dict()["path"] == "cropped" and res.to_dict()["box"] == list(res.box)
+    assert res.film.size == res.image.size and max(res.image.size) <= 1024
+    # the film mapped back onto its own frame (true corners) is the film, where the photo shows it
+    corners = sim.corners - res.box[:2]
+    back = np.asarray(warp_film(res.film, corners, size=(128, 128)), np.float64)
+    seen = np.asarray(warp_film(Image.new("L", res.film.size, 255), corners, size=(128, 128))) > 250
+    ref = np.asarray(films[0].resize((128, 128)), np.float64)
+    assert seen.mean() > 0.7 and np.corrcoef(back[seen], ref[seen])[0, 1] > 0.9
+
+
+def test_a_grey_screen_photo_is_not_taken_for_a_digital_image(films):
+    """A grey photo of a monitor (a near-grey JPEG, as the Figure1 app saves them) shows the screen's grid:
+    it is a photo (cropped path, moiré taken out), not a digital image to pass through untouched."""
+    from cxr_edge.tools.photosim import simulate_screen_photo
+
+    sim = simulate_screen_photo(films[0], "mild", 3, period=5.0, tint="neutral", long_side=1024)
+    grey = sim.to_image().convert("L")
+    res = rectify(grey)
+    assert res.path == "cropped" and not res.passthrough and res.moire.found
+    assert res.screen is not None and res.moire is res.screen             # detected once, reused
+    digital = rectify(films[0].resize((1024, 1024)))                     # a large digital CXR
+    assert digital.path == "digital" and digital.passthrough

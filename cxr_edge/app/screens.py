@@ -231,6 +231,9 @@ class CheckScreen(AppScreen):
         self.ids.film.texture = to_texture(film.image)
         if not (film.rectify or {}).get("photo"):
             self.film_note = "Digital image: used as it is."
+        elif film.rectify.get("path") == "cropped":
+            self.film_note = ("No film edges in view: the photo is used as cropped to the film, its flat borders "
+                              "trimmed and its contrast evened out.")
         else:
             self.film_note = "Film found, straightened and its contrast evened out."
         order = {"fail": 0, "warn": 1, "pass": 2}  # what needs acting on first

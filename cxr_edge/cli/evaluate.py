@@ -46,8 +46,13 @@ class StageProgress:
 
 @click.command()
 @click.argument("model", type=_path)
-@click.option("--data", "data", required=True, type=_path,
+@click.option("--data", "data", default=None, type=_path,
               help="Prepared data folder (cxr-edge data prepare); its task picks the pack's model.")
+@click.option("--real-photos", "real_photos", default=None, type=_path, metavar="FOLDER",
+              help="Instead of --data: a folder of real phone photos with a manifest.csv (file, label; kind, "
+                   "view optional), each predicted as `cxr-edge predict` does (MODEL must be a pack).")
+@click.option("--manifest", "manifest", default=None, type=_path,
+              help="With --real-photos: the manifest CSV, when it is not FOLDER/manifest.csv.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
 @click.option("--photos", "photos", default=None, metavar="SEVERITY",
               help="Also evaluate simulated phone photos of the same images: mild, moderate, severe or 0..1.")
@@ -68,8 +73,8 @@ class StageProgress:
               help="Evaluate even on the images the temperature/thresholds were fitted on (flagged).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64), help="Interpreter threads.")
 @backend_option
-def evaluate(model, data, split, photos, photo_size, profile, n_boot, seed, min_group, report, as_json,
-             allow_train_split, allow_calibration_split, threads, backend):
+def evaluate(model, data, real_photos, manifest, split, photos, photo_size, profile, n_boot, seed, min_group, report,
+             as_json, allow_train_split, allow_calibration_split, threads, backend):
     """Evaluate MODEL (a model pack, or a training run directory) on a prepared split.
 
     A pack's model for the data's task runs exactly as `cxr-edge predict` runs it
@@ -87,13 +92,27 @@ def evaluate(model, data, split, photos, photo_size, profile, n_boot, seed, min_
     split the pack was calibrated on; the --allow-* flags override that and the
     result says so loudly.
 
+    --real-photos FOLDER evaluates real phone photos instead: every photo its
+    manifest lists goes through the pack as `cxr-edge predict` runs it, and the
+    result gives the answered rate, gate acceptance, the path each photo took
+    (straightened / cropped / digital), and the 4-class model's hits per
+    label, overall and per kind of photo (film, screen).
+
     \b
     Examples:
       cxr-edge evaluate my_pack --data prepared/cxr4 --split test
+      cxr-edge evaluate my_pack --real-photos ../shared/data/real_photos_dev --json > real_photos.json
       cxr-edge evaluate my_pack --data prepared/nih14 --photos moderate --report reports/nih14
       cxr-edge evaluate runs/cxr4 --data prepared/cxr4 --json > cxr4_float.json
       cxr-edge evaluate my_pack --data prepared/nih14 --profile screening --n-boot 0
     """
+    if (data is None) == (real_photos is None):
+        raise click.UsageError("give exactly one of --data (a prepared split) and --real-photos (a folder of photos)")
+    if real_photos is not None:
+        _evaluate_real_photos(model, real_photos, manifest, profile, threads, backend, as_json)
+        return
+    if manifest is not None:
+        raise click.UsageError("--manifest goes with --real-photos")
     from ..tools.evaluate import evaluate as run_evaluate
     from ..training.run_model import open_run_model   # TensorFlow only once a training run is opened
 
@@ -106,6 +125,16 @@ def evaluate(model, data, split, photos, photo_size, profile, n_boot, seed, min_
     for flag in r["leakage"]["flags"]:
         click.secho(f"WARNING: {flag}", err=True, fg="red", bold=True)
     click.echo(json_text(r) if as_json else format_result(r))
+
+
+def _evaluate_real_photos(model, folder, manifest, profile, threads, backend, as_json):
+    from ..tools.evaluate_photos import evaluate_photos, format_photo_result
+    from ..runtime.pipeline import Pipeline
+
+    pipeline = Pipeline(model, threads=threads, profile=profile, backend=backend)
+    with StageProgress(enabled=not as_json) as progress:
+        r = evaluate_photos(pipeline, folder, manifest, progress=progress)
+    click.echo(json_text(r) if as_json else format_photo_result(r))
 
 
 def format_number(v, digits: int = 3) -> str:

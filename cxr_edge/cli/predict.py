@@ -52,11 +52,16 @@ def predict(images, pack, require_signed, as_json, threads, workers, profile, ba
     """Predict IMAGES (files or folders; folders are searched recursively).
 
     Phone photos of films: the film is found, straightened and checked for
-    blur, glare, exposure, pixels, tilt and colour cast. Each check that does
-    not pass becomes a warning saying what to do; the models still run (use
-    --on-poor-photo skip to skip failed photos). A photo in which no film is
-    found gets an error entry ("no_film"). Digital images pass through
-    untouched.
+    blur, glare, exposure, pixels, tilt, colour cast and a monitor's moiré. A
+    photo with no film edges in view is taken as cropped to the film or screen
+    (flat borders trimmed) and says so in a warning. Each check that does not
+    pass becomes a warning saying what to do; the models still run (use
+    --on-poor-photo skip to skip failed photos). Digital images pass through
+    untouched. The JSON's "rectify.path" says which way each image went.
+
+    Folders are searched by content, so .jfif, .jpe and suffix-less JPEGs,
+    WebP and HEIC (with the [heic] extra) are found; every other file is
+    listed as skipped, with the reason.
 
     The gate model runs first: an image that is not a chest X-ray is reported
     as rejected and the classifiers do not run on it. Accepted images get the
@@ -87,7 +92,7 @@ def predict(images, pack, require_signed, as_json, threads, workers, profile, ba
       cxr-edge predict a.png b.dcm --pack my_pack --profile screening --tta
     """
     from ..config import resolve_pack
-    from ..runtime.images import iter_image_files
+    from ..runtime.images import scan_image_files
     from ..runtime.pack import load_pack
     from ..runtime.pipeline import Pipeline
     from ..runtime.prediction import DISCLAIMER
@@ -98,16 +103,20 @@ def predict(images, pack, require_signed, as_json, threads, workers, profile, ba
     pipeline = Pipeline(loaded, threads=threads, profile=profile, backend=backend, rectify=not no_rectify,
                         heatmaps=heatmap_dir is not None, tta=tta, ood=not no_ood, on_poor_photo=on_poor_photo,
                         gate_first=not all_models)
-    files = list(iter_image_files(images))
+    scan = scan_image_files(images)
+    files = scan.files
     if not files:
-        raise click.UsageError("no image files found in the given folders "
-                               "(looked for .png .jpg .jpeg .bmp .tif .tiff .webp .gif .dcm)")
+        why = "; ".join(f"{s.path}: {s.reason}" for s in scan.skipped[:5]) or "the folders are empty"
+        raise click.UsageError(f"no image files found in the given folders ({why}"
+                               f"{'; ...' if len(scan.skipped) > 5 else ''}). Images are recognised by their "
+                               "content: JPEG (.jpg .jpeg .jfif .jpe or none), PNG, BMP, TIFF, WebP, GIF, HEIC, "
+                               "DICOM.")
     info = pipeline.describe()   # on stderr, so that --json output stays one object per line on stdout
     click.echo(f"pack: {pack_path} ({origin}); {info['backend']} {info['backend_version']} "
                f"({info['delegate']}), {threads} thread(s)", err=True)
     failed = unwritten = 0
     taken: set = set()
-    table = _Table(files, pipeline)
+    table = _Table(files + [s.path for s in scan.skipped], pipeline)
     if not as_json:
         click.echo(table.header())
     show_progress = not as_json and len(files) > 20 and sys.stderr.isatty()
@@ -125,10 +134,17 @@ def predict(images, pack, require_signed, as_json, threads, workers, profile, ba
                 click.echo(json_text(pred.to_dict()))
             else:
                 click.echo(table.row(pred))
+    for skipped in scan.skipped:        # every file of the folders that was not read, and why
+        click.echo(json_text(_skipped_dict(skipped)) if as_json else table.skipped_row(skipped))
     if not as_json:
         click.echo(DISCLAIMER, err=True)
         if failed:
             click.echo(f"{failed} of {len(files)} image(s) could not be analysed (see their ERROR lines).", err=True)
+    if scan.skipped:
+        kinds = sorted({s.kind.replace("_", " ") for s in scan.skipped})
+        where = '"status": "skipped" entries' if as_json else "skipped lines"
+        click.echo(f"{len(scan.skipped)} file(s) in the folders were skipped ({', '.join(kinds)}): see their "
+                   f"{where}.", err=True)
     if unwritten:
         click.echo(f"the heatmaps of {unwritten} image(s) could not be written to {heatmap_dir} (see their warnings); "
                    "their results above are complete.", err=True)
@@ -174,9 +190,7 @@ class _Table:
         return line + "\n" + "-" * len(line)
 
     def row(self, pred) -> str:
-        name = str(pred.file)
-        if len(name) > self.file_w:
-            name = "…" + name[-(self.file_w - 1):]
+        name = self._name(pred.file)
         gate = f"{pred.gate.score:.2f}" if pred.gate else "  -  "
         status = {"error": "ERROR", "rejected": "rejected"}.get(pred.status, "ok")
         cells = [name.ljust(self.file_w), status.ljust(8), gate.ljust(5)]
@@ -191,6 +205,21 @@ class _Table:
         below += [f"warning: {w}" for w in pred.warnings]
         below += [f"heatmap {label}: {path}" for label, path in (pred.extras.get("heatmaps") or {}).items()]
         return "  ".join(cells).rstrip() + "".join(f"\n{' ' * 4}{b}" for b in below)
+
+    def skipped_row(self, skipped) -> str:
+        return "  ".join([self._name(skipped.path).ljust(self.file_w), "skipped ", "  -  ", skipped.reason])
+
+    def _name(self, path) -> str:
+        name = str(path)
+        return "…" + name[-(self.file_w - 1):] if len(name) > self.file_w else name
+
+
+def _skipped_dict(skipped) -> dict:
+    """A skipped file as one JSON line, with the keys of an image's result."""
+    return {"file": str(skipped.path), "status": "skipped", "gate": None, "cxr4": None, "nih14": None,
+            "error": {"kind": skipped.kind, "message": f"{skipped.path}: skipped: {skipped.reason}"},
+            "message": f"skipped: {skipped.reason}", "warnings": [], "timings_ms": {}, "rectify": None,
+            "quality": None, "ood": None, "tta": None}
 
 
 def _answer(result) -> str:

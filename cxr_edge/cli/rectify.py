@@ -20,21 +20,20 @@ def rectify(photo, out, force, as_json):
 
     PHOTO is a phone photo of a film on a lightbox, a window, a desk or a
     monitor. The film's four corners are found, the film is warped to an
-    upright rectangle with its own proportions, and its grey levels are
-    stretched to the full range (a photographed film rarely spans it): what
-    the models see. A grey digital image (a scan,
-    a DICOM export) has no film border to find: it is written as the 8-bit
-    grey image the models see (16-bit and DICOM images scaled to 0-255).
-
-    When no film is found in a colour photo nothing is written and the exit
-    code is 2: take the photo again with all four corners of the film visible.
+    upright rectangle with its own proportions, a monitor's pixel grid or
+    moiré is filtered out, and its grey levels are stretched to the full
+    range (a photographed film rarely spans it): what the models see. A photo
+    with no film edges in view is taken as cropped to the film or screen: its
+    flat borders (a bezel, a margin) are trimmed and it is finished the same
+    way. A grey digital image (a scan, a DICOM export) has no film border to
+    find: it is written as the 8-bit grey image the models see (16-bit and
+    DICOM images scaled to 0-255).
 
     \b
     Examples:
       cxr-edge rectify IMG_2041.jpg --out film.png
       cxr-edge rectify IMG_2041.jpg --out film.png --json
     """
-    from ..errors import ImageError
     from ..runtime.atomic import check_target
     from ..runtime.images import load_image
     from ..runtime.photo.rectify import rectify as rectify_film
@@ -42,22 +41,25 @@ def rectify(photo, out, force, as_json):
     check_target(out, overwrite=force)   # refuse before the work, not after it
     image = load_image(photo, mode="RGB")
     result = rectify_film(image)
-    if result.image is None:
-        raise ImageError(
-            f"{photo}: no X-ray film found ({result.detection.reason}). Take the photo again with the "
-            "whole film in view, all four corners visible, against a plain background such as a lightbox "
-            "or a window.", kind="no_film", path=photo)
     film = result.image.convert("L") if result.passthrough else result.film
     _save_png(film, out, overwrite=force)
+    moire = result.moire is not None and result.moire.found
     if as_json:
         click.echo(json_text(dict(result.to_dict(), photo=photo, out=out)))
     elif result.passthrough:
         click.echo(f"{photo}: a digital image with no film border; written as the 8-bit grey image the models "
                    f"see to {out} ({film.size[0]} x {film.size[1]}).")
+    elif result.path == "cropped":
+        x0, y0, x1, y1 = result.box
+        click.echo(f"{photo}: no film edges in view ({result.detection.reason}); taken as cropped to the film, "
+                   f"flat borders trimmed: kept x {x0}-{x1}, y {y0}-{y1}"
+                   + ("; a screen's pixel grid / moiré filtered out" if moire else ""))
+        click.echo(f"wrote {out} ({film.size[0]} x {film.size[1]})")
     else:
         corners = "  ".join(f"{name} ({x:.1f}, {y:.1f})"
                             for name, (x, y) in zip(("TL", "TR", "BR", "BL"), result.corners))
-        click.echo(f"{photo}: film found (confidence {result.detection.confidence:.2f}); corners {corners}")
+        click.echo(f"{photo}: film found (confidence {result.detection.confidence:.2f}); corners {corners}"
+                   + ("; a screen's pixel grid / moiré filtered out" if moire else ""))
         click.echo(f"wrote {out} ({film.size[0]} x {film.size[1]})")
 
 

@@ -1,10 +1,14 @@
 """Image loading that never crashes on user input and never trusts it.
 
 Everything that reads an image file goes through :func:`load_image`: the CLI,
-the pipeline, data preparation and the app. It accepts JPEG, PNG, BMP, TIFF,
-WebP and GIF (first frame) through Pillow, and DICOM through pydicom when that
-is installed. Every failure is an :class:`~cxr_edge.errors.ImageError` whose
-``kind`` names the problem and whose message says what to do.
+the pipeline, data preparation and the app. It accepts JPEG (also as ``.jfif``,
+``.jpe`` or with no suffix: the content decides, never the name), PNG, BMP,
+TIFF, WebP and GIF (first frame) through Pillow, HEIC/HEIF (an iPhone's default)
+through pillow-heif when that is installed (the ``[heic]`` extra), and DICOM
+through pydicom when that is installed. Every failure is an
+:class:`~cxr_edge.errors.ImageError` whose ``kind`` names the problem and whose
+message says what to do. :func:`scan_image_files` expands folders by content and
+says why it skipped every file it did not take.
 
 Conversions follow the shared data set's own recipe, so user images look like
 the training images: EXIF orientation applied; transparency composited onto
@@ -22,6 +26,7 @@ import threading
 import warnings
 import zlib
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -31,7 +36,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import ImageError, file_kind
 
 __all__ = ["IMAGE_SUFFIXES", "ImageSource", "iter_image_files", "load_image", "MAX_PIXELS", "MIN_SIDE",
-           "MAX_DECODED_BYTES", "MAX_FILE_BYTES", "check_budget", "check_regular", "decode_budget", "read_regular"]
+           "MAX_DECODED_BYTES", "MAX_FILE_BYTES", "check_budget", "check_regular", "decode_budget", "describe_content", "HEIC_EXTRA",
+           "ImageScan", "read_regular", "scan_image_files", "Skipped", "sniff_format"]
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +55,15 @@ MIN_SIDE = 16
 MAX_DECODED_BYTES = 128 * 2**20
 #: Refuse files larger than this before reading them (the file's bytes are held while it decodes).
 MAX_FILE_BYTES = 128 * 2**20
-#: File suffixes treated as images when a directory is expanded.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".dcm", ".dicom")
+#: File suffixes of images (a file picker's filter; a folder is expanded by content, these only decide
+#: whether a file that is not an image is an error or merely skipped).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".jfi", ".bmp", ".tif", ".tiff", ".webp", ".gif",
+                  ".heic", ".heif", ".hif", ".avif", ".dcm", ".dicom")
 
-_FORMATS_HELP = "JPEG, PNG, BMP, TIFF, WebP, GIF or DICOM (.dcm, needs pydicom)"
+_FORMATS_HELP = "JPEG, PNG, BMP, TIFF, WebP, GIF, HEIC (needs pillow-heif) or DICOM (.dcm, needs pydicom)"
+#: ISO-BMFF brands of HEIF images (HEIC, HEIF, AVIF): bytes 8-12 of the file, or a compatible brand.
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+HEIC_EXTRA = "pip install 'cxr-edge[heic]' (or: pip install pillow-heif)"
 
 
 def load_image(
@@ -70,7 +81,7 @@ def load_image(
 
     Raises :class:`ImageError` with ``kind`` one of: ``not_found``,
     ``is_directory``, ``empty``, ``not_an_image``, ``truncated``, ``corrupt``,
-    ``too_large``, ``too_small``, ``dicom_unavailable``, ``unsupported``.
+    ``too_large``, ``too_small``, ``dicom_unavailable``, ``heic_unavailable``, ``unsupported``.
     """
     if mode not in ("L", "RGB"):
         raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
@@ -103,18 +114,124 @@ def load_image(
 def iter_image_files(paths, *, recursive: bool = True):
     """Expand files and directories into image files, in a stable (sorted) order.
 
-    Explicit file arguments are always yielded (a bad one will get its own
-    error later); inside directories only known image suffixes are taken.
+    Explicit file arguments are always yielded (a bad one will get its own error later); inside
+    directories, files are taken by content (:func:`scan_image_files`; the skipped ones are dropped here).
     """
+    yield from scan_image_files(paths, recursive=recursive).files
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file in a folder that was not taken as an image, and why (``kind``: hidden, not_an_image,
+    empty, unreadable)."""
+
+    path: Path
+    kind: str
+    reason: str
+
+
+@dataclass
+class ImageScan:
+    """What :func:`scan_image_files` found: ``files`` to predict (sorted per argument) and ``skipped``."""
+
+    files: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+
+
+def scan_image_files(paths, *, recursive: bool = True) -> ImageScan:
+    """Expand files and directories into the files to read as images, and the files skipped with why.
+
+    Explicit file arguments are always taken. Inside a directory a file is taken when its content is an
+    image (:func:`sniff_format`: JPEG whatever its suffix -- ``.jfif``, ``.jpe``, none --, PNG, GIF, BMP,
+    TIFF, WebP, HEIC/HEIF/AVIF, DICOM) or when its suffix says it is one (then a damaged or empty file
+    gets its own error instead of vanishing); every other file is skipped with the reason: hidden (a name
+    starting with '.'), not an image (what it looks like instead), empty, unreadable.
+    """
+    scan = ImageScan()
     for p in paths:
         p = Path(p)
-        if _is_dir(p):
-            walker = p.rglob("*") if recursive else p.glob("*")
-            for f in sorted(walker):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
-                    yield f
-        else:
-            yield p
+        if not _is_dir(p):
+            scan.files.append(p)
+            continue
+        walker = p.rglob("*") if recursive else p.glob("*")
+        for f in sorted(walker):
+            if f.is_dir() or any(part.startswith(".") for part in f.relative_to(p).parts[:-1]):
+                continue
+            if not f.is_file():
+                scan.skipped.append(Skipped(f, "not_a_file", "not a regular file (a link to nowhere, a device...)"))
+                continue
+            verdict = _judge_file(f)
+            if verdict is None:
+                scan.files.append(f)
+            else:
+                scan.skipped.append(Skipped(f, *verdict))
+    return scan
+
+
+def _judge_file(f: Path) -> tuple[str, str] | None:
+    """None when ``f`` is to be read as an image; else (kind, reason) of why it is skipped."""
+    if f.name.startswith("."):
+        return "hidden", "a hidden file (its name starts with '.')"
+    named_image = f.suffix.lower() in IMAGE_SUFFIXES
+    try:
+        with open(f, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        return None if named_image else ("unreadable", f"cannot be read ({exc.strerror or exc})")
+    if sniff_format(head, f.name) is not None or named_image:
+        return None
+    if not head:
+        return "empty", "an empty file (0 bytes)"
+    return "not_an_image", f"not an image ({describe_content(head)})"
+
+
+def sniff_format(head: bytes, name: str = "") -> str | None:
+    """The image format the first bytes of a file show ('jpeg', 'png', 'gif', 'bmp', 'tiff', 'webp',
+    'heif', 'dicom'), or None. 132 bytes are enough; ``name`` only lets a '.dcm' file without the DICM
+    preamble count as DICOM."""
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:2] == b"BM" and len(head) >= 26:
+        return "bmp"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if _is_heif(head):
+        return "heif"
+    if head[128:132] == b"DICM" or name.lower().endswith((".dcm", ".dicom")):
+        return "dicom"
+    return None
+
+
+def _is_heif(head: bytes) -> bool:
+    if head[4:8] != b"ftyp":
+        return False
+    size = int.from_bytes(head[:4], "big")
+    brands = [head[8:12]] + [head[i:i + 4] for i in range(16, min(size, len(head)) - 3, 4)]
+    return any(b in _HEIF_BRANDS for b in brands)
+
+
+def describe_content(head: bytes) -> str:
+    """A few words on what non-image bytes look like (for the reason a file was skipped)."""
+    known = [(b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive (or a .docx / .xlsx / .apk)"),
+             (b"\x1f\x8b", "a gzip archive"), (b"{\\rtf", "an RTF document"), (b"\xd0\xcf\x11\xe0", "an Office document"),
+             (b"<?xml", "an XML file"), (b"<svg", "an SVG drawing (not a photo; export it as PNG)"),
+             (b"\x00\x00\x00\x18ftypmp4", "an MP4 video"), (b"ID3", "an MP3 file")]
+    for magic, what in known:
+        if head.startswith(magic):
+            return what
+    if head[4:8] == b"ftyp":
+        return f"an ISO media file of type {head[8:12].decode('ascii', 'replace')!r} (a video?)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"unknown content, first bytes {head[:8]!r}"
+    return "text" if all(c.isprintable() or c in "\r\n\t" for c in text) else f"unknown content, first bytes {head[:8]!r}"
 
 
 def _is_dir(path: Path) -> bool:
@@ -329,6 +446,8 @@ def _open_pillow(data: bytes, name: str, mode: str, min_size: int | None, max_pi
         with warnings.catch_warnings():
             # We enforce our own pixel limit below; Pillow's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if _is_heif(data[:64]):
+                _register_heif(name)
             img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError(
@@ -378,6 +497,29 @@ def _open_pillow(data: bytes, name: str, mode: str, min_size: int | None, max_pi
     except Exception as exc:  # a broken EXIF block must not lose an otherwise good image
         log.warning("%s: EXIF orientation unreadable (%s); using the image as stored", name, exc)
     return img
+
+
+def _register_heif(name: str) -> None:
+    """Teach Pillow HEIC/HEIF through pillow-heif, once, on the first HEIF file (not at import: most
+    installs never see one)."""
+    global _HEIF_READY
+    if _HEIF_READY:
+        return
+    try:
+        import pillow_heif
+    except ImportError:
+        raise ImageError(
+            f"{name} is a HEIC/HEIF image (an iPhone's default photo format), and reading it needs pillow-heif, "
+            f"which is not installed. Install it with: {HEIC_EXTRA}; or set the phone's camera to 'Most "
+            "Compatible' (JPEG), or export the photo as JPEG.", kind="heic_unavailable", path=name) from None
+    with _HEIF_LOCK:
+        if not _HEIF_READY:
+            pillow_heif.register_heif_opener()
+            _HEIF_READY = True
+
+
+_HEIF_READY = False
+_HEIF_LOCK = threading.Lock()
 
 
 def _too_large(name: str, size, max_pixels: int) -> ImageError:

@@ -1,13 +1,17 @@
 """The pipeline: one image in, one typed result out: film → gate → classifiers (+ guards, heatmaps).
 
 1. **Film.** A colour photo (or a large grey image) is searched for the X-ray
-   film, which is warped upright (:mod:`cxr_edge.runtime.photo.rectify`) and checked for
-   blur, glare, exposure, pixels, tilt and colour cast
-   (:mod:`cxr_edge.runtime.photo.quality`; thresholds from the pack, else the defaults). A
-   digital image passes through untouched; a grey image smaller than
-   ``GREY_SEARCH_MIN_SIDE`` is digital without a search (it pays nothing for
-   the photo path). A photo with no film in it gets an ``error`` result of
-   kind ``no_film``. ``rectify=False`` skips all of this.
+   film, which is warped upright (:mod:`cxr_edge.runtime.photo.rectify`); a photo with no
+   film edges in view is taken as cropped to the film or screen (its flat
+   borders trimmed), and a grey image showing a screen's pixel grid is such a
+   photo too. The film is checked for blur, glare, exposure, pixels, tilt,
+   colour cast, moiré and whether its edges were seen (:mod:`cxr_edge.runtime.photo.quality`;
+   thresholds from the pack, else the defaults), and the models see it through
+   :func:`cxr_edge.runtime.photo.film.finish_film`. ``rectify`` in the JSON says which path it
+   took ('quadrilateral', 'cropped' or 'digital'). A digital image passes
+   through untouched; a grey image smaller than ``GREY_SEARCH_MIN_SIDE`` is
+   digital without a search (it pays nothing for the photo path).
+   ``rectify=False`` skips all of this.
 2. **Gate.** An image the gate rejects gets a plain "rejected: not a chest
    X-ray" result and the classifiers never see it.
 3. **Classifiers.** Accepted images go through the classifier slots of the
@@ -60,7 +64,7 @@ from .images import check_regular, decode_budget, load_image
 from .interpreter import TFLiteModel
 from .metadata import ModelMetadata
 from .pack import ModelPack, PackModel, load_pack
-from .photo.quality import QualityCheck, QualitySpec, advice, check_quality, check_resolution, overall_verdict
+from .photo.quality import QualityCheck, QualitySpec, advice, check_photo, overall_verdict
 from .prediction import GateResult, Prediction, TaskResult, error_result, summary
 from .preprocess import fit_to_square, normalize
 
@@ -248,8 +252,8 @@ class Pipeline:
         return load_image(source, mode="L", min_size=self.decode_size)
 
     def film(self, source, name: str | None = None, *, rectify: bool | None = None) -> Film:
-        """Decode an image and, for a photo, find, straighten and check the film (raises ImageError;
-        kind 'no_film' for a photo without a film)."""
+        """Decode an image and, for a photo, find and straighten the film (or take the photo as cropped to
+        it) and check it (raises ImageError for an unreadable image)."""
         t0 = time.perf_counter()
         if not (self.rectify if rectify is None else rectify):
             img = self.load(source)
@@ -285,25 +289,21 @@ class Pipeline:
         timings["rectify"] = (time.perf_counter() - t0) * 1e3
         if r.passthrough:
             return Film(r.image, _digital(searched=True), None, timings)
-        if not r.found:
-            raise ImageError(f"{name}: no X-ray film found in the photo ({r.detection.reason}). Take the photo again "
-                             "with the whole film in view and all four corners visible, against a lightbox or a "
-                             "bright window; or pass --no-rectify to use the image as it is.",
+        if not r.ok:          # only with cropping switched off; kept so that a caller's rectify cannot lie
+            raise ImageError(f"{name}: no X-ray film found in the photo ({r.detection.reason}).",
                              kind="no_film", path=name, detail=r.detection.reason)
         t1 = time.perf_counter()
         scale = max(size) / max(img.size)    # decoded at reduced size: corners back to the photo's pixels
-        corners = r.corners * scale
-        checks = check_quality(r.image, photo=img if img.mode == "RGB" else None, corners=r.corners,
-                               spec=self.quality_spec)
-        if scale != 1:   # "pixels on the film" counts the photo's pixels, not the reduced decode's
-            checks = [check_resolution(corners=corners, spec=self.quality_spec) if c.name == "resolution" else c
-                      for c in checks]
+        checks = check_photo(r, photo=img if img.mode == "RGB" else None, photo_scale=scale,
+                             spec=self.quality_spec)
         t2 = time.perf_counter()
         timings["quality"] = (t2 - t1) * 1e3
-        film = r.film                        # the levels stretched: what the models see
-        timings["levels"] = (time.perf_counter() - t2) * 1e3
-        info = dict(r.to_dict(), photo=True, corners=np.round(corners, 2).tolist(), photo_size=list(size),
+        film = r.film                        # finish_film: moiré out, levels stretched: what the models see
+        timings["finish"] = (time.perf_counter() - t2) * 1e3
+        info = dict(r.to_dict(), photo=True, corners=np.round(r.corners * scale, 2).tolist(), photo_size=list(size),
                     searched_at=list(img.size))
+        if r.box is not None:
+            info["box"] = [round(v * scale) for v in r.box]
         return Film(film, info, checks, timings)
 
     def prepare(self, image) -> dict[str, np.ndarray]:
@@ -519,7 +519,7 @@ def pack_quality_spec(pack: ModelPack) -> QualitySpec:
 
 
 def _digital(*, searched: bool) -> dict:
-    return {"photo": False, "passthrough": True, "searched": searched}
+    return {"path": "digital", "photo": False, "passthrough": True, "searched": searched}
 
 
 def _path_name(source) -> str | None:

@@ -264,8 +264,9 @@ def _photo_batches(prepared, split, spec, severity, seed, photo_size, simulate, 
             raw.append(fit_to_square(as_grey, spec))
             if rectify is not None:
                 r = rectify(photo)
-                status["found" if r.found else "passthrough" if r.passthrough else "not_found"] += 1
-                # r.film: the film as predict hands it to the models (levels stretched)
+                status[{"quadrilateral": "found", "digital": "passthrough"}.get(r.path, r.path)
+                       if r.path != "none" else "not_found"] += 1
+                # r.film: the film as predict hands it to the models (finish_film: moiré out, levels stretched)
                 rect.append(fit_to_square(load_image(r.film, mode="L", min_size=spec.input.size), spec)
                             if r.ok else raw[-1])
         yield normalize(np.stack(raw), spec), normalize(np.stack(rect), spec) if rect else None
@@ -278,7 +279,7 @@ def photo_outputs(model, prepared, split, severity, seed, photo_size, progress=N
         sev = resolve_severity(severity)
     except ValueError as exc:
         raise CxrEdgeError(f"--photos {severity!r}: {exc}") from None
-    status = {"found": 0, "passthrough": 0, "not_found": 0}
+    status = {"found": 0, "cropped": 0, "passthrough": 0, "not_found": 0}
     n = len(prepared.table(split))
     raw, rect, done = [], [], 0
     for xr, xq in _photo_batches(prepared, split, model.spec, sev, seed, photo_size, simulate, rectify, status):
@@ -293,7 +294,8 @@ def photo_outputs(model, prepared, split, severity, seed, photo_size, progress=N
         outs["photo_rectified"] = np.concatenate(rect)
     info = {"severity": severity, "severity_value": sev, "seed": seed, "photo_long_side": photo_size,
             "rectify": dict(status, available=rectify is not None,
-                            note="a photo where no film was found is evaluated unrectified")}
+                            note="found: the film's edges were found and it was straightened; cropped: no edges "
+                                 "in view, the photo was taken as cropped to the film (borders trimmed)")}
     return outs, info
 
 

@@ -306,8 +306,9 @@ def _page(ev, figures: list[str], missing: str | None) -> Page:
                     "mean AUROC", "accuracy", "ECE"], _photo_rows(r))
         page.text(f"Photos simulated from the original images (seed {ph['seed']}, {ph['photo_long_side']} px long "
                   f"side), then run through the device path. Rectification: film found in {rc['found']}, "
-                  f"passed through {rc['passthrough']}, not found in {rc['not_found']} (those evaluated "
-                  "unrectified)." if rc["available"] else "Rectification was not available.", muted=True)
+                  f"taken as cropped to the film (no edges found) in {rc.get('cropped', 0)}, passed through "
+                  f"{rc['passthrough']}, not found in {rc['not_found']} (those evaluated unrectified)."
+                  if rc["available"] else "Rectification was not available.", muted=True)
     for name in figures:
         page.heading(_TITLES[name]).image(f"{name}.png", _TITLES[name])
     head = ["group", "images", "patients", f"{r['metrics']['primary']['name']} [95% CI]", "mean AUROC", "accuracy"]

@@ -37,7 +37,8 @@ from ..runtime.photo.rectify import apply_homography, homography
 
 __all__ = ["BACKGROUNDS", "FILM_EFFECT_PROBS", "FILM_EFFECTS", "MONITOR_MOIRE_PROB", "motion_blur",
            "PHOTO_EFFECT_PROBS", "PHOTO_EFFECTS", "resolve_severity", "SEVERITY_LEVELS", "simulate_photo",
-           "simulate_rectified", "SimulatedPhoto"]
+           "SCREEN_TINTS", "simulate_cropped_photo", "simulate_print_photo", "simulate_rectified",
+           "simulate_screen_photo", "SimulatedPhoto"]
 
 
 SEVERITY_LEVELS = {"none": 0.0, "mild": 0.25, "moderate": 0.5, "severe": 0.85}
@@ -623,3 +624,190 @@ def _residual_warp(film_u8: np.ndarray, out_size, strength: float, rng) -> np.nd
     img = img.transform((ow, oh), Image.PERSPECTIVE, _coeffs(homography(dst, src)), Image.BILINEAR,
                         fillcolor=fill)
     return np.asarray(img, np.float32) * np.float32(1 / 255)
+
+
+# --------------------------------------------------------------------------- screens and tight crops
+#
+# What real field photos showed that the scenes above miss (``../shared/data/real_photos_dev``): the
+# photo cropped to the film or the screen (no edge in view), a monitor's pixel grid and the moiré it
+# beats into against the camera's sensor, strong teal / violet / warm casts, washed-out screens.
+
+SCREEN_TINTS = {"neutral": (1.0, 1.0, 1.0), "teal": (0.8, 1.0, 1.08), "violet": (1.12, 0.78, 1.3),
+                "warm": (1.12, 1.0, 0.82), "blue": (0.85, 0.97, 1.2)}
+
+
+def simulate_screen_photo(image, severity="moderate", seed_or_rng=None, *, long_side: int = 1280,
+                          period=None, crop=None, tint=None) -> SimulatedPhoto:
+    """A phone photo of ``image`` shown on a monitor, cropped tightly to the image, as field photos are.
+
+    The screen is modelled pixel by pixel: every screen pixel has three vertical sub-pixel stripes
+    (R, G, B) with dark gaps between them and between rows. The camera integrates each of its pixels
+    over its own footprint on that grid, seen slightly rotated and in a little perspective, so the grid
+    shows as a fine pattern where the camera resolves it and beats into moiré bands where it does not,
+    as on a real photo. Then: lens blur, the screen's contrast, a colour cast,
+    uneven brightness, sensor noise and JPEG.
+
+    ``period``: screen pixels' pitch in photo pixels (None: drawn in 1.3-6); ``crop``: how far the
+    frame reaches beyond the image on each side as a fraction of its size, negative = cut into it
+    (None: drawn in -0.06..0.03 per side, so a sliver of the viewer's dark background may show);
+    ``tint``: a name in :data:`SCREEN_TINTS`, (r, g, b) gains or None (drawn). Returns a
+    :class:`SimulatedPhoto` whose ``corners`` are the image's true corners in the photo (they may lie
+    outside it) and whose ``background`` is 'screen'.
+    """
+    return _flat_photo(image, severity, seed_or_rng, long_side, crop, tint, screen=True, period=period)
+
+
+def simulate_print_photo(image, severity="moderate", seed_or_rng=None, *, long_side: int = 1280,
+                         crop=None, tint=None) -> SimulatedPhoto:
+    """A phone photo of ``image`` printed on paper (a document, a report with a figure), cropped tightly.
+
+    Paper reflects: the page is the image between the ink's black (0.04-0.15) and the paper's white
+    (0.7-0.95), lit unevenly by a lamp or a window (a brightness gradient, vignetting), seen slightly
+    rotated and in a little perspective, with a warm or neutral cast, noise and JPEG. ``crop`` and
+    ``tint`` as in :func:`simulate_screen_photo` (outside the page: a dark desk); ``background`` 'paper'.
+    """
+    return _flat_photo(image, severity, seed_or_rng, long_side, crop, tint, screen=False)
+
+
+def _flat_photo(image, severity, seed_or_rng, long_side, crop, tint, *, screen: bool,
+                period=None) -> SimulatedPhoto:
+    """A tight photo of a flat image (a screen or a page), the shared part of the two simulators above."""
+    sev = resolve_severity(severity)
+    film = _film_array(image)
+    fh, fw = film.shape
+    st = _Streams(seed_or_rng)
+    g = st["geometry"]
+    p = float(period) if period is not None else float(g.uniform(1.3, 6.0))
+    margins = (np.asarray(crop, float) * np.ones(4) if crop is not None
+               else g.uniform(-0.06, 0.03, 4))                       # left, top, right, bottom
+    # the camera's view in image units, then the photo's size from the long side
+    vx0, vy0 = -margins[0] * fw, -margins[1] * fh
+    vx1, vy1 = fw + margins[2] * fw, fh + margins[3] * fh
+    vw, vh = vx1 - vx0, vy1 - vy0
+    s = long_side / max(vw, vh)                                      # photo px per image px
+    W, H = max(8, int(round(vw * s))), max(8, int(round(vh * s)))
+    # photo -> image plane: a small roll and keystone around the view's centre
+    roll = math.radians(3.0) * sev * g.uniform(-1, 1)
+    keystone = 0.04 * sev * g.uniform(-1, 1, 2)
+    ctr = np.array([W / 2, H / 2])
+    photo_rect = np.array([[0, 0], [W, 0], [W, H], [0, H]], float)
+    local = photo_rect - ctr
+    c, sn = math.cos(roll), math.sin(roll)
+    local = local @ np.array([[c, -sn], [sn, c]]).T
+    local[:, 0] *= 1 + keystone[0] * np.sign(local[:, 1])
+    local[:, 1] *= 1 + keystone[1] * np.sign(local[:, 0])
+    view = local / s + np.array([(vx0 + vx1) / 2, (vy0 + vy1) / 2])
+    h_pi = homography(photo_rect, view)                              # photo -> image
+    corners = apply_homography(np.linalg.inv(h_pi), np.array([[0, 0], [fw, 0], [fw, fh], [0, fh]], float))
+
+    # the content as the camera sees it (smooth: no supersampling needed)
+    t = Image.fromarray(film, "F").transform((W, H), Image.PERSPECTIVE, _coeffs(h_pi), Image.BILINEAR,
+                                             fillcolor=-1.0)
+    content = np.asarray(t, np.float32)
+    outside = content < -0.5                                          # a viewer's background / the desk
+    if screen:
+        lo, hi = g.uniform(0.0, 0.08 + 0.15 * sev), g.uniform(0.75, 1.0)
+    else:
+        lo, hi = g.uniform(0.04, 0.15), g.uniform(0.7, 0.95)           # ink on paper
+    lum = np.where(outside, g.uniform(0.02, 0.1), lo + (hi - lo) * np.clip(content, 0, 1)).astype(np.float32)
+    effects = {"crop": [float(v) for v in margins], "roll_deg": math.degrees(roll)}
+    if screen:
+        mask, grid = _screen_grid(h_pi, (H, W), s / p, sev, g)
+        rgb = lum[..., None] * mask
+        effects.update(period=p, **grid)
+    else:
+        r = st["exposure"]                                             # a lamp or a window to one side
+        ang = r.uniform(0, 2 * math.pi)
+        ramp = (np.cos(ang) * (np.arange(W, dtype=np.float32)[None, :] / W - 0.5)
+                + np.sin(ang) * (np.arange(H, dtype=np.float32)[:, None] / H - 0.5))
+        rgb = (lum * (1 + (0.15 + 0.5 * sev) * r.random() * ramp))[..., None] * np.ones(3, np.float32)
+    cast = _screen_tint(tint, sev, st["color_cast"]) if screen or tint is not None else \
+        _cast_gains(0.5 * max(sev, 0.1), st["color_cast"])
+    rgb = rgb * cast
+    if sev > 0:
+        r = st["vignetting"]
+        rgb = rgb * (1 + 0.25 * sev * _smooth_noise(r, (H, W), 3))[..., None]
+        rgb = rgb * _vignette((H, W), 0.6 * sev * r.random(), r)[..., None]
+        rgb = rgb + _sensor_noise(st["noise"], lum, (0.5 + 6 * sev) / 255, 0.003 * sev)
+    out = _to_u8(rgb)
+    if sev > 0:
+        out = _jpeg(out, round(95 - 55 * sev * st["jpeg"].uniform(0.5, 1.0)))
+    effects["tint"] = [float(v) for v in cast]
+    return SimulatedPhoto(photo=out, corners=corners, background="screen" if screen else "paper", severity=sev,
+                          effects=effects)
+
+
+def _screen_grid(h_pi: np.ndarray, shape, screen_per_image: float, sev: float, g) -> tuple[np.ndarray, dict]:
+    """(H, W, 3) gains of a screen's sub-pixel grid as the camera's pixels integrate it, and its parameters.
+
+    Each camera pixel integrates the stripes over its own footprint (box integration along each axis of
+    the grid: exact for an upright grid, close for a small roll); then lens blur, and only part of the
+    grid's contrast survives focus."""
+    H, W = shape
+    fill_x = g.uniform(0.7, 0.95) - 0.25 * sev * g.random()        # lit share of a sub-pixel stripe's width
+    fill_y = g.uniform(0.8, 0.97) - 0.2 * sev * g.random()         # ... and of a pixel row's height
+    m = (h_pi / h_pi[2, 2]).astype(np.float32)
+    x = np.arange(W, dtype=np.float32)[None, :] + np.float32(0.5)
+    y = np.arange(H, dtype=np.float32)[:, None] + np.float32(0.5)
+    den = m[2, 0] * x + m[2, 1] * y + m[2, 2]
+    u = (m[0, 0] * x + m[0, 1] * y + m[0, 2]) / den * np.float32(screen_per_image)
+    v = (m[1, 0] * x + m[1, 1] * y + m[1, 2]) / den * np.float32(screen_per_image)
+    jac = np.abs(m[:2, :2]) * screen_per_image                     # screen px per photo px, near the centre
+    wu, wv = float(jac[0].sum()), float(jac[1].sum())
+    rows = _grid_average(v, 0.5, fill_y, wv)
+    mask = np.stack([rows * _grid_average(u, (ch + 0.5) / 3, fill_x / 3, wu) for ch in range(3)], -1)
+    optics = g.uniform(0.5, 1.3)
+    amp = np.float32(0.35 + 0.65 * sev * g.uniform(0.5, 1.0))         # how much of the grid survives focus
+    mask = np.stack([1 + amp * (gaussian_blur(mask[..., ch], optics) - 1) for ch in range(3)], -1)
+    return mask, {"fill": [float(fill_x), float(fill_y)], "optics": float(optics), "grid_amplitude": float(amp)}
+
+
+def _grid_average(u: np.ndarray, centre: float, fill: float, width: float) -> np.ndarray:
+    """The mean of a period-1 stripe pattern (lit on ``centre`` +- ``fill``/2, dark elsewhere) over
+    windows ``width`` wide centred at ``u``, divided by ``fill`` (so its mean is 1)."""
+    a = centre - fill / 2
+
+    def cumulative(t):
+        return np.floor(t) * fill + np.clip(t - np.floor(t) - a, 0, fill)
+
+    w = max(width, 1e-3)
+    return ((cumulative(u + w / 2) - cumulative(u - w / 2)) * np.float32(1 / (w * fill))).astype(np.float32)
+
+
+def _screen_tint(tint, severity: float, rng: np.random.Generator) -> np.ndarray:
+    """Per-channel gains of a screen photo's colour cast (a name, gains, or drawn), keeping luma."""
+    if tint is None:
+        names = list(SCREEN_TINTS)
+        base = np.array(SCREEN_TINTS[names[int(rng.integers(len(names)))]], np.float32)
+        gains = 1 + (base - 1) * np.float32(min(1.0, 0.4 + severity))
+    elif isinstance(tint, str):
+        if tint not in SCREEN_TINTS:
+            raise ValueError(f"unknown tint {tint!r}; valid: {', '.join(SCREEN_TINTS)}")
+        gains = np.array(SCREEN_TINTS[tint], np.float32)
+    else:
+        gains = np.asarray(tint, np.float32)
+    return (gains / float(gains @ _LUMA)).astype(np.float32)
+
+
+def simulate_cropped_photo(image, severity="moderate", seed_or_rng=None, *, background=None,
+                           long_side: int = 1280, inset=(0.0, 0.08)) -> SimulatedPhoto:
+    """A phone photo of ``image`` cropped to the film: no film edge in view.
+
+    :func:`simulate_photo` renders the film filling most of the frame (lightbox, desk or dark room
+    unless ``background`` says), then the photo is cut to the largest upright rectangle inside the film
+    and shrunk further by a fraction drawn from ``inset`` on each side. ``corners``: the film's true
+    corners in the cropped photo (outside it).
+    """
+    st = _Streams(seed_or_rng)
+    kind = background or ("lightbox", "desk", "dark")[int(st["background"].integers(3))]
+    sim = simulate_photo(image, severity, st["geometry"], background=kind, fill=(0.85, 0.95),
+                         long_side=long_side)
+    q = sim.corners
+    x0, y0 = max(q[0, 0], q[3, 0]), max(q[0, 1], q[1, 1])
+    x1, y1 = min(q[1, 0], q[2, 0]), min(q[2, 1], q[3, 1])
+    cut = st["plan"].uniform(*inset, 4) * np.array([x1 - x0, y1 - y0, x1 - x0, y1 - y0])
+    box = (int(math.ceil(x0 + cut[0])), int(math.ceil(y0 + cut[1])),
+           int(math.floor(x1 - cut[2])), int(math.floor(y1 - cut[3])))
+    photo = np.ascontiguousarray(sim.photo[box[1]:box[3], box[0]:box[2]])
+    return SimulatedPhoto(photo=photo, corners=q - [box[0], box[1]], background=kind, severity=sim.severity,
+                          effects=dict(sim.effects, crop_box=list(box)))

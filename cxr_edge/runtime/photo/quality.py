@@ -21,7 +21,8 @@ from PIL import Image
 
 from .blur import box_blur, gaussian_blur
 
-__all__ = ["advice", "check_blur", "check_color_cast", "check_exposure", "check_glare", "check_quality",
+__all__ = ["advice", "check_blur", "check_color_cast", "check_exposure", "check_framing", "check_glare", "check_moire",
+           "check_photo", "check_quality",
            "check_resolution", "check_tilt", "corner_angles", "overall_verdict", "QualityCheck", "QualitySpec",
            "VERDICTS"]
 
@@ -284,6 +285,51 @@ def check_color_cast(photo, corners=None, spec: QualitySpec = QualitySpec()) -> 
     if verdict == "fail":
         message += " Colours this strong can hide details."
     return QualityCheck("color_cast", score, verdict, message)
+
+
+# --------------------------------------------------------------------------- photos of screens, cropped photos
+
+def check_moire(detection) -> QualityCheck:
+    """A screen's pixel grid or moiré (a :class:`~cxr_edge.runtime.photo.moire.MoireDetection`): warn when found.
+    ``score``: the strongest peak's power over its neighbours' (0 when none)."""
+    if detection is None or not detection.found:
+        return QualityCheck("moire", 0.0, "pass", "No screen pattern (moiré).")
+    return QualityCheck("moire", float(detection.prominence), "warn",
+                        "Photo of a monitor: the screen's pixel grid shows as a fine pattern or bands (moiré). "
+                        "It was filtered out, but it can hide fine detail: use the original image file if you "
+                        "can get it; otherwise step back a little, photograph the screen straight on, and zoom "
+                        "in rather than going close.")
+
+
+def check_framing(path: str) -> QualityCheck:
+    """Whether the film's edges were seen (``path`` from :func:`cxr_edge.runtime.photo.rectify.rectify`)."""
+    if path != "cropped":
+        return QualityCheck("framing", 1.0, "pass", "The film's edges were found and the film straightened.")
+    return QualityCheck("framing", 0.0, "warn",
+                        "No film edges in the photo: it was taken as cropped to the film (or screen) and used as "
+                        "it is, with flat borders trimmed. If you can, take the photo again with the whole film "
+                        "and a little of what is around it in view, so that the film can be found and "
+                        "straightened.")
+
+
+def check_photo(result, photo=None, *, photo_scale: float = 1.0, spec: QualitySpec = QualitySpec()
+                ) -> list[QualityCheck]:
+    """Every check for a film from a photo (a :class:`~cxr_edge.runtime.photo.rectify.RectifyResult` on the
+    'quadrilateral' or 'cropped' path): :func:`check_quality` on the film, the screen pattern, and
+    whether the film's edges were seen. ``photo``: the RGB photo the result came from (for the colour
+    cast; None for a grey one); ``photo_scale``: the photo's original pixels per pixel of the image that
+    was searched (a JPEG decoded at reduced size), so "pixels on the film" counts the photo's pixels."""
+    if result.image is None or result.passthrough:
+        raise ValueError(f"check_photo takes a film from a photo, not a {result.path!r} result")
+    if result.path == "cropped":
+        region = photo.crop(result.box) if photo is not None and result.box is not None else photo
+        checks = check_quality(result.image, photo=region, spec=spec)
+    else:
+        checks = check_quality(result.image, photo=photo, corners=result.corners, spec=spec)
+    corners = None if result.corners is None else np.asarray(result.corners, float) * photo_scale
+    if corners is not None:
+        checks = [check_resolution(corners=corners, spec=spec) if c.name == "resolution" else c for c in checks]
+    return checks + [check_moire(result.moire), check_framing(result.path)]
 
 
 # --------------------------------------------------------------------------- all together

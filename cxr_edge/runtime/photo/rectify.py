@@ -26,9 +26,24 @@ How the film is found (numpy + Pillow only):
    is not taken for it), a robust line is fitted, and the corners are the
    lines' intersections, mapped to full resolution.
 
-Without a quad whose every side is supported, the answer is "no film found";
-it never guesses. A grey image with no film clearly inside it is a digital
-image and passes through untouched (``passthrough=True``).
+Without a quad whose every side is supported, no film *edges* were found; it
+never guesses corners. Each result says which of three paths it took
+(``RectifyResult.path``):
+
+* ``quadrilateral``: the film's four edges were found; the film is warped upright.
+* ``cropped``: a colour photo with no four-sided film in view, or a grey image
+  showing a screen's pixel grid / moiré (:mod:`cxr_edge.runtime.photo.moire`). Real field
+  photos are mostly like this: cropped tightly to the film or the screen by the
+  person who took them. The photo is taken as the film, with uniform borders
+  trimmed off (:func:`trim_borders`: a monitor's bezel, a lightbox margin, a
+  journal page's white or letterbox bars), and the caller warns that no edges
+  were seen.
+* ``digital``: a grey image with no film clearly inside it and no screen
+  pattern: a digital CXR, a scan, a DICOM export. It passes through untouched
+  (``passthrough=True``): the models trained on exactly such images.
+
+What the models see of a film from either photo path is :func:`cxr_edge.runtime.photo.film.finish_film`
+of ``RectifyResult.image`` (``RectifyResult.film``).
 
 Measured on simulated phone photos of the project's real CXRs
 (``benchmarks/photo_rectify_accuracy.py``): when the film is found its
@@ -47,11 +62,17 @@ from functools import cached_property
 import numpy as np
 from PIL import Image, ImageFilter
 
+from .film import LEVELS_MIN_RANGE, LEVELS_PERCENTILES, finish_film, level_film  # noqa: F401 (re-exported)
+from .moire import MoireDetection, detect_moire
+
 __all__ = ["apply_homography", "FilmDetection", "find_film", "homography", "is_grayscale", "level_film",
-           "LEVELS_MIN_RANGE", "LEVELS_PERCENTILES", "perspective_coeffs", "rectify", "RectifyResult", "REFINE_SIZE",
-           "warp_film", "WORK_SIZE"]
+           "LEVELS_MIN_RANGE", "LEVELS_PERCENTILES", "PATHS", "perspective_coeffs", "rectify", "RectifyResult",
+           "REFINE_SIZE", "trim_borders", "TRIM_ANALYSIS", "TRIM_MAX_SIDE", "TRIM_UNIFORM_SHARE", "warp_film",
+           "WORK_SIZE"]
 
 log = logging.getLogger(__name__)
+
+PATHS = ("quadrilateral", "cropped", "digital", "none")
 
 WORK_SIZE = 320        # long side of the search image
 REFINE_SIZE = 1024     # long side of the refinement image
@@ -122,10 +143,13 @@ class FilmDetection:
 
 @dataclass(frozen=True)
 class RectifyResult:
-    """The upright film (``image``; None when no film was found in a photo) and how it was obtained.
+    """The film (``image``; None when nothing usable was found) and how it was obtained.
 
-    ``passthrough`` is True when the input was already a digital grey image and
-    ``image`` is the input itself, pixels untouched.
+    ``path`` is one of :data:`PATHS` (module docstring): 'quadrilateral' (edges found, ``found`` True,
+    ``corners`` the film's), 'cropped' (the photo taken as the film; ``box`` the part kept after trimming
+    its borders, in the input's pixels, and ``corners`` that box's four corners), 'digital'
+    (``passthrough`` True: ``image`` is the input itself, pixels untouched) or 'none' (no film and
+    cropping was not allowed: ``image`` None).
     """
 
     image: Image.Image | None
@@ -133,54 +157,42 @@ class RectifyResult:
     passthrough: bool
     corners: np.ndarray | None
     detection: FilmDetection
+    path: str = "quadrilateral"
+    box: tuple[int, int, int, int] | None = None
+    screen: MoireDetection | None = None    # the screen pattern that sent a grey image down the cropped path
 
     @property
     def ok(self) -> bool:
-        """True when ``image`` is usable (a rectified film or a passed-through digital image)."""
+        """True when ``image`` is usable (a rectified or cropped film, or a passed-through digital image)."""
         return self.image is not None
 
     @cached_property
+    def moire(self) -> MoireDetection | None:
+        """A screen's pixel grid / moiré in the film from a photo (None for a digital image or no film)."""
+        if self.image is None or self.passthrough:
+            return None
+        if self.screen is not None and self.screen.size == self.image.size:
+            return self.screen
+        return detect_moire(self.image)
+
+    @cached_property
     def film(self) -> Image.Image | None:
-        """What the models see: a film straightened out of a photo with its grey levels stretched
-        (:func:`level_film`); a passed-through digital image as it is. ``image`` keeps the warp's own
+        """What the models see: :func:`cxr_edge.runtime.photo.film.finish_film` of a film from a photo (grey, moiré taken
+        out, levels stretched); a passed-through digital image as it is. ``image`` keeps the photo's own
         levels, which the quality checks judge (exposure, glare)."""
         if self.image is None or self.passthrough:
             return self.image
-        return level_film(self.image)
+        return finish_film(self.image, moire=self.moire)
 
     def to_dict(self) -> dict:
-        d = {"found": self.found, "passthrough": self.passthrough,
+        d = {"path": self.path, "found": self.found, "passthrough": self.passthrough,
              "size": None if self.image is None else list(self.image.size)}
         d.update({k: v for k, v in self.detection.to_dict().items() if k != "found"})
+        if self.box is not None:
+            d["box"] = list(self.box)
+        if self.path in ("quadrilateral", "cropped") and self.image is not None:
+            d["moire"] = self.moire.to_dict()
         return d
-
-
-# --------------------------------------------------------------------------- levels
-
-LEVELS_PERCENTILES = (0.5, 99.5)
-LEVELS_MIN_RANGE = 16     # grey levels; a flatter film (blank, badly exposed) is left as it is
-
-
-def level_film(image: Image.Image, percentiles=LEVELS_PERCENTILES,
-               min_range: int = LEVELS_MIN_RANGE) -> Image.Image:
-    """Stretch a photographed film's grey levels to 0-255 between two percentiles.
-
-    A digitised film spans the whole grey range; the same film photographed does not: a lightbox greys its
-    whites, a dark room lifts its blacks, a film lying on a desk may peak near 70/255. Measured with
-    ``benchmarks/photo_pipeline.py levels`` (cxr4 test films, int8 pack, simulated photos straightened with
-    their true corners): accuracy 0.637 -> 0.700 over all backgrounds; on a desk without camera effects 0.477
-    -> 0.708. Applied to films found in photos only, never to digital images; an 'L' image in, an 'L' image
-    out (an RGB film is stretched on its luma, every channel by the same map).
-    """
-    img = image if image.mode in ("L", "RGB") else image.convert("L")
-    grey = img if img.mode == "L" else img.convert("L")
-    a = np.asarray(grey)
-    step = max(1, int(math.sqrt(a.size / 65536)))      # ~64k samples are plenty for two percentiles
-    lo, hi = np.percentile(a[::step, ::step], percentiles)
-    if hi - lo < min_range:
-        return img
-    lut = np.clip(np.round((np.arange(256) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8).tolist()
-    return img.point(lut * (3 if img.mode == "RGB" else 1))
 
 
 # --------------------------------------------------------------------------- image preparation
@@ -223,6 +235,16 @@ def _shrink(img: Image.Image, long_side: int) -> Image.Image:
     k = -(-max(w, h) // long_side)
     if k >= 2 and img.mode in ("L", "RGB", "RGBA", "I", "F"):
         return img.reduce(k)
+    s = long_side / max(w, h)
+    return img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+
+
+def _fit_within(img: Image.Image, long_side: int) -> Image.Image:
+    """Downscale so the longer side is ``long_side`` at most, antialiased properly (a triangle filter as
+    wide as the scale, not a box): a screen's fine pixel grid must not alias into new moiré."""
+    w, h = img.size
+    if max(w, h) <= long_side:
+        return img
     s = long_side / max(w, h)
     return img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
 
@@ -714,20 +736,22 @@ def _inset(corners: np.ndarray, size) -> float:
 
 
 def rectify(image, *, max_side: int = 1024, mode: str = "L", detection: FilmDetection | None = None,
-            allow_passthrough: bool = True, grey_inset: float = 0.025,
+            allow_passthrough: bool = True, allow_crop: bool = True, grey_inset: float = 0.025,
             grey_confidence: float = 0.85) -> RectifyResult:
-    """Find the film and warp it upright, or pass a digital image through untouched.
+    """Find the film and warp it upright, take a photo without film edges as cropped to the film, or
+    pass a digital image through untouched (``path``: see the module docstring).
 
-    * A film found in a photo: ``image`` is the film warped to a rectangle whose
-      sides match the film's measured sides (longer side at most ``max_side``),
-      in Pillow ``mode`` ('L' or 'RGB').
-    * A grey image (a digital CXR, a scan, a DICOM export) with no film clearly
-      inside it: ``passthrough=True`` and ``image`` is the input itself, pixels
-      untouched. "Clearly" = found with confidence >= ``grey_confidence`` and
-      every corner at least ``grey_inset`` of the longer side inside the frame;
-      a digital image's own borders and letterbox bars never qualify.
-    * No film in a colour photo: ``found=False``, ``image`` None. The caller
-      decides what to tell the user; nothing is guessed.
+    * A film found in a photo (path 'quadrilateral'): ``image`` is the film warped to a rectangle whose
+      sides match the film's measured sides (longer side at most ``max_side``), in Pillow ``mode``
+      ('L' or 'RGB').
+    * A grey image (a digital CXR, a scan, a DICOM export) with no film clearly inside it and no screen
+      pattern (path 'digital'): ``passthrough=True`` and ``image`` is the input itself, pixels
+      untouched. "Clearly" = found with confidence >= ``grey_confidence`` and every corner at least
+      ``grey_inset`` of the longer side inside the frame; a digital image's own borders and letterbox
+      bars never qualify. ``allow_passthrough=False`` treats every image as a photo.
+    * No film edges in a colour photo, or a grey one showing a screen's pixel grid (path 'cropped'):
+      the photo, at most ``max_side`` px, with its uniform borders trimmed (:func:`trim_borders`).
+      With ``allow_crop=False`` the path is 'none' and ``image`` None instead.
 
     ``detection`` reuses an earlier :func:`find_film` result.
     """
@@ -735,15 +759,105 @@ def rectify(image, *, max_side: int = 1024, mode: str = "L", detection: FilmDete
         raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
     img = _to_pil(image)
     det = detection if detection is not None else find_film(img)
+    screen = None
     if allow_passthrough and is_grayscale(img):
         photo_of_film = (det.found and det.confidence >= grey_confidence
                          and _inset(det.corners, img.size) >= grey_inset)
         if not photo_of_film:
-            return RectifyResult(img, False, True, None, det)
-    if not det.found:
-        return RectifyResult(None, False, False, None, det)
-    return RectifyResult(warp_film(img, det.corners, max_side=max_side, mode=mode), True, False,
-                         det.corners, det)
+            small = _fit_within(_grey_u8(img), max_side)
+            screen = detect_moire(small)
+            if not (screen.found and allow_crop):
+                return RectifyResult(img, False, True, None, det, path="digital")
+            return _cropped(img, det, max_side, mode, screen, small)
+    if det.found:
+        return RectifyResult(warp_film(img, det.corners, max_side=max_side, mode=mode), True, False,
+                             det.corners, det, path="quadrilateral")
+    if not allow_crop:
+        return RectifyResult(None, False, False, None, det, path="none")
+    return _cropped(img, det, max_side, mode, screen)
+
+
+def _cropped(img: Image.Image, det: FilmDetection, max_side: int, mode: str,
+             screen: MoireDetection | None, small: Image.Image | None = None) -> RectifyResult:
+    """The 'cropped' path: the photo at most ``max_side`` px, its uniform borders trimmed."""
+    if small is None or mode != "L":
+        small = _fit_within(img if img.mode in ("L", "RGB") else _grey_u8(img), max_side)
+        small = small if small.mode == mode else small.convert(mode)
+    box_small = trim_borders(small)
+    film = small.crop(box_small) if box_small != (0, 0, *small.size) else small
+    sx, sy = img.size[0] / small.size[0], img.size[1] / small.size[1]
+    x0, y0, x1, y1 = box_small
+    box = (round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy))
+    corners = np.array([[box[0], box[1]], [box[2], box[1]], [box[2], box[3]], [box[0], box[3]]], float)
+    # the screen pattern was measured on the untrimmed image at the film's scale: its peaks still hold
+    keep = screen if screen is not None and screen.size == small.size else None
+    if keep is not None:
+        keep = MoireDetection(keep.found, keep.period_px, keep.angle_deg, keep.prominence, keep.peaks, film.size)
+    return RectifyResult(film, False, False, corners, det, path="cropped", box=box, screen=keep)
+
+
+#: A border line is uniform when this share of its pixels lie within the tolerance of its median.
+TRIM_UNIFORM_SHARE = 0.95
+TRIM_MAX_SIDE = 0.35          # never trim more than this share of the width / height from one side
+TRIM_ANALYSIS = 256           # px: the long side of the copy the borders are measured on
+
+
+def trim_borders(image, *, analysis: int = TRIM_ANALYSIS) -> tuple[int, int, int, int]:
+    """The box (left, top, right, bottom) of ``image`` left after trimming uniform borders.
+
+    From each side inwards, rows (columns) are trimmed while nearly all their pixels share one grey
+    level (:data:`TRIM_UNIFORM_SHARE` within a tolerance of 6 % of the image's range): a monitor's bezel,
+    a viewer's background, a lightbox margin, a page's white margin, letterbox bars, of any brightness,
+    one band after another. A bright band is trimmed only where it ends in a clear step to the film (the
+    next rows differ from it by more than four tolerances), so a film's own burnt-out region that fades
+    into it is kept; a dark one always (black is what the models see around a film anyway). At most
+    :data:`TRIM_MAX_SIDE` of the image goes from any one side. Measured on a copy ``analysis`` px long.
+    """
+    img = _to_pil(image)
+    W, H = img.size
+    grey = _grey_u8(img)
+    small = grey.reduce(max(1, max(W, H) // analysis)) if max(W, H) >= 2 * analysis else grey
+    a = np.asarray(small, np.float32)
+    h, w = a.shape
+    if min(h, w) < 8:
+        return (0, 0, W, H)
+    lo, hi = np.percentile(a, [1, 99])
+    tol = max(6.0, 0.06 * float(hi - lo))
+    dark = lo + 0.15 * float(hi - lo)
+    left, top, right, bottom = 0, 0, w, h
+    for _ in range(4):          # nested bands (a page margin around a bezel): each pass peels one off
+        inner = a[top:bottom, left:right]
+        cut = [_trim_side(inner.T, tol, w, dark), _trim_side(inner, tol, h, dark),      # left (columns), top
+               _trim_side(inner[:, ::-1].T, tol, w, dark), _trim_side(inner[::-1], tol, h, dark)]  # right, bottom
+        if not any(cut):
+            break
+        left, top, right, bottom = left + cut[0], top + cut[1], right - cut[2], bottom - cut[3]
+    box = (int(math.floor(left / w * W)), int(math.floor(top / h * H)),
+           int(math.ceil(right / w * W)), int(math.ceil(bottom / h * H)))
+    return box if box[2] - box[0] >= 16 and box[3] - box[1] >= 16 else (0, 0, W, H)
+
+
+def _trim_side(a: np.ndarray, tol: float, full: int, dark: float) -> int:
+    """How many leading rows of ``a`` (rows = lines parallel to the side) are a uniform border; ``full``:
+    the image's extent across the side (the cap is a share of it); ``dark``: bands at most this bright
+    are trimmed without a step to the film."""
+    med = np.median(a, axis=1)
+    uniform = np.mean(np.abs(a - med[:, None]) <= tol, axis=1) >= TRIM_UNIFORM_SHARE
+    limit = min(int(TRIM_MAX_SIDE * full), a.shape[0] - 8)
+    k = 0
+    while k < limit and uniform[k]:
+        k += 1
+    if k == 0 or k >= limit:
+        return 0
+    band = float(np.median(med[:k]))
+    if band <= dark:
+        return k         # a dark band: a bezel, a viewer's background, letterbox bars; black is what the
+                         # models see around a film anyway (fit_to_square pads with black)
+    # the step: the band's last rows against the film's first ones (past the edge's own blurred row); a
+    # burnt-out region fading into the film changes little there, a margin's edge a lot
+    edge = float(np.median(med[max(0, k - 3):k]))
+    inner = float(np.median(a[k + 1:k + 4]))
+    return k if abs(inner - edge) > 4 * tol else 0
 
 
 def warp_film(image, corners, *, max_side: int = 1024, mode: str = "L",

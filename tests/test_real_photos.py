@@ -1,0 +1,109 @@
+"""Real phone photos of chest X-rays (``../shared/data/real_photos_dev``) and photographed non-CXR images,
+through the bundled pack as a user runs it: no photo refused for missing film edges, every file accounted
+for, evaluation of a photo folder with a manifest, and documents still rejected."""
+
+import csv
+import io
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cxr_edge.cli import main
+from cxr_edge.config import BUNDLED_PACK
+from cxr_edge.runtime.images import load_image
+from cxr_edge.tools.photosim import simulate_print_photo, simulate_screen_photo
+from cxr_edge.runtime.pipeline import Pipeline
+
+
+@pytest.fixture(scope="module")
+def dev(shared_data):
+    folder = shared_data / "real_photos_dev"
+    if not (folder / "manifest.csv").is_file():
+        pytest.skip(f"needs the real photos in {folder} (../shared/data/real_photos_dev)")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    if not (BUNDLED_PACK / "manifest.json").is_file():
+        pytest.skip("the bundled pack is not in this checkout")
+    return Pipeline(BUNDLED_PACK)
+
+
+@pytest.fixture(scope="module")
+def predicted(dev, bundled):
+    """`cxr-edge predict DEV --json` with the bundled pack: (exit code, one dict per line)."""
+    res = CliRunner().invoke(main, ["predict", str(dev), "--json", "--pack", str(BUNDLED_PACK)],
+                             catch_exceptions=False)
+    return res.exit_code, [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+
+
+def test_no_real_photo_is_refused_for_missing_film_edges(dev, predicted):
+    code, rows = predicted
+    with open(dev / "manifest.csv", newline="") as f:
+        listed = {r["file"] for r in csv.DictReader(f)}
+    photos = {r["file"].split("/")[-1]: r for r in rows if r["status"] != "skipped"}
+    assert code == 0 and set(photos) == listed                              # every photo gets a row ...
+    skipped = {r["file"].split("/")[-1]: r["error"]["kind"] for r in rows if r["status"] == "skipped"}
+    assert skipped == {"README.md": "not_an_image", "manifest.csv": "not_an_image"}   # ... and every other file
+    for name, r in photos.items():
+        assert r["status"] in ("ok", "rejected"), (name, r["error"])         # never "no film found"
+        assert r["rectify"]["path"] in ("quadrilateral", "cropped", "digital"), name
+        if r["rectify"]["path"] == "cropped":
+            assert any("No film edges in the photo" in w for w in r["warnings"]), name
+
+
+def test_the_gate_accepts_the_real_photos_despite_casts_and_overlays(predicted):
+    """Teal, violet and warm casts, panel letters, overlay text, a cursor: the gate still sees a chest X-ray."""
+    _, rows = predicted
+    photos = [r for r in rows if r["status"] != "skipped"]
+    assert sum(r["gate"]["accepted"] for r in photos) >= 16, [(r["file"], r["gate"]) for r in photos]
+
+
+def test_evaluate_a_folder_of_real_photos(dev, tmp_path):
+    res = CliRunner().invoke(main, ["evaluate", str(BUNDLED_PACK), "--real-photos", str(dev), "--json"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    s = r["summary"]
+    assert s["n"] == 17 and s["answered"] == s["n"] - s["rejected"] and s["errors"] == {}
+    assert sum(s["paths"].values()) == 17 and set(s["paths"]) <= {"quadrilateral", "cropped", "digital"}
+    assert set(r["by_kind"]) == {"film_photo", "screen_photo"}
+    assert sum(k["n"] for k in r["by_kind"].values()) == 17
+    covid = r["by_label"]["COVID-19"]
+    assert covid["labelled"] and covid["n"] == 15 and 0 <= covid["hits"] <= 15 and s["labelled"] == 15
+    assert not r["by_label"]["unknown (finding blank)"]["labelled"]       # not a class of the model: no hits
+    assert r["unlisted"] == [] and r["missing"] == [] and len(r["photos"]) == 17
+    text = CliRunner().invoke(main, ["evaluate", str(BUNDLED_PACK), "--real-photos", str(dev)]).output
+    assert "answered" in text and "screen_photo" in text and "cxr4 hits" in text
+
+    from cxr_edge.tools.evaluate_photos import card_section
+
+    card = card_section(r)
+    assert card.startswith("## Real photos") and "| screen_photo | 12 |" in card and "| all | 17 |" in card
+
+
+def test_evaluate_real_photos_bad_input_is_a_clean_error(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    res = CliRunner().invoke(main, ["evaluate", str(BUNDLED_PACK), "--real-photos", str(tmp_path)])
+    assert res.exit_code == 2 and "manifest.csv" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["evaluate", str(BUNDLED_PACK)])
+    assert res.exit_code == 2 and "exactly one of --data" in res.output
+
+
+@pytest.mark.parametrize("category", ["document_page", "screenshot"])
+def test_photographed_documents_are_still_rejected(shared_data, bundled, category):
+    """A page or a screenshot photographed on a monitor or on paper, tightly: no film edges, so it takes the
+    cropped path -- and the bundled gate must still reject it (benchmarks/photo_noncxr.py measures all)."""
+    with open(shared_data / "noncxr" / "manifest.csv", newline="") as f:
+        files = [r["file"] for r in csv.DictReader(f) if r["category"] == category][:6]
+    for i, name in enumerate(files):
+        image = load_image(shared_data / name)
+        for sim in (simulate_screen_photo(image, "mild", i, long_side=1024),
+                    simulate_print_photo(image, "mild", i, long_side=1024)):
+            buf = io.BytesIO()
+            sim.to_image().save(buf, "JPEG", quality=90)
+            pred = bundled.predict(buf.getvalue(), f"{name} ({sim.background})")
+            assert pred.rectify["path"] in ("cropped", "quadrilateral"), name
+            assert pred.status == "rejected", (name, sim.background, pred.gate)
