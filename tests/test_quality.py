@@ -101,3 +101,23 @@ def test_spec_is_data():
         QualitySpec(glare_warn=0.5, glare_fail=0.1)
     strict = QualitySpec(min_side_warn=2000, min_side_fail=1500)
     assert check_resolution(corners=BIG_SQUARE, spec=strict).verdict == "fail"
+
+
+def test_blur_score_is_the_direct_blurs_score(cxr):
+    """The blur check filters in the frequency domain; its score must stay the one the direct blurs give
+    (fine = blur 0.7 - blur 1.5, coarse = blur 1.5 - blur 3.0, at the 256-px analysis size)."""
+    for img in (cxr, np.clip(gaussian_blur(cxr.astype(np.float32), 1.2), 0, 255).astype(np.uint8)):
+        a = np.asarray(Image.fromarray(img).resize((256, 256), Image.BOX), np.float32)
+        g07, g15, g30 = (gaussian_blur(a, s) for s in (0.7, 1.5, 3.0))
+        direct = float(np.abs(g07 - g15).mean() / (np.abs(g15 - g30).mean() + 1e-3))
+        assert check_blur(img).score == pytest.approx(direct, rel=0.05)   # edges: up to ~4 %
+
+
+def test_exposure_percentiles_match_numpy(cxr):
+    """The exposure check's percentiles come from a histogram: the same numbers as np.percentile."""
+    from cxr_edge.runtime.photo.film import grey_percentiles
+
+    rng = np.random.default_rng(0)
+    for a in (cxr, rng.integers(0, 256, (37, 53), dtype=np.uint8), np.full((9, 9), 7, np.uint8)):
+        qs = (0.5, 2, 50, 98, 99.5)
+        assert np.allclose(grey_percentiles(a, qs), np.percentile(a, qs), atol=1e-9)

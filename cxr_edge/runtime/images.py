@@ -493,7 +493,7 @@ def _open_pillow(data: bytes, name: str, mode: str, min_size: int | None, max_pi
     if getattr(img, "n_frames", 1) > 1:
         log.info("%s has %d frames; using the first", name, img.n_frames)
     try:
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)   # not a copy of every photo without an orientation tag
     except Exception as exc:  # a broken EXIF block must not lose an otherwise good image
         log.warning("%s: EXIF orientation unreadable (%s); using the image as stored", name, exc)
     return img

