@@ -20,6 +20,7 @@ What it runs, in order (every step is a `cxr-edge` command; the log of each is i
     evaluate     cxr-edge evaluate BUILD/pack --data prepared/<task> --split test --photos moderate --json
                  cxr-edge evaluate runs/<task> --data prepared/<task> --split test --json        (Keras float)
                  benchmarks/staged_vs_head_only.py runs/...  (the staged recipe vs frozen backbone + head only)
+                 benchmarks/linear_probe.py BUILD/pack runs/cxr4 --data prepared/cxr4  (cxr4 vs a linear probe)
     images       release/training_images.py: the list of every image each model saw, with sha256
     card         release/model_card.py: BUILD/pack/MODEL_CARD.md from the JSON above (every number in it)
     install      (--install) BUILD/pack replaces cxr_edge/packs/default, atomically, and the JSON the card
@@ -179,6 +180,11 @@ def run(args) -> None:
     b.step("staged-vs-head-only", [sys.executable, str(REPO / "benchmarks" / "staged_vs_head_only.py"),
                                    *[str(b.runs / m[2]) for m in models], "--splits", "val,test",
                                    "--json", str(ev / "staged_vs_head_only.json")])
+    for slot, recipe, name, data, calib in models:   # the bar the 4-class model must clear (issue 15)
+        if slot == "cxr4":
+            b.step("linear-probe", [sys.executable, str(REPO / "benchmarks" / "linear_probe.py"), str(b.pack),
+                                    str(b.runs / name), "--data", str(data), "--splits", "val,test",
+                                    "--json", str(ev / "linear_probe.json")])
     py = [sys.executable]
     (b.dir / "prepared").mkdir(exist_ok=True)
     for slot, _, _, data, _ in models:  # the card reads the split counts and licences from these copies

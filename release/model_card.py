@@ -74,6 +74,12 @@ class Build:
                     self.eval[slot, kind] = json.loads(f.read_text())
         f = folder / "eval" / "staged_vs_head_only.json"
         self.staged = json.loads(f.read_text()) if f.is_file() else None
+        f = folder / "eval" / "linear_probe.json"
+        self.probe = json.loads(f.read_text()) if f.is_file() else None
+        #: REAL-PHOTOS HOOK: `cxr-edge evaluate` over a folder of real photos with a manifest (issue 15 item 7),
+        #: written by the build as eval/real_photos.json once that command exists; rendered by real_photos()
+        f = folder / "eval" / "real_photos.json"
+        self.real_photos = json.loads(f.read_text()) if f.is_file() else None
         f = folder / "build.json"
         self.build = json.loads(f.read_text()) if f.is_file() else {"steps": {}}
         self.prepared = {}
@@ -440,6 +446,49 @@ def staged(b: Build) -> str:
     return "\n".join(out) + "\n"
 
 
+def probe(b: Build) -> str:
+    """The bar a fine-tuned model must clear: a linear probe on frozen ImageNet features, same splits, same run."""
+    if not b.probe:
+        return ""
+    r = b.probe
+    pr = r["probe"]
+    out = ["## Against a linear probe on frozen ImageNet features", "",
+           f"`benchmarks/linear_probe.py`: an L2 logistic regression (balanced classes, C = {pr['C']} chosen by "
+           f"{pr['cv_folds']}-fold patient-grouped cross-validation on train) on the pooled features of the frozen "
+           f"{pr['backbone']}, fitted on the {r['task']} train split's digital films, against this pack's int8 "
+           "model (device path) and the Keras float model, on the digital films of val and test; 95% CIs from "
+           f"patient bootstrap, and for the difference a paired bootstrap (the same resamples for both). A "
+           "fine-tuned model that does not clear this bar is not earning its training.", ""]
+    rows = []
+    for split, row in r["splits"].items():
+        p = row["probe"]
+        rows.append([split, row["n"], "linear probe", ci({"value": p["primary"], "ci": p["ci"]}),
+                     ci({"value": p["accuracy"], "ci": p["accuracy_ci"]}), ""])
+        for _, m in row["models"].items():
+            d = m["minus_probe"]
+            lo_hi = d["ci"] or [None, None]
+            diff = f"{d['value']:+.3f}" + (f" ({lo_hi[0]:+.3f} to {lo_hi[1]:+.3f})" if lo_hi[0] is not None else "")
+            rows.append([split, row["n"], "int8 pack" if m["kind"] == "pack" else "float (Keras)",
+                         ci({"value": m["primary"], "ci": m["ci"]}), ci({"value": m["accuracy"],
+                                                                          "ci": m["accuracy_ci"]}), diff])
+    out.append(table(["split", "n", "model", r["metric"], "accuracy", f"{r['metric']} − probe"], rows))
+    return "\n".join(out) + "\n"
+
+
+def real_photos(b: Build) -> str:
+    """Real phone photos of films and monitors (``eval/real_photos.json``), when the build measured them."""
+    if not b.real_photos:
+        return ""
+    r = b.real_photos
+    out = ["## Real photos", "",
+           f"Real phone photos of chest X-ray films and monitors, none made by this project: "
+           f"`{r.get('command', 'cxr-edge evaluate')}` over `{r.get('folder', '?')}` ({r.get('n', '?')} photos).", ""]
+    keep = {k: v for k, v in r.items() if isinstance(v, (int, float, str)) and k not in ("command", "folder")}
+    if keep:
+        out.append(table(["measure", "value"], [[k, num(v) if isinstance(v, float) else v] for k, v in keep.items()]))
+    return "\n".join(out) + "\n"
+
+
 def failure_modes(b: Build) -> str:
     return """## Known failure modes
 
@@ -483,7 +532,8 @@ and times are in the build folder's `build.json`; the JSON every table was rende
 
 def render(b: Build) -> str:
     parts = [header(b), intended_use(b), training_data(b), test_metrics(b), export_check(b), calibration(b),
-             photos(b), subgroups(b), sources(b), staged(b), failure_modes(b), reproduce(b)]
+             photos(b), real_photos(b), subgroups(b), sources(b), staged(b), probe(b), failure_modes(b),
+             reproduce(b)]
     return "\n".join(p for p in parts if p).rstrip() + "\n"
 
 

@@ -47,7 +47,10 @@ BACKGROUNDS = ("lightbox", "desk", "dark", "monitor")
 PHOTO_EFFECTS = ("rotation", "perspective", "glare", "moire", "defocus", "motion_blur",
                  "vignetting", "color_cast", "exposure", "noise", "jpeg")
 FILM_EFFECTS = ("corner_error", "film_contrast", "glare", "moire", "defocus", "motion_blur",
-                "vignetting", "color_cast", "exposure", "noise", "jpeg")
+                "vignetting", "color_cast", "exposure", "noise", "jpeg",
+                # what real photos showed beyond the above (../shared/data/real_photos_dev, issue 15); appended,
+                # so every older effect keeps its random stream and draws
+                "tight_crop", "pixel_grid", "low_contrast", "recompress")
 
 # Chance that an effect occurs in one draw when ``effects`` is not given.
 # Moiré comes from photographing a screen: it is on for the monitor background only.
@@ -58,10 +61,14 @@ PHOTO_EFFECT_PROBS = {
 }
 MONITOR_MOIRE_PROB = 0.8
 FILM_EFFECT_PROBS = {
-    "corner_error": 1.0, "film_contrast": 0.8, "glare": 0.35, "moire": 0.15, "defocus": 0.5,
+    "corner_error": 1.0, "film_contrast": 0.8, "glare": 0.35, "moire": 0.3, "defocus": 0.5,
     "motion_blur": 0.25, "vignetting": 0.6, "color_cast": 0.6, "exposure": 0.5,
     "noise": 1.0, "jpeg": 0.9,
+    # 12 of the 17 real dev photos are of monitors, most cropped tightly to the image, several low-res reposts
+    "tight_crop": 0.4, "pixel_grid": 0.2, "low_contrast": 0.4, "recompress": 0.35,
 }
+#: Hues of the colour casts real photos of films and monitors show (R, G, B gains at full strength).
+CAST_HUES = {"teal": (0.62, 1.0, 1.12), "violet": (1.08, 0.66, 1.25), "warm": (1.22, 1.0, 0.68)}
 
 # Random streams, one per component; a stream's index here seeds its generator.
 _STREAMS = ("geometry", "background", "plan") + tuple(dict.fromkeys(PHOTO_EFFECTS + FILM_EFFECTS))
@@ -566,7 +573,10 @@ def simulate_rectified(image, severity="moderate", rng=None, out_size=None, *,
     plan = _plan(effects, FILM_EFFECT_PROBS, FILM_EFFECTS, sev, st["plan"])
     if not any(plan.values()) and (ow, oh) == (fw, fh):
         return film.copy()
-    a = _residual_warp(film, (ow, oh), plan["corner_error"], st["corner_error"])
+    if plan["tight_crop"]:    # cropped to the image: no edge, no background, part of the film cut off
+        a = _tight_crop(film, (ow, oh), plan["tight_crop"], st["tight_crop"])
+    else:
+        a = _residual_warp(film, (ow, oh), plan["corner_error"], st["corner_error"])
     side = math.sqrt(ow * oh)
 
     if plan["film_contrast"]:
@@ -574,6 +584,8 @@ def simulate_rectified(image, severity="moderate", rng=None, out_size=None, *,
         lo = 0.15 * plan["film_contrast"] * r.random()
         hi = 1.0 - 0.25 * plan["film_contrast"] * r.random()
         a = lo + (hi - lo) * a
+    if plan["low_contrast"]:
+        a = _low_contrast(a, plan["low_contrast"], st["low_contrast"])
     if plan["glare"]:
         r = st["glare"]
         n = 1 if plan["glare"] < 0.6 else 2
@@ -586,21 +598,104 @@ def simulate_rectified(image, severity="moderate", rng=None, out_size=None, *,
     if plan["motion_blur"]:
         a = motion_blur(a, 6.0 * plan["motion_blur"] * side / 256, st["motion_blur"].uniform(0, math.pi))
     if plan["moire"]:
-        r = st["moire"]
-        a = a * (1 + 0.25 * plan["moire"] * _moire_pattern((oh, ow), r.uniform(3, 12) * side / 256, r))
+        a = a * _screen_moire((oh, ow), plan["moire"], side, st["moire"])
+    if plan["pixel_grid"]:
+        a = a * _pixel_grid((oh, ow), plan["pixel_grid"], st["pixel_grid"])
     if plan["vignetting"]:
         a = a * _vignette((oh, ow), plan["vignetting"], st["vignetting"])
     if plan["color_cast"]:
-        # a white-balance error on a grey film only shows where a channel clips
-        gains = _cast_gains(plan["color_cast"], st["color_cast"])
-        a = np.clip(a[..., None] * gains, 0, 1) @ _LUMA
+        # a white-balance error or a tinted screen on a grey film only shows where a channel clips
+        a = np.clip(a[..., None] * _film_cast((oh, ow), plan["color_cast"], st["color_cast"]), 0, 1) @ _LUMA
     if plan["noise"]:
         s = plan["noise"]
         a = a + _noise(st["noise"], (oh, ow), a, (0.3 + 4 * s) / 255, 0.0015 * s)
     out = _to_u8(a)
+    if plan["recompress"]:
+        out = _recompress(out, plan["recompress"], st["recompress"])
     if plan["jpeg"]:
         out = _jpeg(out, round(95 - 55 * plan["jpeg"]))
     return out
+
+
+# --------------------------------------------------------------------------- real-photo looks (training)
+# What ../shared/data/real_photos_dev shows and the effects above did not: films and screens cropped tightly
+# to the image, screen moire at several scales and angles and the pixel grid itself, strong teal / violet /
+# warm casts, washed-out levels (black up to ~0.25 of the range, white down to ~0.55) and low-res reposts
+# compressed twice. Each takes the effect's strength (severity x jitter, 0.25-0.5 at "moderate") and a
+# generator of its own; float32 images in [0, 1] unless stated.
+
+def _tight_crop(film_u8: np.ndarray, out_size, strength: float, rng) -> np.ndarray:
+    """A crop inside the film (each side moved in by up to ~30% x strength of the side, a slight tilt),
+    resampled to ``out_size``: what a photo cropped to the radiograph leaves, no edge or background."""
+    fh, fw = film_u8.shape
+    ow, oh = out_size
+    size = math.sqrt(fw * fh)
+    cut = rng.uniform(0.02, 0.6 * strength, 4) * np.array([fw, fh, fw, fh])   # left, top, right, bottom
+    base = np.array([[cut[0], cut[1]], [fw - cut[2], cut[1]], [fw - cut[2], fh - cut[3]], [cut[0], fh - cut[3]]])
+    inner = np.minimum(cut.min(), 0.01 * size)
+    src = base + rng.uniform(-1, 1, (4, 2)) * inner          # a tilt that stays inside the film
+    dst = np.array([[0, 0], [ow, 0], [ow, oh], [0, oh]], float)
+    img = Image.fromarray(film_u8, "L").transform((ow, oh), Image.PERSPECTIVE, _coeffs(homography(dst, src)),
+                                                  Image.BILINEAR)
+    return np.asarray(img, np.float32) * np.float32(1 / 255)
+
+
+def _low_contrast(a: np.ndarray, strength: float, rng) -> np.ndarray:
+    """Washed-out levels: black lifted to up to 0.5 x strength of the range, white down to 1 - 0.9 x strength
+    (at strength 0.5: black up to 0.25, white down to 0.55, the range the real dev photos span)."""
+    lo = 0.5 * strength * rng.random()
+    hi = 1.0 - 0.9 * strength * rng.random()
+    return lo + (hi - lo) * a
+
+
+def _screen_moire(shape, strength: float, side: float, rng) -> np.ndarray:
+    """Multiplicative moire of one to three interference patterns, each at its own scale (period 3-40 px
+    per 256) and angle, as a screen's pixel grid beats with the sensor's at the distance it was taken."""
+    out = np.ones(shape, np.float32)
+    for _ in range(int(rng.integers(1, 4))):
+        period = math.exp(rng.uniform(math.log(3), math.log(40))) * side / 256
+        out *= 1 + np.float32(0.25 * strength * rng.uniform(0.4, 1.0)) * _moire_pattern(shape, period, rng)
+    return out
+
+
+def _pixel_grid(shape, strength: float, rng) -> np.ndarray:
+    """A screen's pixel grid still resolved in the image (low-res photos of monitors): dark lines every 2-5
+    px, nearly axis-aligned."""
+    h, w = shape
+    period = rng.uniform(2.0, 5.0)
+    theta = math.radians(rng.uniform(-4, 4))
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    xx = np.arange(w, dtype=np.float32)[None, :]
+    u = xx * math.cos(theta) + yy * math.sin(theta)
+    v = yy * math.cos(theta) - xx * math.sin(theta)
+    lines = np.maximum(np.cos(np.pi * u / period) ** 8, np.cos(np.pi * v / period) ** 8)
+    return (1 - 0.6 * strength * lines).astype(np.float32)
+
+
+def _film_cast(shape, strength: float, rng) -> np.ndarray:
+    """Per-pixel RGB gains (H, W, 3): a white-balance error (warm/cool, green/magenta) or, half the time, one of
+    :data:`CAST_HUES` at up to twice the strength, uneven across the image (a left-right or top-bottom
+    gradient), normalised to keep the luma of grey."""
+    if rng.random() < 0.5:
+        gains = _cast_gains(strength, rng)
+    else:
+        hue = np.array(CAST_HUES[list(CAST_HUES)[int(rng.integers(len(CAST_HUES)))]], np.float32)
+        gains = 1 + (hue - 1) * np.float32(min(1.0, 2 * strength) * rng.uniform(0.5, 1.0))
+        gains = gains / float(gains @ _LUMA)
+    h, w = shape
+    ramp = np.linspace(-1, 1, w if rng.random() < 0.5 else h, dtype=np.float32)
+    ramp = ramp[None, :] if len(ramp) == w else ramp[:, None]
+    uneven = 1 + np.float32(0.3 * strength * rng.uniform(-1, 1)) * ramp[..., None]
+    return ((gains - 1) * uneven + 1).astype(np.float32)
+
+
+def _recompress(u8: np.ndarray, strength: float, rng) -> np.ndarray:
+    """A low-res repost: shrunk to 35-80% of its size, JPEG-compressed hard, scaled back up (uint8 in/out)."""
+    h, w = u8.shape[:2]
+    k = rng.uniform(0.35, 0.8)
+    small = Image.fromarray(u8).resize((max(8, round(w * k)), max(8, round(h * k))), Image.BILINEAR)
+    small = _jpeg(np.asarray(small), round(80 - 80 * strength * rng.uniform(0.5, 1.0)))
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.BILINEAR))
 
 
 def _residual_warp(film_u8: np.ndarray, out_size, strength: float, rng) -> np.ndarray:

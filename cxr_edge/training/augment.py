@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, fields
 
 from ..errors import RecipeError
 
-__all__ = ["augment_batch", "AugmentConfig", "photo_batch"]
+__all__ = ["augment_batch", "AugmentConfig", "finish_film", "photo_batch", "photo_view"]
 
 _SEVERITY_NAMES = ("none", "mild", "moderate", "severe")
 
@@ -54,7 +54,9 @@ class AugmentConfig:
     mixup_prob: float = 0.5                      # chance an image is mixed (when mixup_alpha > 0)
     photo_prob: float = 0.0                      # chance an image becomes a simulated phone photo
     photo_severity: float | str = "moderate"     # 0..1 or none/mild/moderate/severe
-    photo_effects: tuple[str, ...] | None = None  # photosim FILM_EFFECTS to use (None = its defaults)
+    photo_effects: tuple[str, ...] | dict | None = None  # photosim FILM_EFFECTS: names (always on), name ->
+                                                          # probability, or None (the simulator's defaults)
+    photo_finish: bool = True                    # finish each simulated photo as the device finishes a found film
 
     def __post_init__(self):
         for name in ("rotation", "shear", "zoom", "shift", "brightness", "contrast", "mixup_alpha"):
@@ -77,7 +79,9 @@ class AugmentConfig:
                 not isinstance(sev, str) and not 0 <= float(sev) <= 1:
             raise RecipeError(f"augment.photo_severity must be 0..1 or one of {', '.join(_SEVERITY_NAMES)}, "
                               f"got {sev!r}")
-        if self.photo_effects is not None:
+        if isinstance(self.photo_effects, dict):
+            object.__setattr__(self, "photo_effects", {str(k): float(v) for k, v in self.photo_effects.items()})
+        elif self.photo_effects is not None:
             object.__setattr__(self, "photo_effects", tuple(self.photo_effects))
 
     @classmethod
@@ -98,7 +102,7 @@ class AugmentConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["crop_area"], d["crop_ratio"] = list(self.crop_area), list(self.crop_ratio)
-        if self.photo_effects is not None:
+        if self.photo_effects is not None and not isinstance(self.photo_effects, dict):
             d["photo_effects"] = list(self.photo_effects)
         return d
 
@@ -207,17 +211,38 @@ def photo_batch(pixels, config: AugmentConfig, rng):
     """Phone-photo simulation on a uint8 batch (N, S, S[, 3]) in numpy: each image with ``photo_prob``."""
     import numpy as np
 
-    try:
-        from ..tools.photosim import simulate_rectified
-    except ImportError as exc:  # the simulator is a separate device-side module
-        raise RecipeError(f"augment.photo_prob > 0 needs cxr_edge.tools.photosim, which cannot be imported ({exc}). "
-                          "Set photo_prob to 0 or install a cxr-edge that ships it.") from exc
-
     out = np.array(pixels, copy=True)
     for i in range(len(out)):
         if rng.random() < config.photo_prob:
             child = int(rng.integers(2 ** 63 - 1))
             img = out[i] if out[i].ndim == 2 else out[i][..., 0]
-            sim = simulate_rectified(img, config.photo_severity, child, effects=config.photo_effects)
+            sim = photo_view(img, config, child)
             out[i] = sim if out[i].ndim == 2 else sim[..., None]
     return out
+
+
+def photo_view(film, config: AugmentConfig, seed):
+    """One film as a model sees it on the device after a phone photo of it: the rectified-photo simulation
+    (:func:`cxr_edge.tools.photosim.simulate_rectified`), then -- with ``photo_finish`` -- the device's own film
+    finishing (:func:`finish_film`), the function ``predict`` applies to every film it finds in a photo.
+    Training and device then share one preprocessing path (tests/test_photo_parity.py). uint8 (S, S) in
+    and out."""
+    import numpy as np
+
+    try:
+        from ..tools.photosim import simulate_rectified
+    except ImportError as exc:  # the simulator is a separate device-side module
+        raise RecipeError(f"augment.photo_prob > 0 needs cxr_edge.tools.photosim, which cannot be imported ({exc}). "
+                          "Set photo_prob to 0 or install a cxr-edge that ships it.") from exc
+    sim = simulate_rectified(film, config.photo_severity, seed, effects=config.photo_effects)
+    return np.asarray(finish_film(sim)) if config.photo_finish else sim
+
+
+def finish_film(pixels):
+    """The device's finishing of a film found in a photo, called (never copied) on uint8 grey pixels."""
+    import numpy as np
+    from PIL import Image
+
+    from ..runtime.photo.rectify import level_film
+
+    return np.asarray(level_film(Image.fromarray(np.asarray(pixels, np.uint8), "L")))

@@ -32,11 +32,11 @@ from ..errors import RecipeError, UnknownTaskError
 from ..tasks import TaskSpec, get_task, task_names
 from .augment import AugmentConfig
 
-__all__ = ["ALPHAS", "check_scope", "DataConfig", "describe", "load_recipe", "loss_defaults", "LOSS_KINDS",
-           "LossConfig", "MIXED_PRECISION", "ModelConfig", "NUM_BLOCKS", "OPTIMIZERS", "parse_recipe", "parse_value",
-           "QAT_SELECT", "QatConfig", "read_recipe_file", "Recipe", "RECIPE_FORMAT", "RECIPE_FORMAT_VERSION",
-           "read_settings", "recipe_path", "SCHEDULES", "set_key", "setting", "StageConfig", "STRATEGIES", "TOP_KEYS",
-           "TrainConfig", "with_qat"]
+__all__ = ["ALPHAS", "check_scope", "DataConfig", "describe", "HEAD_FITS", "load_recipe", "loss_defaults",
+           "LOSS_KINDS", "LossConfig", "MIXED_PRECISION", "ModelConfig", "NUM_BLOCKS", "OPTIMIZERS", "parse_recipe",
+           "parse_value", "QAT_SELECT", "QatConfig", "read_recipe_file", "Recipe", "RECIPE_FORMAT",
+           "RECIPE_FORMAT_VERSION", "read_settings", "recipe_path", "SCHEDULES", "set_key", "setting",
+           "StageConfig", "STRATEGIES", "TOP_KEYS", "TrainConfig", "with_qat"]
 
 RECIPE_FORMAT = "cxr-edge-recipe"
 RECIPE_FORMAT_VERSION = 1
@@ -163,7 +163,13 @@ class TrainConfig:
     steps_per_epoch: int = setting(0, check=lambda v: v >= 0, rule=">= 0 (0 = the whole split)")
     val_batch_size: int = setting(64, check=lambda v: v >= 1, rule=">= 1")
     val_photo_prob: float = setting(0.0, check=lambda v: 0 <= v <= 1, rule="a share in [0, 1]")
+    # val = the films + this many seeded photo copies of each, scored together
+    val_photo_copies: int = setting(0, check=lambda v: 0 <= v <= 8, rule="in 0..8")
     run_eagerly: bool = setting(False)
+
+
+#: how a cached head stage fits the head: epochs of the optimizer, or the linear probe (cxr_edge.training.probe)
+HEAD_FITS = ("adam", "probe")
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,10 @@ class StageConfig:
     lr: float = setting(**_LR)
     train_bn: bool = False
     cache_features: bool = False
+    # cached head stage: the digital films + (views - 1) augmented passes
+    views: int = setting(1, check=lambda v: 1 <= v <= 64, rule="in 1..64")
+    # cached head stage: "adam" epochs, or "probe" (one L2 logistic regression)
+    fit: str = setting("adam", choices=HEAD_FITS)
     schedule: str | None = setting(None, choices=SCHEDULES)
     early_stopping: int | None = setting(None, check=lambda v: v >= 0, rule=">= 0 (0 = off)")
     min_lr: float | None = setting(None, check=lambda v: 0 <= v < 1, rule="in [0, 1)")
@@ -190,7 +200,8 @@ QAT_SELECT = ("primary", "float_agreement")
 class QatConfig:
     """``[qat]``: the quantization-aware fine-tune ``cxr-edge qat`` runs on the best float model."""
 
-    epochs: int = setting(3, check=lambda v: 1 <= v <= 1000, rule="in 1..1000")
+    # 0: range calibration only (the calibrated QAT model is qat.h5), for a model whose PTQ already passes
+    epochs: int = setting(3, check=lambda v: 0 <= v <= 1000, rule="in 0..1000 (0 = calibrate only)")
     lr: float = setting(1e-5, **_LR)
     batch_size: int | None = setting(None, check=lambda v: 1 <= v <= 4096, rule="in 1..4096")
     schedule: str = setting("cosine", choices=SCHEDULES)
@@ -668,6 +679,12 @@ def _stages(raw: list, file: Path, train: TrainConfig, model: ModelConfig) -> tu
         if stage.cache_features and stage.train_bn:
             t.fail("train_bn", "= true cannot go with cache_features = true: cached features need the backbone, "
                                "BatchNormalization included, frozen")
+        if not cache and (stage.views != 1 or stage.fit != "adam"):
+            t.fail("views" if stage.views != 1 else "fit", "applies to a stage on cached features only "
+                   "(trainable = 'head' with cache_features = true)")
+        if stage.fit == "probe" and stage.epochs > 1:
+            t.fail("epochs", f"= {stage.epochs}: fit = 'probe' is one closed-form fit; set epochs = 1 (0 skips "
+                             "the stage)")
         if stage.min_lr is not None and stage.min_lr >= stage.lr:
             t.fail("min_lr", f"({stage.min_lr}) must be below stages[{i}].lr ({stage.lr})")
         t.finish(list(StageConfig.__dataclass_fields__))
@@ -700,5 +717,5 @@ def describe(recipe: Recipe) -> str:
              f"schedule {recipe.train.schedule}, early stopping {recipe.train.early_stopping or 'off'}"]
     for i, s in enumerate(recipe.stages):
         lines.append(f"  stage {i + 1} {s.name}: {s.trainable}, {s.epochs} epoch(s) at lr {s.lr:g}"
-                     + (", cached features" if s.cache_features else ""))
+                     + (f", cached features ({s.views} view(s), fit {s.fit})" if s.cache_features else ""))
     return "\n".join(lines)

@@ -8,11 +8,13 @@ What a run does, in order:
 2. builds the flat MobileNetV2 (:func:`~cxr_edge.training.model.build_model`) from the local
    weights file, inside the tf.distribute strategy's scope, mixed precision when a GPU is there;
 3. runs the stages. A stage whose backbone is frozen (``trainable = "head"``, ``cache_features``)
-   computes the pooled backbone features of the train and val splits **once, without
-   augmentation** (augmentation, photo simulation included, does not apply to that stage), then
-   trains the head on them: an epoch costs a few matrix products instead of a MobileNetV2
-   forward pass per image. The other stages fine-tune through the full model with the recipe's
-   augmentation. Each stage starts from the best checkpoint so far (``train.restore_best``);
+   computes the pooled backbone features of the train and val splits **once** -- train as the
+   digital films plus ``views - 1`` passes with the recipe's augmentation (photo simulation
+   included) -- then fits the head on them: epochs of the optimizer, each a few matrix products
+   instead of a MobileNetV2 forward pass per image, or (``fit = "probe"``) one L2 logistic
+   regression (:mod:`cxr_edge.training.probe`). The other stages fine-tune through the full model
+   with the recipe's augmentation. Each stage starts from the best checkpoint so far
+   (``train.restore_best``);
 4. after every epoch: validation metrics, LR schedule, best checkpoint on the task's primary
    metric, early stopping, history.csv/json, and resumable state (see
    :mod:`cxr_edge.training.callbacks`);
@@ -49,7 +51,8 @@ from .runs import (CURVES_PNG, FLOAT_MODEL, METRICS_JSON, RECIPE_JSON, RUN_FORMA
 from .tf_env import load
 
 __all__ = ["check_prepared", "Distribution", "ensure_data", "OPTIMIZER_SUFFIX", "plot_curves", "Predictor", "train",
-           "Trainer", "use_mixed_precision", "VAL_IN_MEMORY", "validation_set", "ValInputs", "WEIGHTS_SUFFIX"]
+           "Trainer", "use_mixed_precision", "VAL_IN_MEMORY", "val_labels", "validation_set", "ValInputs",
+           "WEIGHTS_SUFFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -204,26 +207,38 @@ def validation_set(prepared, recipe: Recipe, path: Path | None = None, chunk: in
     then rewards robustness to photos as well as accuracy on digital films (the gate's clean
     validation set saturates at AUROC 1.0 in its first epoch: without photos nothing after it could
     be chosen). The images are read and simulated ``chunk`` at a time with one generator, which
-    draws exactly as one pass over the whole split would. ``path``: keep the pixels in this
-    memory-mapped ``.npy`` (written atomically) instead of in memory.
+    draws exactly as one pass over the whole split would. ``train.val_photo_copies`` appends that many
+    more copies of the whole split, every image a simulated photo (each copy its own seeded generator):
+    the val set is then the films *and* their photos, scored together, a steadier selection metric than a
+    photo share of a few hundred images. ``path``: keep the pixels in this memory-mapped ``.npy``
+    (written atomically) instead of in memory. :func:`val_labels` gives the matching labels.
     """
     from .augment import AugmentConfig, photo_batch
 
     t = recipe.train
     images = prepared.images("val")
     n, size = len(images), prepared.task.input.size
-    shape = (n, size, size)
+    shape = (n * (1 + t.val_photo_copies), size, size)
     config = rng = None
     if t.val_photo_prob > 0:
         a = recipe.augment
         config = replace(AugmentConfig.off(), photo_prob=t.val_photo_prob, photo_severity=a.photo_severity,
                          photo_effects=a.photo_effects)
         rng = np.random.default_rng([t.seed, 2 ** 20])
+    every = replace(AugmentConfig.off(), photo_prob=1.0, photo_severity=recipe.augment.photo_severity,
+                    photo_effects=recipe.augment.photo_effects)
+
+    def blocks():
+        for start in range(0, n, chunk):
+            yield start, np.asarray(images.take(np.arange(start, min(n, start + chunk))))
 
     def fill(out):
-        for start in range(0, n, chunk):
-            block = np.asarray(images.take(np.arange(start, min(n, start + chunk))))
+        for start, block in blocks():
             out[start:start + len(block)] = photo_batch(block, config, rng) if config is not None else block
+        for copy in range(1, 1 + t.val_photo_copies):   # the films again, every one a photo
+            copy_rng = np.random.default_rng([t.seed, 2 ** 20 + copy])
+            for start, block in blocks():
+                out[copy * n + start:copy * n + start + len(block)] = photo_batch(block, every, copy_rng)
 
     if path is None:
         out = np.empty(shape, np.uint8)
@@ -235,6 +250,13 @@ def validation_set(prepared, recipe: Recipe, path: Path | None = None, chunk: in
         out.flush()
         del out
     return ValInputs(np.load(path, mmap_mode="r"), prepared.task)
+
+
+def val_labels(prepared, recipe: Recipe, what: str = "labels") -> np.ndarray:
+    """The labels (or ``what="patients"``: patient ids) of :func:`validation_set`'s images, in its order."""
+    one = prepared.labels("val") if what == "labels" else prepared.patients("val")
+    copies = 1 + recipe.train.val_photo_copies
+    return np.tile(one, (copies, 1)) if one.ndim == 2 else np.tile(one, copies)
 
 
 class Predictor:
@@ -307,7 +329,7 @@ class Trainer:
         self.loss_fn = make_loss(self.spec, self.loss_weights)
         self.model = self._build_model(resumed)
         self.x_val = validation_set(self.prepared, self.recipe, self._val_file())
-        self.y_val = self.prepared.labels("val")
+        self.y_val = val_labels(self.prepared, self.recipe)
         self.predict = Predictor(self.model, eager=self.run_eagerly)
         if resumed:
             self._restore()
@@ -560,7 +582,8 @@ class Trainer:
 
         t = self.recipe.train
         train_x, val_x, extract = self._features(stage)
-        train_y = self.prepared.labels("train")
+        views = len(train_x) // len(self.prepared.table("train"))
+        train_y = np.tile(self.prepared.labels("train"), (views, 1))
         with self.dist.strategy.scope():
             head = head_only_model(self.model)
             optimizer = self._optimizer(stage.lr)
@@ -570,11 +593,34 @@ class Trainer:
         head_predict = Predictor(head, eager=self.run_eagerly)
         self.stage_info["feature_extraction"] = extract
         callback, stopper, _ = self._callbacks(stage, optimizer, lambda: head_predict(val_x), len(train_x))
+        if stage.fit == "probe":
+            self._fit_probe(head, callback, train_x, train_y, views)
+            return
         head.fit(train_x, train_y, batch_size=t.batch_size, epochs=stage.epochs,
                  initial_epoch=self.state.stage_epoch, shuffle=True, callbacks=[callback], verbose=self.verbose)
 
+    def _fit_probe(self, head, callback, train_x, train_y, views: int) -> None:
+        """``fit = "probe"``: the head becomes the L2 logistic regression on the cached features
+        (:mod:`cxr_edge.training.probe`, C by patient-grouped cross-validation on train), recorded as the
+        stage's one epoch, so validation, the best checkpoint and the resume state treat it as any epoch."""
+        from .losses import loss_value
+        from .model import HEAD, find_layer
+        from .probe import fit_probe
+
+        _, keras = load()
+        callback.set_model(head)
+        logs: dict = {}
+        callback.on_epoch_begin(0, logs)
+        groups = np.tile(self.prepared.patients("train"), views)
+        probe = fit_probe(train_x, train_y, self.spec.activation, groups=groups, seed=self.recipe.train.seed)
+        find_layer(self.model, HEAD).set_weights([probe.kernel, probe.bias])
+        self.stage_info["probe"] = probe.describe()
+        logs["loss"] = loss_value(self.loss_fn, train_y, probe.predict(train_x))
+        callback.on_epoch_end(0, logs)
+
     def _features(self, stage):
-        """Pooled features of train and val, computed once per stage (kept in state/ for a resume)."""
+        """Pooled features of train (``stage.views`` passes: the digital films, then augmented ones) and val,
+        computed once per stage (kept in state/ for a resume)."""
         from .model import feature_extractor
 
         cache = self.state_dir / f"features-{stage.name}.npz"
@@ -582,15 +628,19 @@ class Trainer:
             with np.load(cache) as z:
                 log.info("stage %s: pooled features reloaded from %s", stage.name, cache)
                 return z["train"], z["val"], json.loads(str(z["timing"]))
-        log.info("stage %s: computing the frozen backbone's pooled features of train and val once, WITHOUT "
-                 "augmentation (augmentation and photo simulation do not apply to this cached stage)", stage.name)
+        log.info("stage %s: computing the frozen backbone's pooled features of train (%d view(s): the digital films%s) "
+                 "and val once", stage.name, stage.views,
+                 " + augmented ones with the recipe's augmentation and photo simulation" if stage.views > 1 else "")
         extractor = Predictor(feature_extractor(self.model))
         started = time.perf_counter()
         bs = self.recipe.train.val_batch_size
-        train_x = extractor(self._dataset("train", augment=False, shuffle=False, batch_size=bs))
+        seed = self.recipe.train.seed + 7919 * self.stages.index(stage)
+        train_x = np.concatenate([extractor(self._dataset("train", augment=view > 0, shuffle=False, batch_size=bs,
+                                                          seed=seed + view))
+                                  for view in range(stage.views)])
         val_x = extractor(self.x_val)
         seconds = time.perf_counter() - started
-        timing = {"images": int(len(train_x) + len(val_x)), "seconds": round(seconds, 2),
+        timing = {"images": int(len(train_x) + len(val_x)), "views": stage.views, "seconds": round(seconds, 2),
                   "images_per_s": round((len(train_x) + len(val_x)) / max(seconds, 1e-9), 1)}
         log.info("features: %d images in %.1f s (%.1f img/s)", timing["images"], seconds, timing["images_per_s"])
         if self.dist.is_chief:
@@ -628,15 +678,17 @@ class Trainer:
                               "data (both classes in val?) and the learning rates")
         self.model.load_weights(str(self.write_dir / self.MODEL_FILE))
         probs = self.predict(self.x_val)
-        metrics = task_metrics(self.spec, self.y_val, probs, groups=self.prepared.patients("val"), n_resamples=1000)
-        metrics.update(split="val", model=self.MODEL_FILE, best=self.state.best,
-                       val_photo_prob=self.recipe.train.val_photo_prob)
-        if self.recipe.train.val_photo_prob > 0:  # the same model on the digital films alone
-            clean = replace(self.recipe, train=replace(self.recipe.train, val_photo_prob=0.0))
+        t = self.recipe.train
+        metrics = task_metrics(self.spec, self.y_val, probs, groups=val_labels(self.prepared, self.recipe, "patients"),
+                               n_resamples=1000)
+        metrics.update(split="val", model=self.MODEL_FILE, best=self.state.best, val_photo_prob=t.val_photo_prob,
+                       val_photo_copies=t.val_photo_copies)
+        if t.val_photo_prob > 0 or t.val_photo_copies:  # the same model on the digital films alone
+            clean = replace(self.recipe, train=replace(t, val_photo_prob=0.0, val_photo_copies=0))
             path = self._val_file()
             digital = self.predict(validation_set(self.prepared, clean,
                                                   path.with_name("val-digital.npy") if path else None))
-            metrics["digital_only"] = task_metrics(self.spec, self.y_val, digital,
+            metrics["digital_only"] = task_metrics(self.spec, self.prepared.labels("val"), digital,
                                                    groups=self.prepared.patients("val"), n_resamples=1000)
         self.final_metrics = metrics
         self.x_val = None

@@ -1,0 +1,89 @@
+"""One preprocessing path: a film that training shows as a phone photo becomes the same model input as the same
+film found in a photo on the device (the film finishing predict applies, then fit_to_square and normalize)."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr_edge.data.prepare import PrepareConfig, prepare
+from cxr_edge.data.sources import SourceSpec
+from cxr_edge.data.splits import SplitConfig
+from cxr_edge.runtime.photo.rectify import FilmDetection, RectifyResult
+from cxr_edge.runtime.preprocess import fit_to_square, normalize
+from cxr_edge.training.augment import AugmentConfig, photo_batch, photo_view
+
+SIZE = 64
+
+
+def _film(i: int) -> np.ndarray:
+    """A film-like grey image: a smooth chest-shaped gradient with noise, not using the full grey range."""
+    rng = np.random.default_rng(i)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    img = 60 + 120 * np.exp(-((xx - 0.5) ** 2 * 6 + (yy - 0.55) ** 2 * 4)) + rng.normal(0, 6, (SIZE, SIZE))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def device_input(photo_film: np.ndarray, spec) -> np.ndarray:
+    """What predict feeds a model for a film it found in a photo: RectifyResult.film (the device's finishing),
+    then Pipeline.prepare's fit_to_square + normalize."""
+    found = RectifyResult(image=Image.fromarray(photo_film, "L"), found=True, passthrough=False, corners=None,
+                          detection=FilmDetection(True, None, 1.0, "test"))
+    return normalize(fit_to_square(found.film, spec), spec)
+
+
+def _washed_out(film, severity, seed, effects=None):
+    """A deterministic stand-in for the photo simulator: the levels a lightbox photo leaves (black lifted,
+    white greyed), which the device's finishing stretches back."""
+    return (40 + np.asarray(film, np.float32) * 0.55).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parity")
+    for k, name in enumerate(("COVID19", "NORMAL", "PNEUMONIA", "TB")):
+        (root / "src" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(_film(10 * k + i)).save(root / "src" / name / f"f{k}_{i}.png")
+    return prepare(PrepareConfig(task="cxr4", sources=(SourceSpec(str(root / "src")),), size=SIZE,
+                                 split=SplitConfig(fractions=(0.5, 0.25, 0.25))), root / "prepared")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_photo_view_equals_the_device_input_of_the_same_photographed_film(prepared, seed):
+    from cxr_edge.tools.photosim import simulate_rectified
+
+    spec = prepared.task
+    film = _film(seed)
+    config = replace(AugmentConfig.off(), photo_prob=1.0, photo_severity="moderate")
+    photographed = simulate_rectified(film, "moderate", seed)           # what the camera and rectifier leave
+    training = normalize(photo_view(film, config, seed)[None], spec)[0]
+    assert np.array_equal(training, device_input(photographed, spec))   # bit for bit
+    unfinished = normalize(photographed[None], spec)[0]
+    assert not np.array_equal(training, unfinished)                     # the finishing did something
+
+
+def test_training_batches_equal_device_inputs(prepared, monkeypatch):
+    """Through the whole tf.data pipeline (photo_prob 1, every other augmentation off)."""
+    pytest.importorskip("tensorflow", reason="the input pipeline needs TensorFlow (pip install -e '.[train]')")
+    import cxr_edge.tools.photosim
+    from cxr_edge.training.dataset import make_dataset
+
+    monkeypatch.setattr(cxr_edge.tools.photosim, "simulate_rectified", _washed_out)
+    spec = prepared.task
+    config = replace(AugmentConfig.off(), photo_prob=1.0)
+    x = np.concatenate([b.numpy() for b, _ in make_dataset(prepared, "train", batch_size=3, shuffle=False,
+                                                            augment=config, seed=5)])
+    pixels = np.asarray(prepared.images("train"))
+    expected = np.stack([device_input(_washed_out(p, None, None), spec) for p in pixels])
+    assert np.array_equal(x, expected)
+    off = np.concatenate([b.numpy() for b, _ in make_dataset(
+        prepared, "train", batch_size=3, shuffle=False, augment=replace(config, photo_finish=False), seed=5)])
+    assert not np.array_equal(off, expected)                            # finishing off: the washed-out levels
+
+
+def test_photo_batch_finishes_only_the_photographed_films(prepared):
+    pixels = np.asarray(prepared.images("train"))
+    config = replace(AugmentConfig.off(), photo_prob=0.0)
+    assert np.array_equal(photo_batch(pixels, config, np.random.default_rng(0)), pixels)   # digital: untouched
