@@ -7,7 +7,7 @@
 
 What it runs, in order (every step is a `cxr-edge` command; the log of each is in BUILD/logs/):
 
-  per model (gate, cxr4, nih14):
+  per model (gate, nih14, cxr4):
     train        cxr-edge train train/<task>.toml --out runs/<task> --resume     (prepares prepared/<task> first)
     calibration  cxr-edge calibration build prepared/<task> --out cxr_edge/resources/calibration_data/<task>.csv --force
     qat          cxr-edge qat runs/<task> --resume
@@ -52,10 +52,11 @@ CALIBRATION_DATA = REPO / "cxr_edge" / "resources" / "calibration_data"   # the 
 RECORD = REPO / "release" / "{variant}-pack"   # what the bundled card was rendered from (JSON, image list)
 
 #: variant -> (slot, recipe) per model; a model's run is runs/<recipe name>, its data the recipe's data.dir.
+#: The order the models are built in (the pack's slots do not depend on it).
 VARIANTS = {
-    "default": [("gate", "train/gate.toml"), ("cxr4", "train/cxr4.toml"), ("nih14", "train/nih14.toml")],
-    "permissive": [("gate", "train/permissive/gate.toml"), ("cxr4", "train/permissive/cxr3.toml"),
-                   ("nih14", "train/nih14.toml")],
+    "default": [("gate", "train/gate.toml"), ("nih14", "train/nih14.toml"), ("cxr4", "train/cxr4.toml")],
+    "permissive": [("gate", "train/permissive/gate.toml"), ("nih14", "train/nih14.toml"),
+                   ("cxr4", "train/permissive/cxr3.toml")],
 }
 
 
@@ -111,14 +112,20 @@ class Build:
 
     def _epoch_seconds(self) -> None:
         """Train and QAT steps also carry their epochs' time summed from the run's history, which counts the
-        attempts an interruption cut short (a resumed step's own ``seconds`` is only its last attempt)."""
+        attempts an interruption cut short (a resumed step's own ``seconds`` is only its last attempt), plus
+        the cached stages' feature extraction, which runs before their first epoch."""
         for name, step in self.info["steps"].items():
             run, _, kind = name.rpartition("-")
             history = {"train": "history.csv", "qat": "qat_history.csv"}.get(kind)
             path = self.runs / run / history if history else None
             if path is not None and path.is_file():
                 with open(path, newline="") as f:
-                    step["epoch_seconds"] = round(sum(float(r["seconds"]) for r in csv.DictReader(f)), 1)
+                    seconds = sum(float(r["seconds"]) for r in csv.DictReader(f))
+                info = self.runs / run / "run.json"
+                if kind == "train" and info.is_file():
+                    seconds += sum((s.get("feature_extraction") or {}).get("seconds", 0.0)
+                                   for s in json.loads(info.read_text()).get("stages") or [])
+                step["epoch_seconds"] = round(seconds, 1)
 
     @staticmethod
     def step_seconds(step: dict) -> float:
@@ -185,6 +192,10 @@ def run(args) -> None:
             b.step("linear-probe", [sys.executable, str(REPO / "benchmarks" / "linear_probe.py"), str(b.pack),
                                     str(b.runs / name), "--data", str(data), "--splits", "val,test",
                                     "--json", str(ev / "linear_probe.json")])
+    real = real_photos_folder()
+    if real is not None:   # REAL-PHOTOS HOOK: runs once this tree's `cxr-edge evaluate` has --real-photos
+        b.step("real-photos", cx + ["evaluate", str(b.pack), "--real-photos", str(real), "--json"] + threads,
+               stdout=ev / "real_photos.json")
     py = [sys.executable]
     (b.dir / "prepared").mkdir(exist_ok=True)
     for slot, _, _, data, _ in models:  # the card reads the split counts and licences from these copies
@@ -203,6 +214,16 @@ def run(args) -> None:
         shutil.copyfile(b.pack / "MODEL_CARD.md", dest / "MODEL_CARD.md")
         print(f"[ ok ] {args.variant} pack in {b.pack}; its model card and record in {dest}", flush=True)
     print(f"done: {b.pack} (steps {b.info['wall_time_s']:.0f} s in all; per step in {b.record})", flush=True)
+
+
+def real_photos_folder() -> Path | None:
+    """The shared real-photo set, when it is there and this tree can evaluate a folder of photos."""
+    import importlib.util
+
+    shared = Path(os.environ.get("CXR_EDGE_SHARED") or REPO.parent / "shared")
+    folder = shared / "data" / "real_photos_dev"
+    has_command = importlib.util.find_spec("cxr_edge.tools.evaluate_photos") is not None
+    return folder if has_command and (folder / "manifest.csv").is_file() else None
 
 
 def record(build: Path, dest: Path) -> None:

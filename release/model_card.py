@@ -476,17 +476,16 @@ def probe(b: Build) -> str:
 
 
 def real_photos(b: Build) -> str:
-    """Real phone photos of films and monitors (``eval/real_photos.json``), when the build measured them."""
+    """REAL-PHOTOS HOOK: the "Real photos" section, rendered by the device side's own ``card_section`` from
+    ``eval/real_photos.json`` (``cxr-edge evaluate PACK --real-photos FOLDER --json``, issue 15 item 7). Empty
+    until both exist in this tree."""
     if not b.real_photos:
         return ""
-    r = b.real_photos
-    out = ["## Real photos", "",
-           f"Real phone photos of chest X-ray films and monitors, none made by this project: "
-           f"`{r.get('command', 'cxr-edge evaluate')}` over `{r.get('folder', '?')}` ({r.get('n', '?')} photos).", ""]
-    keep = {k: v for k, v in r.items() if isinstance(v, (int, float, str)) and k not in ("command", "folder")}
-    if keep:
-        out.append(table(["measure", "value"], [[k, num(v) if isinstance(v, float) else v] for k, v in keep.items()]))
-    return "\n".join(out) + "\n"
+    try:
+        from cxr_edge.tools.evaluate_photos import card_section
+    except ImportError:
+        return ""
+    return card_section(b.real_photos) + "\n"
 
 
 def failure_modes(b: Build) -> str:

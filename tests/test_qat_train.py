@@ -197,3 +197,13 @@ def test_recipe_refuses_an_unknown_qat_selection():
     assert with_qat(recipe, select="float_agreement").qat.select == "float_agreement"
     with pytest.raises(RecipeError, match="select"):
         with_qat(recipe, select="auroc")                       # checked as the [qat] table is
+
+
+@pytest.mark.shared
+def test_zero_epochs_calibrates_the_ranges_and_keeps_that_model(run_copy):
+    """qat.epochs = 0: no fine-tuning epoch; qat.h5 is the range-calibrated model, recorded complete."""
+    result = CliRunner().invoke(main, ["qat", str(run_copy), "--eager", "--epochs", "0", "--calibrate-batches", "2"])
+    assert result.exit_code == 0, result.output
+    q = load_run(run_copy).info["qat"]
+    assert q["status"] == "complete" and q["epochs_done"] == 0 and q["stage"] == "calibrated"
+    assert q["calibrate_batches"] == 2 and sha256_file(run_copy / "qat.h5") == q["sha256"]
