@@ -7,7 +7,7 @@
 
 What it runs, in order (every step is a `cxr-edge` command; the log of each is in BUILD/logs/):
 
-  per model (gate, nih14, cxr4):
+  per model, in VARIANTS' order (default: gate, cxr4, nih14):
     train        cxr-edge train train/<task>.toml --out runs/<task> --resume     (prepares prepared/<task> first)
     calibration  cxr-edge calibration build prepared/<task> --out cxr_edge/resources/calibration_data/<task>.csv --force
     qat          cxr-edge qat runs/<task> --resume
@@ -28,8 +28,10 @@ What it runs, in order (every step is a `cxr-edge` command; the log of each is i
 
 A step that finished is skipped when the script runs again (BUILD/steps/<step>.done); `--redo STEP` runs one
 again. An interrupted train or QAT continues from its last epoch. `--variant permissive` builds the
-commercial-use pack from train/permissive/ (gate and cxr3, without Tuberculosis) and the same nih14 recipe;
-without --install its model card and record go to release/permissive-pack/ and the bundled pack stays as it is.
+commercial-use pack from train/permissive/ (gate and cxr3, without Tuberculosis) and the same nih14 recipe (its run
+is shared with the default build's); without --install its model card and record go to release/permissive-pack/,
+the pack to BUILD/cxr-edge-permissive.zip (a release asset, not bundled: the base install stays one pack), and the
+bundled pack stays as it is.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ RECORD = REPO / "release" / "{variant}-pack"   # what the bundled card was rende
 #: variant -> (slot, recipe) per model; a model's run is runs/<recipe name>, its data the recipe's data.dir.
 #: The order the models are built in (the pack's slots do not depend on it).
 VARIANTS = {
-    "default": [("gate", "train/gate.toml"), ("nih14", "train/nih14.toml"), ("cxr4", "train/cxr4.toml")],
+    "default": [("gate", "train/gate.toml"), ("cxr4", "train/cxr4.toml"), ("nih14", "train/nih14.toml")],
     "permissive": [("gate", "train/permissive/gate.toml"), ("nih14", "train/nih14.toml"),
                    ("cxr4", "train/permissive/cxr3.toml")],
 }
@@ -212,7 +214,9 @@ def run(args) -> None:
     elif args.variant != "default":  # not bundled: its card and record go beside the default's, for reading
         record(b.dir, dest)
         shutil.copyfile(b.pack / "MODEL_CARD.md", dest / "MODEL_CARD.md")
-        print(f"[ ok ] {args.variant} pack in {b.pack}; its model card and record in {dest}", flush=True)
+        archive = release_zip(b.pack, b.dir / f"cxr-edge-{args.variant}.zip")
+        print(f"[ ok ] {args.variant} pack in {b.pack}, as a release zip in {archive} (use it with --pack or "
+              f"CXR_EDGE_PACK); its model card and record in {dest}", flush=True)
     print(f"done: {b.pack} (steps {b.info['wall_time_s']:.0f} s in all; per step in {b.record})", flush=True)
 
 
@@ -234,6 +238,16 @@ def record(build: Path, dest: Path) -> None:
             shutil.copyfile(f, dest / sub / f.name)
     for f in ("build.json", "training_images.csv"):
         shutil.copyfile(build / f, dest / f)
+
+
+def release_zip(pack: Path, out: Path) -> Path:
+    """The pack as one ``.zip`` (what a release attaches; ``load_pack`` reads it as it is), written atomically
+    by the pack writer's own zip. Not bundled in the package: the base install stays one pack in size."""
+    from cxr_edge.runtime.atomic import write_atomic
+    from cxr_edge.runtime.pack import pack_files
+    from cxr_edge.tools.pack_writer import zip_bytes
+
+    return write_atomic(out, zip_bytes(pack_files(pack)), overwrite=True)
 
 
 def install(src: Path, dest: Path) -> None:

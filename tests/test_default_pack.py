@@ -2,9 +2,11 @@
 
 import csv
 import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,17 @@ def test_training_image_list_matches_the_models_records(manifest):
         counts = {s: sum(1 for r in rows if r["task"] == task and r["split"] == s) for s in ("train", "val", "test")}
         assert counts == entry["metadata"]["training"]["images"], slot
     assert all(len(r["sha256"]) == 64 for r in rows)
+
+
+def test_release_zip_holds_the_pack_that_load_pack_reads(manifest, tmp_path):
+    """The permissive variant ships as a release .zip (release_zip): every file of the pack folder, read by
+    load_pack as the folder is."""
+    spec = importlib.util.spec_from_file_location("build_default_pack", REPO / "release" / "build_default_pack.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    archive = build.release_zip(BUNDLED_PACK, tmp_path / "cxr-edge-default.zip")
+    pack = load_pack(archive)
+    assert pack.manifest == manifest and sorted(pack.models) == sorted(manifest["models"])
+    folder = sorted(f.name for f in BUNDLED_PACK.iterdir() if f.is_file())
+    with zipfile.ZipFile(archive) as zf:
+        assert sorted(zf.namelist()) == folder

@@ -371,7 +371,8 @@ class Trainer:
                 raise RecipeError(f"{self.run_dir} already holds a run. Continue it with --resume, or choose "
                                   "another --out")
             stored = json.loads((self.run_dir / RECIPE_JSON).read_text())
-            changed = _changed_keys(stored, resolved)
+            # [qat] is read by `cxr-edge qat`, not by training: changing it does not make a trained run stale
+            changed = [k for k in _changed_keys(stored, resolved) if not k.startswith("qat.")]
             if changed:
                 raise RecipeError(f"--resume: the recipe differs from the one {self.run_dir} was started with "
                                   f"(changed: {', '.join(changed[:8])}). Resume with "
