@@ -1,5 +1,6 @@
 """One preprocessing path: a film that training shows as a phone photo becomes the same model input as the same
-film found in a photo on the device (the film finishing predict applies, then fit_to_square and normalize)."""
+film found in a photo on the device (the film finishing predict applies -- grey, moiré out, levels -- then
+fit_to_square and normalize)."""
 
 from dataclasses import replace
 
@@ -10,6 +11,8 @@ from PIL import Image
 from cxr_edge.data.prepare import PrepareConfig, prepare
 from cxr_edge.data.sources import SourceSpec
 from cxr_edge.data.splits import SplitConfig
+from cxr_edge.runtime.photo.film import finish_film
+from cxr_edge.runtime.photo.moire import detect_moire
 from cxr_edge.runtime.photo.rectify import FilmDetection, RectifyResult
 from cxr_edge.runtime.preprocess import fit_to_square, normalize
 from cxr_edge.training.augment import AugmentConfig, photo_batch, photo_view
@@ -39,6 +42,14 @@ def _washed_out(film, severity, seed, effects=None):
     return (40 + np.asarray(film, np.float32) * 0.55).astype(np.uint8)
 
 
+def _off_a_screen(film, severity=None, seed=None, effects=None):
+    """A deterministic stand-in for a photo of the film on a monitor: the screen's pixel grid (period 4 px)
+    over washed-out levels."""
+    yy, xx = np.mgrid[0:film.shape[0], 0:film.shape[1]]
+    grid = 0.8 + 0.2 * np.cos(np.pi * xx / 2) * np.cos(np.pi * yy / 2)
+    return np.clip(40 + np.asarray(film, np.float32) * 0.55 * grid, 0, 255).astype(np.uint8)
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("parity")
@@ -62,6 +73,23 @@ def test_photo_view_equals_the_device_input_of_the_same_photographed_film(prepar
     assert np.array_equal(training, device_input(photographed, spec))   # bit for bit
     unfinished = normalize(photographed[None], spec)[0]
     assert not np.array_equal(training, unfinished)                     # the finishing did something
+
+
+def test_photo_view_takes_a_screen_grid_out_as_the_device_does(prepared, monkeypatch):
+    """The moiré step of the finishing: a film photographed off a monitor shows its pixel grid; training and
+    device both find it and take it out, bit for bit."""
+    import cxr_edge.tools.photosim
+
+    monkeypatch.setattr(cxr_edge.tools.photosim, "simulate_rectified", _off_a_screen)
+    spec = prepared.task
+    film = _film(3)
+    photographed = _off_a_screen(film)
+    assert detect_moire(photographed).found                              # the device sees a screen here
+    config = replace(AugmentConfig.off(), photo_prob=1.0)
+    training = normalize(photo_view(film, config, 0)[None], spec)[0]
+    assert np.array_equal(training, device_input(photographed, spec))
+    levels_only = normalize(np.asarray(finish_film(photographed, moire=False))[None], spec)[0]
+    assert not np.array_equal(training, levels_only)                     # the moiré step did something
 
 
 def test_training_batches_equal_device_inputs(prepared, monkeypatch):

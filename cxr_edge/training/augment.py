@@ -224,7 +224,8 @@ def photo_batch(pixels, config: AugmentConfig, rng):
 def photo_view(film, config: AugmentConfig, seed):
     """One film as a model sees it on the device after a phone photo of it: the rectified-photo simulation
     (:func:`cxr_edge.tools.photosim.simulate_rectified`), then -- with ``photo_finish`` -- the device's own film
-    finishing (:func:`finish_film`), the function ``predict`` applies to every film it finds in a photo.
+    finishing (:func:`finish_film`: moiré out when found, levels stretched), the function ``predict`` applies
+    to every film it finds in a photo.
     Training and device then share one preprocessing path (tests/test_photo_parity.py). uint8 (S, S) in
     and out."""
     import numpy as np
@@ -239,10 +240,15 @@ def photo_view(film, config: AugmentConfig, seed):
 
 
 def finish_film(pixels):
-    """The device's finishing of a film found in a photo, called (never copied) on uint8 grey pixels."""
+    """The device's finishing of a film from a photo (:func:`cxr_edge.runtime.photo.film.finish_film`: grey,
+    a screen's pixel grid / moiré taken out when found, levels stretched), called -- never copied -- on
+    uint8 grey pixels; training's one way to it.
+
+    Until this switch training finished with the level stretch alone (``rectify.level_film``), without the
+    moiré step: the gate and cxr4 of the pack rebuilt on 2026-12-05 (and its nih14, where that was
+    retrained from the same recipes) were trained that way."""
     import numpy as np
-    from PIL import Image
 
-    from ..runtime.photo.rectify import level_film
+    from ..runtime.photo.film import finish_film as device_finish
 
-    return np.asarray(level_film(Image.fromarray(np.asarray(pixels, np.uint8), "L")))
+    return np.asarray(device_finish(np.asarray(pixels, np.uint8)))
