@@ -21,6 +21,7 @@ What it runs, in order (every step is a `cxr-edge` command; the log of each is i
                  cxr-edge evaluate runs/<task> --data prepared/<task> --split test --json        (Keras float)
                  benchmarks/staged_vs_head_only.py runs/...  (the staged recipe vs frozen backbone + head only)
                  benchmarks/linear_probe.py BUILD/pack runs/cxr4 --data prepared/cxr4  (cxr4 vs a linear probe)
+                 cxr-edge evaluate BUILD/pack --real-photos ../shared/data/real_photos_dev --json  (when it is there)
     images       release/training_images.py: the list of every image each model saw, with sha256
     card         release/model_card.py: BUILD/pack/MODEL_CARD.md from the JSON above (every number in it)
     install      (--install) BUILD/pack replaces cxr_edge/packs/default, atomically, and the JSON the card
@@ -195,7 +196,7 @@ def run(args) -> None:
                                     str(b.runs / name), "--data", str(data), "--splits", "val,test",
                                     "--json", str(ev / "linear_probe.json")])
     real = real_photos_folder()
-    if real is not None:   # REAL-PHOTOS HOOK: runs once this tree's `cxr-edge evaluate` has --real-photos
+    if real is not None:   # the card's "Real photos" section (issue 15 item 7)
         b.step("real-photos", cx + ["evaluate", str(b.pack), "--real-photos", str(real), "--json"] + threads,
                stdout=ev / "real_photos.json")
     py = [sys.executable]
@@ -221,13 +222,10 @@ def run(args) -> None:
 
 
 def real_photos_folder() -> Path | None:
-    """The shared real-photo set, when it is there and this tree can evaluate a folder of photos."""
-    import importlib.util
-
+    """The shared real-photo set (its folder and manifest), or None when it is not there."""
     shared = Path(os.environ.get("CXR_EDGE_SHARED") or REPO.parent / "shared")
     folder = shared / "data" / "real_photos_dev"
-    has_command = importlib.util.find_spec("cxr_edge.tools.evaluate_photos") is not None
-    return folder if has_command and (folder / "manifest.csv").is_file() else None
+    return folder if (folder / "manifest.csv").is_file() else None
 
 
 def record(build: Path, dest: Path) -> None:

@@ -76,8 +76,8 @@ class Build:
         self.staged = json.loads(f.read_text()) if f.is_file() else None
         f = folder / "eval" / "linear_probe.json"
         self.probe = json.loads(f.read_text()) if f.is_file() else None
-        #: REAL-PHOTOS HOOK: `cxr-edge evaluate` over a folder of real photos with a manifest (issue 15 item 7),
-        #: written by the build as eval/real_photos.json once that command exists; rendered by real_photos()
+        #: `cxr-edge evaluate PACK --real-photos FOLDER --json` (issue 15 item 7), written by the build's
+        #: real-photos step when the shared real-photo set is there; rendered by real_photos()
         f = folder / "eval" / "real_photos.json"
         self.real_photos = json.loads(f.read_text()) if f.is_file() else None
         f = folder / "build.json"
@@ -476,15 +476,13 @@ def probe(b: Build) -> str:
 
 
 def real_photos(b: Build) -> str:
-    """REAL-PHOTOS HOOK: the "Real photos" section, rendered by the device side's own ``card_section`` from
-    ``eval/real_photos.json`` (``cxr-edge evaluate PACK --real-photos FOLDER --json``, issue 15 item 7). Empty
-    until both exist in this tree."""
+    """The "Real photos" section, rendered by the evaluator's own ``card_section`` from ``eval/real_photos.json``
+    (``cxr-edge evaluate PACK --real-photos FOLDER --json``, issue 15 item 7); empty when the build had no
+    real-photo set to measure."""
     if not b.real_photos:
         return ""
-    try:
-        from cxr_edge.tools.evaluate_photos import card_section
-    except ImportError:
-        return ""
+    from cxr_edge.tools.evaluate_photos import card_section
+
     return card_section(b.real_photos) + "\n"
 
 
