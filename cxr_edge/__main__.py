@@ -1,6 +1,11 @@
 """``python -m cxr_edge`` is the same as the ``cxr-edge`` command."""
 
-from .cli import main
+import sys
 
 if __name__ == "__main__":
+    try:
+        from .cli import main
+    except KeyboardInterrupt:  # Ctrl-C while the CLI itself is still loading: nothing has started yet
+        print("Interrupted.", file=sys.stderr)
+        sys.exit(130)
     main(prog_name="cxr-edge")

@@ -245,8 +245,7 @@ def finish_film(pixels):
     uint8 grey pixels; training's one way to it.
 
     Until this switch training finished with the level stretch alone (``rectify.level_film``), without the
-    moiré step: the gate and cxr4 of the pack rebuilt on 2026-12-05 (and its nih14, where that was
-    retrained from the same recipes) were trained that way."""
+    moiré step; the bundled pack's models were trained before either (no finishing at all)."""
     import numpy as np
 
     from ..runtime.photo.film import finish_film as device_finish

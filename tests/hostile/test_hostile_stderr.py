@@ -74,5 +74,8 @@ def test_cause01_interrupted_appears_whenever_ctrl_c_comes(images, tmp_path):
         _, err = proc.communicate(timeout=120)
         outcomes.append((delay, proc.returncode))
         ok = (proc.returncode == 130 and "Interrupted." in err) or (proc.returncode == 0 and "Decision support" in err)
+        # On a loaded machine the signal can come while Python itself is still starting, before any cxr-edge
+        # code runs: Python then dies of SIGINT as every program does, with no output and nothing begun.
+        ok = ok or (proc.returncode == -signal.SIGINT and not err.strip())
         assert ok, (delay, proc.returncode, err[-800:])
     assert any(code == 130 for _, code in outcomes), outcomes
