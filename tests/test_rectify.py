@@ -285,3 +285,87 @@ def test_a_grey_screen_photo_is_not_taken_for_a_digital_image(films):
     assert res.screen is not None and res.moire is res.screen             # detected once, reused
     digital = rectify(films[0].resize((1024, 1024)))                     # a large digital CXR
     assert digital.path == "digital" and digital.passthrough
+
+
+# ---------------------------------------------------------------- the film search's batched helpers
+# (speed, issue 18): each must give what the one-at-a-time computation it replaced gives
+
+def test_batched_quantiles_are_numpys_percentiles_of_each_row():
+    from cxr_edge.runtime.photo.rectify import _quantiles
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(7, 40))
+    counts = np.array([40, 1, 2, 7, 13, 39, 25])
+    padded = np.where(np.arange(40)[None, :] < counts[:, None], v, np.nan)
+    got = _quantiles(padded, (2, 25, 50, 75, 90), counts)
+    want = np.array([np.percentile(v[i, :n], (2, 25, 50, 75, 90)) for i, n in enumerate(counts)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_side_lines_fitted_together_equal_one_at_a_time():
+    from cxr_edge.runtime.photo.rectify import _fit_lines
+
+    rng = np.random.default_rng(1)
+    pts, valid, want = np.zeros((4, 50, 2)), np.zeros((4, 50), bool), []
+    for s, (angle, rho, m) in enumerate([(0.1, 20.0, 50), (1.6, 300.0, 31), (3.0, -80.0, 12), (4.7, 5.0, 40)]):
+        t = np.linspace(-100, 100, m)
+        n, d = np.array([np.cos(angle), np.sin(angle)]), np.array([-np.sin(angle), np.cos(angle)])
+        p = rho * n + t[:, None] * d + rng.normal(0, 0.3, (m, 1)) * n
+        p[::7] += 15 * n                                  # outliers the fit must reject
+        pts[s, :m], valid[s, :m] = p, True
+        keep = np.ones(m, bool)                           # the plain per-side fit (three rounds)
+        for _ in range(3):
+            c = p[keep].mean(0)
+            _, _, vt = np.linalg.svd(p[keep] - c)
+            nn = vt[1]
+            r = nn @ c
+            res = np.abs(p @ nn - r)
+            keep = res <= max(1.0, 3.0 * 1.4826 * np.median(res[keep]))
+        want.append((nn * np.sign(nn @ n), r * np.sign(nn @ n)))
+    for (n_got, r_got), (n_want, r_want) in zip(_fit_lines(pts, valid), want):
+        sign = np.sign(n_got @ n_want)
+        np.testing.assert_allclose(n_got * sign, n_want, atol=1e-9)
+        assert abs(r_got * sign - r_want) < 1e-7
+    valid[2, 6:] = False                                  # a side with too few points: no fit
+    valid[2, :6] = [True, True, True, False, False, False]
+    assert _fit_lines(pts, valid) is None
+
+
+def test_duplicate_hough_peaks_table_matches_the_pairwise_test():
+    from cxr_edge.runtime.photo.rectify import _DuplicatePeaks
+
+    rng = np.random.default_rng(2)
+    w, h = 320, 240
+    theta = np.concatenate([rng.uniform(0, np.pi, 90), np.full(60, 0.5) + rng.normal(0, 0.02, 60)])
+    normals = np.stack([np.cos(theta), np.sin(theta)], -1)
+    rhos = np.concatenate([rng.uniform(-50, 350, 90), 150 + rng.normal(0, 1.5, 60)])
+    same = _DuplicatePeaks(normals, rhos, w, h)
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], float)
+    hits = 0
+    for i in range(len(rhos)):
+        for j in range(i):
+            d = np.array([-normals[i, 1], normals[i, 0]])
+            ts = corners @ d
+            ends = rhos[i] * normals[i] + np.array([ts.min(), ts.max()])[:, None] * d
+            sign = -1.0 if normals[j] @ normals[i] < 0 else 1.0
+            want = (abs(normals[j] @ normals[i]) >= np.cos(np.radians(6))
+                    and bool(np.all(np.abs(ends @ normals[j] * sign - rhos[j] * sign) <= 2.0)))
+            assert same(i, [j]) == want, (i, j)
+            hits += want
+    assert hits > 50                                      # the near-identical lines were duplicates
+
+
+def test_band_kinds_judged_together_equal_one_at_a_time(films):
+    from PIL import ImageFilter
+
+    from cxr_edge.runtime.photo.rectify import _band_kinds
+
+    smooth = np.asarray(films[0].convert("L").resize((240, 320)).filter(ImageFilter.GaussianBlur(2.0)), np.float32)
+    outer = np.array([[10, 10], [230, 10], [230, 310], [10, 310]], float)
+    rng = np.random.default_rng(3)
+    inner = outer + rng.uniform(-6, 40, (12, 4, 2)) * np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]])
+    inner[3] = outer + [[0, 30], [0, 30], [0, -30], [0, -30]]   # bars top and bottom only
+    together = _band_kinds(outer, inner, lambda: smooth)
+    assert together == [_band_kinds(outer, q, lambda: smooth)[0] for q in inner]
+    assert together == _band_kinds(np.broadcast_to(outer, inner.shape), inner, lambda: smooth)
+    assert _band_kinds(outer, inner[:0], lambda: smooth) == []

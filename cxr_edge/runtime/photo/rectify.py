@@ -336,42 +336,64 @@ def _hough(edges_y, edges_x, theta_px, shape, max_lines=30, min_votes=10) -> _Li
     peaks = peaks[np.argsort(-acc.ravel()[peaks], kind="stable")][:20 * max_lines]
     # half the lines near-horizontal, half near-vertical: a textured background (wood grain)
     # must not crowd out the film's sides of the other orientation
-    normals = np.zeros((max_lines, 2))
-    rhos, votes = np.zeros(max_lines), []
+    t_all, r_all = np.divmod(peaks, 2 * diag + 1)
+    n_all = np.stack([cos_t[t_all], sin_t[t_all]], -1)
+    horizontal = np.abs(n_all[:, 1]) >= math.cos(math.radians(45))
+    same = _DuplicatePeaks(n_all, r_all - diag, w, h)
+    chosen = []
     quota = {True: max_lines // 2, False: max_lines - max_lines // 2}
-    for i in peaks:
-        t, r = divmod(int(i), 2 * diag + 1)
-        n = np.array([cos_t[t], sin_t[t]])
-        horizontal = bool(abs(n[1]) >= math.cos(math.radians(45)))
-        k = len(votes)
-        if quota[horizontal] == 0 or _same_line(n, r - diag, normals[:k], rhos[:k], w, h):
+    for i in range(len(peaks)):
+        hz = bool(horizontal[i])
+        if quota[hz] == 0 or same(i, chosen):
             continue
-        quota[horizontal] -= 1
-        votes.append(acc[t, r])
-        normals[k], rhos[k] = n, r - diag
+        quota[hz] -= 1
+        chosen.append(i)
         if not any(quota.values()):
             break
-    k = len(votes)
-    return _Lines(normals[:k].copy(), rhos[:k].copy(), np.array(votes))
+    chosen = np.array(chosen, int)
+    normals, rhos = n_all[chosen].reshape(-1, 2), (r_all[chosen] - diag).astype(float)
+    votes = acc.ravel()[peaks[chosen]]
+    return _Lines(normals, rhos, votes)
 
 
-def _same_line(n1, r1, normals, rhos, w, h, tol=2.0) -> bool:
-    """Whether the line (n1, r1) stays within ``tol`` px of any of the lines (``normals``, ``rhos``)
-    across the image (a duplicate peak)."""
-    if not len(rhos):
-        return False
-    dots = normals @ n1
-    close = np.abs(dots) >= math.cos(math.radians(6))
-    if not close.any():
-        return False
-    sign = np.where(dots < 0, -1.0, 1.0)
-    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], float)
-    # the part of line 1 inside the image: project the image corners onto it
-    d = np.array([-n1[1], n1[0]])
-    ts = corners @ d
-    p = r1 * n1 + np.array([ts.min(), ts.max()])[:, None] * d          # its two ends
-    dist = np.abs(p @ (normals * sign[:, None]).T - rhos * sign)       # (2, lines)
-    return bool(np.any(close & np.all(dist <= tol, axis=0)))
+class _DuplicatePeaks:
+    """Whether a Hough peak is a duplicate of an earlier, already kept one: its line stays within ``tol``
+    px of the kept line across the image. The test of every peak against every earlier one is computed
+    in blocks of rows as the scan reaches them (the scan usually stops after a few dozen peaks); one
+    numpy call per peak and kept line cost ~2 ms a photo."""
+
+    BLOCK = 64
+
+    def __init__(self, normals: np.ndarray, rhos: np.ndarray, w: int, h: int, tol: float = 2.0):
+        self.n, self.r, self.tol = normals, rhos.astype(float), tol
+        corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], float)
+        # the part of each line inside the image: the image corners projected onto it give its two ends
+        d = np.stack([-normals[:, 1], normals[:, 0]], -1)
+        ts = corners @ d.T                                                    # (4, peaks)
+        self.ends = self.r[:, None, None] * normals[:, None] + np.stack([ts.min(0), ts.max(0)], 1)[..., None] * d[:, None]
+        self.table = np.zeros((0, 0), bool)
+
+    def _extend(self, upto: int) -> None:
+        a, b = len(self.table), min(len(self.r), max(upto, len(self.table) + self.BLOCK))
+        n1, ends = self.n[a:b], self.ends[a:b]                  # the new rows: candidate lines
+        n2, r2 = self.n[:b], self.r[:b]                          # every line up to them
+        dots = n1 @ n2.T                                         # (new, b)
+        close = np.abs(dots) >= math.cos(math.radians(6))
+        sign = np.where(dots < 0, -1.0, 1.0)
+        proj = np.einsum("iek,jk->iej", ends, n2)                # (new, 2 ends, b)
+        dist = np.abs(proj * sign[:, None] - (r2 * sign)[:, None])
+        rows = close & np.all(dist <= self.tol, axis=1)
+        table = np.zeros((b, b), bool)
+        table[:a, :a] = self.table
+        table[a:b] = rows
+        self.table = table
+
+    def __call__(self, i: int, kept: list) -> bool:
+        if not kept:
+            return False
+        if i >= len(self.table):
+            self._extend(i + 1)
+        return bool(self.table[i, kept].any())
 
 
 def _line_support(lines: _Lines, gx, gy, t_edge):
@@ -455,23 +477,29 @@ def _quads(lines: _Lines, ts, cum, shape, min_area_frac) -> _Quads:
     # (computing them per quad repeated each intersection ~50 times)
     table = _intersect(nrm[:, None], lines.rho[:, None], nrm[None, :], lines.rho[None, :])
 
-    def X(i, j):
-        return table[i, j]
-
+    tx, ty = np.ascontiguousarray(table[..., 0]), np.ascontiguousarray(table[..., 1])
+    pairs = [(t_, l_), (t_, r_), (b_, r_), (b_, l_)]                # TL TR BR BL
+    xs, ys = [tx[i, j] for i, j in pairs], [ty[i, j] for i, j in pairs]
+    # first the cheap test that most quads fail, on flat contiguous rows: every corner within the frame
+    # (a margin of 3 %); NaN (parallel lines) and inf fail every comparison, so they drop out here too
+    margin = 0.03 * max(h, w)
+    ok = np.ones(len(t_), bool)
+    for x, y in zip(xs, ys):
+        ok &= (x > -margin) & (x < w + margin) & (y > -margin) & (y < h + margin)
+    keep = np.flatnonzero(ok)
     # corners as (4 corners, x/y, quads): every test below is then elementwise over long rows (numpy's
     # reductions over a trailing axis of 4 cost more than all the arithmetic)
-    c = np.stack([X(t_, l_), X(t_, r_), X(b_, r_), X(b_, l_)]).transpose(0, 2, 1)   # TL TR BR BL
-    finite = np.isfinite(c)
-    ok = finite.all(axis=(0, 1))
-    c = np.where(finite, c, -1e6)
-    margin = 0.03 * max(h, w)
-    ok &= ((c[:, 0] > -margin) & (c[:, 0] < w + margin) & (c[:, 1] > -margin) & (c[:, 1] < h + margin)).all(0)
+    c = np.stack([np.stack([x[keep], y[keep]]) for x, y in zip(xs, ys)])
+    idx = np.stack([t_[keep], r_[keep], b_[keep], l_[keep]], 1)
+    # the other tests are applied in turn, each on the survivors of the ones before: the same quads, in
+    # the same order, as testing all at once
     nxt = np.roll(c, -1, axis=0)
     area = 0.5 * (c[:, 0] * nxt[:, 1] - c[:, 1] * nxt[:, 0]).sum(0)      # shoelace
-    ok &= area >= min_area_frac * h * w
+    ok = area >= min_area_frac * h * w
+    c, nxt, area, idx = c[:, :, ok], nxt[:, :, ok], area[ok], idx[ok]
     e = nxt - c                                          # edges TL->TR, TR->BR, BR->BL, BL->TL
     lens = np.hypot(e[:, 0], e[:, 1])                    # (4, quads)
-    ok &= (lens >= 0.2 * min(h, w)).all(0)
+    ok = (lens >= 0.2 * min(h, w)).all(0)
     prev = np.roll(e, 1, axis=0)
     cross = prev[:, 0] * e[:, 1] - prev[:, 1] * e[:, 0]  # > 0: a convex turn, clockwise in y-down
     cosang = -(e[:, 0] * prev[:, 0] + e[:, 1] * prev[:, 1]) / (lens * np.roll(lens, 1, axis=0) + 1e-9)
@@ -483,7 +511,7 @@ def _quads(lines: _Lines, ts, cum, shape, min_area_frac) -> _Quads:
     ok &= (aspect >= 0.4) & (aspect <= 2.5)
     q = c[:, :, ok].transpose(2, 0, 1)                   # (quads, 4, 2)
     area = area[ok]
-    idx = np.stack([t_, r_, b_, l_], 1)[ok]
+    idx = idx[ok]
     if not len(q):
         return empty
     # support per side: parameter along the line of each end corner = d . p
@@ -502,11 +530,12 @@ def _quads(lines: _Lines, ts, cum, shape, min_area_frac) -> _Quads:
 
 def _side_gaps(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     """How far each side (top, right, bottom, left) of the ``inner`` quad(s) (..., 4, 2) lies inside
-    the same side of ``outer``; negative where it pokes out. Returns (..., 4)."""
-    e = np.roll(outer, -1, axis=0) - outer
-    nrm = np.stack([e[:, 1], -e[:, 0]], -1) / (np.linalg.norm(e, axis=1, keepdims=True) + 1e-12)
+    the same side of ``outer`` (4, 2), or of each of a batch of ``outer`` quads (K, 4, 2) paired with
+    ``inner`` (K, 4, 2); negative where it pokes out. Returns (..., 4)."""
+    e = np.roll(outer, -1, axis=-2) - outer
+    nrm = np.stack([e[..., 1], -e[..., 0]], -1) / (np.linalg.norm(e, axis=-1, keepdims=True) + 1e-12)
     # signed distance (outward positive) of each inner corner c from each outer side s
-    d = np.einsum("...ck,sk->...sc", inner, nrm) - np.sum(nrm * outer, -1)[:, None]
+    d = np.einsum("...ck,...sk->...sc", inner, nrm) - np.sum(nrm * outer, -1)[..., None]
     ends = np.stack([d[..., s, [s, (s + 1) % 4]] for s in range(4)], -2)   # the side's own corners
     return -ends.max(-1)
 
@@ -521,51 +550,62 @@ def _contains(outer: np.ndarray, inner: np.ndarray, tol: float) -> np.ndarray:
 
 _BAND_T = np.linspace(0.04, 0.96, 24)
 _CORE_U = np.linspace(0.04, 0.96, 16)
+_BAND_ROWS = 6
 
 
 def _band_stats(outer, inner, smooth: np.ndarray, gaps: np.ndarray):
-    """Brightness quantiles of the band between two nested quads and of the inner quad's inside.
+    """Brightness quantiles of the bands between nested quads and of the inner quads' insides, for K
+    pairs at once (``outer``, ``inner`` (K, 4, 2), ``gaps`` (K, 4) from :func:`_side_gaps`).
 
     Sampled rather than rasterised: per side with a gap of at least 2 px, points
     across the band (kept 1.5 px from both of its borders where it is wide
     enough) at 24 places along it, one row per 2 px of width (up to 6), so
     wider bands weigh more; and a 16 x 16 grid over the inner quad. All the
-    points are read in one go (this runs for every pair of nested quads judged).
+    points of all the pairs are read in one go: judging the candidates one by one
+    cost ~0.3 ms each in numpy call overhead (about 13 per photo). Returns
+    (K, 3) band quartiles 25/50/75 and (K, 4) inside quantiles 2/25/75/90; a pair
+    without any band side gets NaN rows.
     """
-    t = _BAND_T
-    ring = []
-    for s in range(4):
-        if gaps[s] < 2.0:
-            continue
-        po = outer[s] + t[:, None] * (outer[(s + 1) % 4] - outer[s])
-        pi = inner[s] + t[:, None] * (inner[(s + 1) % 4] - inner[s])
-        width = np.maximum(np.hypot(*(po - pi).T), 1e-6)
-        lo = np.minimum(1.5 / width, 0.5)
-        rows = int(np.clip(round(gaps[s] / 2), 1, 6))
-        frac = lo[:, None] + (1 - 2 * lo)[:, None] * ((np.arange(rows) + 0.5) / rows)[None, :]
-        ring.append((pi[:, None] + frac[..., None] * (po - pi)[:, None]).reshape(-1, 2))
-    if not ring:
-        return None
+    k = len(outer)
+    t = _BAND_T[None, None, :, None]                                    # (pairs, sides, along, xy)
+    o0, o1 = outer, np.roll(outer, -1, axis=1)
+    i0, i1 = inner, np.roll(inner, -1, axis=1)
+    po = o0[:, :, None] + t * (o1 - o0)[:, :, None]                    # (K, 4, 24, 2)
+    pi = i0[:, :, None] + t * (i1 - i0)[:, :, None]
+    width = np.maximum(np.hypot(*np.moveaxis(po - pi, -1, 0)), 1e-6)   # (K, 4, 24)
+    lo = np.minimum(1.5 / width, 0.5)
+    rows = np.clip(np.round(gaps / 2), 1, _BAND_ROWS).astype(int)       # (K, 4)
+    r = np.arange(_BAND_ROWS)
+    frac = lo[..., None] + (1 - 2 * lo)[..., None] * ((r + 0.5) / rows[..., None, None])  # (K, 4, 24, rows)
+    used = (gaps >= 2.0)[:, :, None, None] & (r < rows[..., None, None])
+    used = np.broadcast_to(used, frac.shape)
+    ring = pi[:, :, :, None] + frac[..., None] * (po - pi)[:, :, :, None]   # (K, 4, 24, rows, 2)
     uu, vv = (m[..., None] for m in np.meshgrid(_CORE_U, _CORE_U))
-    tl, tr, br, bl = inner
-    grid = ((1 - vv) * ((1 - uu) * tl + uu * tr) + vv * ((1 - uu) * bl + uu * br)).reshape(-1, 2)
-    n = sum(len(r) for r in ring)
-    pts = np.concatenate(ring + [grid])
+    tl, tr, br, bl = (inner[:, c, None, None] for c in range(4))
+    grid = ((1 - vv) * ((1 - uu) * tl + uu * tr) + vv * ((1 - uu) * bl + uu * br)).reshape(k, -1, 2)
+    nr = ring[..., 0].size
+    pts = np.concatenate([ring.reshape(-1, 2), grid.reshape(-1, 2)])
     values = _bilinear(smooth, pts[:, 0], pts[:, 1])
-    return _quantiles(values[:n], (25, 50, 75)), _quantiles(values[n:], (2, 25, 75, 90))
+    band = np.where(used, values[:nr].reshape(used.shape), np.nan).reshape(k, -1)
+    return (_quantiles(band, (25, 50, 75), used.reshape(k, -1).sum(1)),
+            _quantiles(values[nr:].reshape(k, -1), (2, 25, 75, 90)))
 
 
-def _quantiles(v: np.ndarray, qs) -> np.ndarray:
-    """``np.percentile(v, qs)`` (linear interpolation) of a short 1-D array, without its overhead."""
-    v = np.sort(v)
-    idx = np.asarray(qs, float) / 100 * (len(v) - 1)
+def _quantiles(v: np.ndarray, qs, counts=None) -> np.ndarray:
+    """``np.percentile(row, qs)`` (linear interpolation) of each row of ``v`` (R, N), without its overhead;
+    ``counts``: how many leading values of each sorted row count (NaNs sort last), default all. (R, len(qs))."""
+    v = np.sort(v, axis=1)
+    n = np.full(len(v), v.shape[1]) if counts is None else np.asarray(counts)
+    idx = np.asarray(qs, float)[None, :] / 100 * (np.maximum(n, 1) - 1)[:, None]
     lo = np.floor(idx).astype(int)
-    hi = np.minimum(lo + 1, len(v) - 1)
-    return v[lo] + (idx - lo) * (v[hi] - v[lo])
+    hi = np.minimum(lo + 1, np.maximum(n, 1)[:, None] - 1)
+    a, b = np.take_along_axis(v, lo, 1), np.take_along_axis(v, hi, 1)
+    return a + (idx - lo) * (b - a)
 
 
-def _band_kind(outer, inner, smooth, max_ratio: float = 0.5) -> str:
-    """What the band between ``outer`` and the nested ``inner`` quad is.
+def _band_kinds(outer, inner, smooth, max_ratio: float = 0.5) -> list[str]:
+    """What the band between each ``outer`` and its nested ``inner`` quad is (``outer``, ``inner``
+    (K, 4, 2); one of them may be a single (4, 2) quad, shared by all K).
 
     'frame': a lightbox panel's or a screen's plain margin, so ``inner`` is the
     film. 'bars': the film's own dark letterbox bars, two of about the same
@@ -576,28 +616,34 @@ def _band_kind(outer, inner, smooth, max_ratio: float = 0.5) -> str:
     at its borders and fine noise/moiré). A frame around three or four sides
     may have any brightness; on one or two sides only (the panel runs out of the
     frame elsewhere) it must be plainer still (half that ratio: not a strip of
-    the film itself) and brighter than the film's blacks.
+    the film itself) and brighter than the film's blacks. ``smooth()`` is called
+    only when some band is worth sampling.
     """
+    outer, inner = np.broadcast_arrays(np.asarray(outer, float), np.asarray(inner, float))
+    outer, inner = outer.reshape(-1, 4, 2), inner.reshape(-1, 4, 2)
+    k = len(outer)
+    kinds = [""] * k
     gaps = _side_gaps(outer, inner)
-    if gaps.min() < -4.0 or gaps.max() < 2.0:
-        return ""
-    stats = _band_stats(outer, inner, smooth(), gaps)
-    if stats is None:
-        return ""
-    (r25, r50, r75), (c02, c25, c75, c90) = stats
-    sides = gaps >= 2.0
-    spread = (r75 - r25) / max(c75 - c25, 4.0)
-    if spread > max_ratio:
-        return ""
-    dark = r50 <= c02 + 0.08 * (c90 - c02)
-    if sides.sum() >= 3 or (not dark and spread <= max_ratio / 2):
-        return "frame"
-    # letterbox bars: two opposite bands of about the same width, nothing on the other sides
-    for a, b in ((0, 2), (1, 3)):
-        if dark and sides[a] and sides[b] and sides.sum() == 2:
-            if min(gaps[a], gaps[b]) >= 0.4 * max(gaps[a], gaps[b]):
-                return "bars"
-    return ""
+    judged = np.flatnonzero((gaps.min(1) >= -4.0) & (gaps.max(1) >= 2.0))
+    if not len(judged):
+        return kinds
+    bands, cores = _band_stats(outer[judged], inner[judged], smooth(), gaps[judged])
+    for j, (r25, r50, r75), (c02, c25, c75, c90) in zip(judged, bands, cores):
+        g = gaps[j]
+        sides = g >= 2.0
+        spread = (r75 - r25) / max(c75 - c25, 4.0)
+        if spread > max_ratio:
+            continue
+        dark = r50 <= c02 + 0.08 * (c90 - c02)
+        if sides.sum() >= 3 or (not dark and spread <= max_ratio / 2):
+            kinds[j] = "frame"
+            continue
+        # letterbox bars: two opposite bands of about the same width, nothing on the other sides
+        for a, b in ((0, 2), (1, 3)):
+            if dark and sides[a] and sides[b] and sides.sum() == 2:
+                if min(g[a], g[b]) >= 0.4 * max(g[a], g[b]):
+                    kinds[j] = "bars"
+    return kinds
 
 
 def _select(quads: _Quads, smooth, min_score) -> int | None:
@@ -624,8 +670,9 @@ def _select(quads: _Quads, smooth, min_score) -> int | None:
             break
         # the next level in: the best supported nested quad behind a plain frame
         nested = sorted(nested, key=lambda i: (-round(float(quads.score[i]), 2), -quads.area[i]))
-        inner = next((i for i in nested[:16]
-                      if _band_kind(outer, quads.corners[i], smooth) == "frame"), None)
+        nested = nested[:16]
+        kinds = _band_kinds(outer, quads.corners[nested], smooth)
+        inner = nested[kinds.index("frame")] if "frame" in kinds else None
         if inner is None:
             break
         chosen = int(inner)
@@ -634,8 +681,9 @@ def _select(quads: _Quads, smooth, min_score) -> int | None:
         around = [int(i) for i in good if quads.area[i] > 1.03 * quads.area[chosen]
                   and _contains(quads.corners[i], inner, 4.0)]
         around.sort(key=lambda i: quads.area[i])
-        outer = next((i for i in around[:12]
-                      if _band_kind(quads.corners[i], inner, smooth) == "bars"), None)
+        around = around[:12]
+        kinds = _band_kinds(quads.corners[around], inner, smooth) if around else []
+        outer = around[kinds.index("bars")] if "bars" in kinds else None
         if outer is None:
             break
         chosen = int(outer)
@@ -654,26 +702,31 @@ def _bilinear(a: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
             + a[y0 + 1, x0] * (1 - fx) * fy + a[y0 + 1, x0 + 1] * fx * fy)
 
 
-def _fit_line(pts: np.ndarray):
-    """Total-least-squares line (unit normal, rho) with two rounds of outlier rejection."""
-    keep = np.ones(len(pts), bool)
-    x, y = pts[:, 0], pts[:, 1]
-    nrm, rho = None, None
+def _fit_lines(pts: np.ndarray, valid: np.ndarray):
+    """Total-least-squares lines through the ``valid`` (S, M) points of ``pts`` (S, M, 2), one per side,
+    each with two rounds of outlier rejection: [(unit normal, rho)] * S, or None when a side keeps fewer
+    than 6 points. All the sides at once (fitting them one by one was mostly numpy call overhead)."""
+    keep = valid.copy()
+    x, y = pts[..., 0], pts[..., 1]
+    nx = ny = rho = None
     for _ in range(3):
-        if keep.sum() < 6:
+        count = keep.sum(1)
+        if (count < 6).any():
             return None
-        xk, yk = x[keep], y[keep]
-        cx, cy = float(xk.mean()), float(yk.mean())
-        dx, dy = xk - cx, yk - cy
+        cx = np.where(keep, x, 0.0).sum(1) / count
+        cy = np.where(keep, y, 0.0).sum(1) / count
+        dx, dy = np.where(keep, x - cx[:, None], 0.0), np.where(keep, y - cy[:, None], 0.0)
         # the direction of least spread (across the line), from the 2 x 2 scatter in closed form
-        theta = 0.5 * math.atan2(2 * float(dx @ dy), float(dx @ dx) - float(dy @ dy))   # along the line
-        nx, ny = -math.sin(theta), math.cos(theta)
+        theta = 0.5 * np.arctan2(2 * (dx * dy).sum(1), (dx * dx).sum(1) - (dy * dy).sum(1))   # along the line
+        nx, ny = -np.sin(theta), np.cos(theta)
         rho = nx * cx + ny * cy
-        res = np.abs(x * nx + y * ny - rho)
-        mad = float(np.median(res[keep])) * 1.4826
-        keep = res <= max(1.0, 3.0 * mad)
-        nrm = np.array([nx, ny])
-    return nrm, rho
+        res = np.abs(x * nx[:, None] + y * ny[:, None] - rho[:, None])
+        # the median of the kept residuals: not-kept ones sort last as inf
+        srt = np.sort(np.where(keep, res, np.inf), axis=1)
+        mid = np.take_along_axis(srt, np.stack([(count - 1) // 2, count // 2], 1), 1)
+        mad = 0.5 * (mid[:, 0] + mid[:, 1]) * 1.4826
+        keep = valid & (res <= np.maximum(1.0, 3.0 * mad)[:, None])
+    return [(np.array([nx[s], ny[s]]), float(rho[s])) for s in range(len(nx))]
 
 
 #: A Gaussian (sigma 1 px) sampled at whole pixels along a side and at half pixels across it: the
@@ -743,12 +796,9 @@ def _refine(quad: np.ndarray, g: np.ndarray, radius: float, t_edge: float, *, co
     sub = np.where(np.abs(denom) > 1e-9, 0.5 * (y0 - y2) / np.where(denom == 0, 1, denom), 0.0)
     pos = offs[kk] + np.clip(sub, -0.5, 0.5) * step
     pts = base + pos[..., None] * nrm[:, None]
-    new_lines = []
-    for s in range(4):
-        fit = _fit_line(pts[s][valid[s]]) if valid[s].sum() >= 6 else None
-        if fit is None:
-            return quad
-        new_lines.append(fit)
+    new_lines = _fit_lines(pts, valid)
+    if new_lines is None:
+        return quad
     out = np.zeros((4, 2))
     for c in range(4):      # corner c joins side c-1 and side c
         (n1, r1), (n2, r2) = new_lines[(c - 1) % 4], new_lines[c]
