@@ -312,13 +312,10 @@ def _hough(edges_y, edges_x, theta_px, shape, max_lines=30, min_votes=10) -> _Li
     cos_t, sin_t = np.cos(thetas), np.sin(thetas)
     base = np.round(np.degrees(theta_px)).astype(int)
     xs, ys = edges_x + 0.5, edges_y + 0.5
-    votes = []
-    for d in range(-3, 4):
-        t = (base + d) % nt
-        rho = np.floor(xs * cos_t[t] + ys * sin_t[t] + 0.5).astype(int) + diag
-        votes.append(t * (2 * diag + 1) + rho)
+    t = (base[None, :] + np.arange(-3, 4)[:, None]) % nt                # (7 angles, pixels)
+    rho = np.floor(xs * cos_t[t] + ys * sin_t[t] + 0.5).astype(int) + diag
     # one bincount of all the votes; counts fit int32 exactly (and compare faster than float64)
-    acc = np.bincount(np.concatenate(votes), minlength=nt * (2 * diag + 1)).astype(np.int32)
+    acc = np.bincount((t * (2 * diag + 1) + rho).ravel(), minlength=nt * (2 * diag + 1)).astype(np.int32)
     acc = acc.reshape(nt, 2 * diag + 1)
     # votes within +-1 px of a line: an edge that thinning left on two pixel rows splits its
     # votes between neighbouring rho bins
@@ -418,17 +415,17 @@ def _line_support(lines: _Lines, gx, gy, t_edge):
     cols = np.minimum(first[:, None] + np.arange(width)[None, :], ts.size - 1)   # (lines, width) into ts
     used = np.arange(width)[None, :] < span[:, None]
     tw = ts[cols][..., None]
-    on_w = np.zeros((nl, width), bool)
-    for off in (-1.0, 0.0, 1.0):
-        p = p0 + tw * d + off * n - 0.5
-        xi = np.round(p[..., 0]).astype(int)
-        yi = np.round(p[..., 1]).astype(int)
-        ok = used & (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-        xi, yi = np.clip(xi, 0, w - 1), np.clip(yi, 0, h - 1)
-        gxs, gys = gx[yi, xi], gy[yi, xi]
-        along = np.abs(gxs * n[..., 0] + gys * n[..., 1])
-        # an edge parallel to the line (gradient within ~30 degrees of its normal)
-        on_w |= ok & (along >= t_edge) & (along >= 0.86 * np.hypot(gxs, gys))
+    # the line and its two neighbours 1 px either side, as (3, lines, width); read through flat indices
+    offs = np.array([-1.0, 0.0, 1.0])[:, None, None, None]
+    p = (p0 + tw * d)[None] + offs * n[None] - 0.5
+    xi = np.round(p[..., 0]).astype(int)
+    yi = np.round(p[..., 1]).astype(int)
+    ok = used & (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+    flat = np.clip(yi, 0, h - 1) * w + np.clip(xi, 0, w - 1)
+    gxs, gys = gx.ravel()[flat], gy.ravel()[flat]
+    along = np.abs(gxs * n[..., 0] + gys * n[..., 1])
+    # an edge parallel to the line (gradient within ~30 degrees of its normal)
+    on_w = (ok & (along >= t_edge) & (along >= 0.86 * np.hypot(gxs, gys))).any(0)
     on = np.zeros((nl, ts.size), bool)
     on[np.repeat(np.arange(nl), width)[used.ravel()], cols[used]] = on_w[used]
     cum = np.concatenate([np.zeros((on.shape[0], 1)), np.cumsum(on, axis=1)], axis=1)
