@@ -10,7 +10,7 @@ cycled if ``--images`` is larger than what is there), read from where they lie. 
 interleaved in the same run (``cxr_edge.tools.bench.sections.batch``), each over all the images per round:
 
 * plain loop: ``Pipeline.predict`` on one image after the other, 1 interpreter thread (the baseline);
-* ``Pipeline.predict_many(workers=2)``: 2 worker processes, each running whole predictions (decode,
+* ``Pipeline.predict_many(workers=2)``: 2 worker threads, each running whole predictions (decode,
   preprocessing and the three models) with interpreters of its own, at most 4 images in flight,
   1 interpreter thread (their start-up included);
 * the same with 2 interpreter threads per model.

@@ -1,4 +1,4 @@
-"""Batch scaling on a mixed batch: the plain loop vs two worker threads vs two worker processes, with memory.
+"""Batch scaling on a mixed batch: the plain loop vs ``predict_many(workers=2)``, with memory.
 
 Run (on an idle machine: a ratio against the plain loop needs both cores free; check `uptime`):
 
@@ -14,23 +14,23 @@ Variants, interleaved in the same run (``interleave``: rounds, the order rotated
 batch per round:
 
 * plain loop: ``Pipeline.predict`` on one image after the other (the baseline, 1.00x);
-* two worker threads, each running whole predictions with interpreters of its own (a copy of the
-  pipeline: what ``predict_many`` did before it used processes);
-* ``Pipeline.predict_many(workers=2)``: two worker processes (``cxr_edge.runtime.workers``), their
-  start-up included, as ``cxr-edge predict`` pays it.
+* ``Pipeline.predict_many(workers=2)``: two worker threads, each running whole predictions with
+  interpreters of its own (loaded per call, as ``cxr-edge predict`` pays it).
 
 Then peak memory of each variant run once in a fresh process over the same folder
 (``cxr_edge.tools.bench.memory.peak_memory_of``): the largest process's RSS, and the sums of RSS and
-PSS over the process and its workers.
+PSS over the process and any it starts.
+
+Worker processes were measured against threads with this script on 2026-12-05 (RESULTS.md, "Batch
+scaling"): on the faster photo path threads won on speed and memory, and ``predict_many`` went back to
+threads.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,35 +41,12 @@ from _timing import header, interleave, table, timed  # noqa: E402
 from cxr_edge.tools.bench.inputs import phone_jpeg  # noqa: E402
 from cxr_edge.tools.bench.memory import peak_memory_of  # noqa: E402
 
-VARIANTS = ("plain loop", "2 worker threads", "predict_many(workers=2): 2 worker processes")
-
-
-def thread_workers(pipeline, files, n: int = 2) -> list:
-    """``n`` threads taking the next image in turn, each with interpreters of its own; results in order."""
-    lock, out, it = threading.Lock(), {}, iter(enumerate(files))
-
-    def work(own):
-        while True:
-            with lock:
-                item = next(it, None)
-            if item is None:
-                return
-            i, f = item
-            out[i] = own.predict(f, str(f))
-
-    threads = [threading.Thread(target=work, args=(copy.copy(pipeline),)) for _ in range(n)]  # copies load models
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return [out[i] for i in range(len(files))]
+VARIANTS = ("plain loop", "predict_many(workers=2): 2 worker threads")
 
 
 def run_variant(pipeline, name: str, files: list) -> list:
     if name == VARIANTS[0]:
         return [pipeline.predict(f, str(f)) for f in files]
-    if name == VARIANTS[1]:
-        return thread_workers(pipeline, files)
     return list(pipeline.predict_many(files, workers=2))
 
 

@@ -4,8 +4,8 @@ import sys
 
 if __name__ == "__main__":
     try:
-        from .cli import main
+        from .cli import run
     except KeyboardInterrupt:  # Ctrl-C while the CLI itself is still loading: nothing has started yet
         print("Interrupted.", file=sys.stderr)
         sys.exit(130)
-    main(prog_name="cxr-edge")
+    run()

@@ -21,41 +21,23 @@ def cxr(shared_data):
     return shared_data / "nih_cxr14" / "images" / "00000061_012.png"
 
 
-class _KillsItsWorker:
-    """A source that kills the worker process that unpickles it, as a crash in a native decoder would."""
+def _counted(source, n: int):
+    """A generator of ``n`` times ``source`` and the list of indices it has handed out so far."""
+    pulled = []
 
-    def __reduce__(self):
-        import signal
+    def sources():
+        for i in range(n):
+            pulled.append(i)
+            yield source
 
-        return signal.raise_signal, (signal.SIGKILL,)
-
-
-def _worker_pids() -> set[int]:
-    """Live worker processes started by this process (children running cxr_edge.runtime.workers)."""
-    import os
-
-    pids = set()
-    for task in os.listdir(f"/proc/{os.getpid()}/task"):
-        with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
-            pids |= {int(p) for p in f.read().split()}
-    found = set()
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"cxr_edge.runtime.workers" in f.read():
-                    found.add(pid)
-        except OSError:
-            pass
-    return found
+    return pulled, sources()
 
 
-@pytest.fixture
-def at_once(monkeypatch):
-    """Workers from the first image: this process does not predict alone first (a tiny-model batch
-    would be over before they started)."""
-    from cxr_edge.runtime import workers
+def _predict_threads() -> set[str]:
+    """Live worker threads of predict_many."""
+    import threading
 
-    monkeypatch.setattr(workers, "PAYS_OFF_S", 0.0)
+    return {t.name for t in threading.enumerate() if t.name.startswith("cxr-edge-predict")}
 
 
 def test_accepted_image_gets_all_three_results(pipeline, cxr):
@@ -98,7 +80,7 @@ def test_unknown_profile_fails_at_start(tiny_pack):
         Pipeline(tiny_pack, profile="screening")
 
 
-def test_bad_file_in_a_batch_does_not_stop_it(pipeline, cxr, tmp_path, at_once):
+def test_bad_file_in_a_batch_does_not_stop_it(pipeline, cxr, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"")
     preds = list(pipeline.predict_many([cxr, bad, cxr], workers=2))
@@ -107,7 +89,7 @@ def test_bad_file_in_a_batch_does_not_stop_it(pipeline, cxr, tmp_path, at_once):
     assert preds[0].results["cxr4"].probabilities == preds[2].results["cxr4"].probabilities  # deterministic
 
 
-def test_pipelined_and_plain_loops_agree(pipeline, shared_data, at_once):
+def test_pipelined_and_plain_loops_agree(pipeline, shared_data):
     files = sorted((shared_data / "cxr4" / "images").glob("*.png"))[:6]
     a = [p.to_dict()["cxr4"] for p in pipeline.predict_many(files, workers=2)]
     b = [p.to_dict()["cxr4"] for p in pipeline.predict_many(files, workers=0)]
@@ -115,70 +97,59 @@ def test_pipelined_and_plain_loops_agree(pipeline, shared_data, at_once):
     assert a == b == c
 
 
-def test_batch_reads_ahead_a_bounded_window(pipeline, cxr, at_once):
+def test_batch_reads_ahead_a_bounded_window(pipeline, cxr):
     """predict_many must not pull the whole list into memory: a 1,000-image batch held 480 MB that way."""
-    pulled = []
-
-    def sources():
-        for i in range(40):
-            pulled.append(i)
-            yield cxr
-
-    stream = pipeline.predict_many(sources(), workers=2)
+    pulled, sources = _counted(cxr, 40)
+    stream = pipeline.predict_many(sources, workers=2)
     first = next(stream)
     assert first.status == "ok"
     assert len(pulled) <= 2 * 2 + 1   # the window (2 x workers) plus the one being submitted
     assert sum(1 for _ in stream) == 39 and len(pulled) == 40
 
 
-def test_a_short_batch_is_predicted_without_starting_workers(pipeline, cxr):
-    preds = pipeline.predict_many([cxr] * 3, workers=2)
-    assert next(preds).status == "ok" and not _worker_pids()
-    assert [p.status for p in preds] == ["ok", "ok"]
+def test_a_single_image_is_predicted_without_starting_workers(pipeline, cxr, monkeypatch):
+    import threading
+
+    before = set(threading.enumerate())
+    monkeypatch.setattr(Pipeline, "_replica", lambda self: pytest.fail("loaded a second set of interpreters"))
+    preds = pipeline.predict_many([cxr], workers=2)
+    assert next(preds).status == "ok"
+    assert not {t.name for t in set(threading.enumerate()) - before if t.name.startswith("cxr-edge-predict")}
+    assert list(preds) == []
 
 
-def test_batch_runs_in_worker_processes_whose_logs_reach_the_parent(pipeline, cxr, caplog, at_once):
-    """Two workers are two processes with interpreters of their own; what they log arrives here."""
-    import logging
-    import os
+def test_a_finished_batch_leaves_no_thread_behind(pipeline, cxr):
+    assert [p.status for p in pipeline.predict_many([cxr] * 5, workers=2)] == ["ok"] * 5
+    assert not _predict_threads()
 
-    caplog.set_level(logging.DEBUG, logger="cxr_edge")
-    preds = list(pipeline.predict_many([cxr] * 6, workers=2))
-    assert [p.status for p in preds] == ["ok"] * 6
+
+def test_batch_runs_on_two_threads_with_interpreters_of_their_own(pipeline, cxr, monkeypatch):
+    """Each worker thread predicts with its own interpreters (one interpreter runs one image at a time):
+    the calling pipeline's and one copy loaded up front, never one per image."""
+    import threading
+
+    from cxr_edge.runtime import pipeline as pipeline_module
+
+    seen, lock = [], threading.Lock()
+    real = pipeline_module.Pipeline.predict
+
+    def spy(self, src, name=None, **kw):
+        with lock:
+            seen.append((threading.current_thread().name, id(self.models["cxr4"])))
+        return real(self, src, name, **kw)
+
+    loads = []
+    real_replica = pipeline_module.Pipeline._replica
+    monkeypatch.setattr(pipeline_module.Pipeline, "predict", spy)
+    monkeypatch.setattr(pipeline_module.Pipeline, "_replica", lambda self: loads.append(1) or real_replica(self))
+    preds = list(pipeline.predict_many([cxr] * 8, workers=2))
+    assert [p.status for p in preds] == ["ok"] * 8
     assert len({p.results["nih14"].probabilities["Effusion"] for p in preds}) == 1
-    from_workers = [r for r in caplog.records if r.process != os.getpid()]
-    assert from_workers and all(r.processName.startswith("cxr-edge worker") for r in from_workers)
-    assert {r.process for r in from_workers} - {os.getpid()}   # a worker loaded its models and said so
-    assert not _worker_pids()                                # and both are gone
+    assert all(name.startswith("cxr-edge-predict") for name, _ in seen)
+    assert len({models for _, models in seen}) == 2 and len(loads) == 1
 
 
-def test_a_worker_crash_is_that_images_error_and_the_batch_goes_on(pipeline, cxr, caplog, at_once):
-    from cxr_edge.runtime.workers import CRASH_KIND
-
-    preds = list(pipeline.predict_many([cxr, cxr, _KillsItsWorker(), cxr, cxr, cxr], workers=2))
-    assert [p.status for p in preds] == ["ok", "ok", "error", "ok", "ok", "ok"]
-    assert preds[2].error["kind"] == CRASH_KIND and "killed by SIGKILL" in preds[2].error["message"]
-    assert preds[2].file == "<image>"
-    assert "starting another" in caplog.text and not _worker_pids()
-
-
-def test_a_worker_killed_from_outside_costs_at_most_its_image(pipeline, cxr, at_once):
-    """The OOM killer picks a worker, busy or idle: the batch still gets one row per image."""
-    import os
-    import signal
-
-    from cxr_edge.runtime.workers import CRASH_KIND
-
-    stream = pipeline.predict_many([cxr] * 30, workers=2)
-    preds = [next(stream)]
-    os.kill(min(_worker_pids()), signal.SIGKILL)
-    preds += list(stream)
-    assert len(preds) == 30 and not _worker_pids()
-    kinds = [p.error["kind"] if p.error else p.status for p in preds]
-    assert set(kinds) <= {"ok", CRASH_KIND} and kinds.count(CRASH_KIND) <= 1
-
-
-def test_every_kind_of_source_gives_the_same_result_in_workers(pipeline, cxr, at_once):
+def test_every_kind_of_source_gives_the_same_result_in_workers(pipeline, cxr):
     import io
 
     from PIL import Image
@@ -194,12 +165,19 @@ def test_every_kind_of_source_gives_the_same_result_in_workers(pipeline, cxr, at
     assert [d["file"] for d in there][:2] == [str(cxr)] * 2
 
 
-def test_stopping_a_batch_early_stops_its_workers(pipeline, cxr, at_once):
-    stream = pipeline.predict_many([cxr] * 20, workers=2)
+def test_stopping_a_batch_early_drops_the_images_not_started(pipeline, cxr):
+    pulled, sources = _counted(cxr, 40)
+    stream = pipeline.predict_many(sources, workers=2)
     assert next(stream).status == "ok"
-    assert len(_worker_pids()) == 2
     stream.close()           # what a consumer's break, exception or Ctrl-C does to the generator
-    assert not _worker_pids()
+    assert len(pulled) <= 2 * 2 + 1
+    import time
+
+    for _ in range(100):     # the (at most two) images already running finish; nothing else starts
+        if not _predict_threads():
+            break
+        time.sleep(0.05)
+    assert not _predict_threads() and len(pulled) <= 2 * 2 + 1
 
 
 def test_same_answer_from_path_bytes_and_array(pipeline, cxr):

@@ -23,7 +23,7 @@ import click
 
 from .. import __version__
 
-__all__ = ["COMMANDS", "EXIT_BROKEN_PIPE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "LazyGroup", "main"]
+__all__ = ["COMMANDS", "EXIT_BROKEN_PIPE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "LazyGroup", "main", "run"]
 
 # name -> (module, attribute, one-line help). The help is here so listing commands imports nothing.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -137,5 +137,19 @@ def main(verbose: int, quiet: bool):
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def run() -> None:
+    """The ``cxr-edge`` program (console script and ``python -m cxr_edge``): :func:`main`, after which a
+    Ctrl-C is ignored. The command's work is done and its output written by then; a Ctrl-C during the
+    interpreter's teardown would only turn a finished run into one killed by SIGINT."""
+    import signal
+    import threading
+
+    try:
+        main(prog_name="cxr-edge")
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()

@@ -27,9 +27,8 @@ EXIT_SOME_FAILED = 1
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Interpreter CPU threads per model.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(0, 32),
-              help="Images predicted at a time, each in a worker process with interpreters of its own "
-                   "(about 80 MB each; a worker that crashes costs only its image). 0 = one at a time in "
-                   "this process, the least memory.")
+              help="Images predicted at a time, each on a thread with interpreters of its own "
+                   "(2 on 2 cores: about 1.8x one at a time, +45 MB). 0 = one at a time, the least memory.")
 @click.option("--profile", default=None, help="Threshold profile stored in the pack (e.g. screening, balanced).")
 @backend_option
 @click.option("--no-rectify", "no_rectify", is_flag=True,
@@ -124,7 +123,7 @@ def predict(images, pack, require_signed, as_json, threads, workers, profile, ba
     results = predictions
     if show_progress:
         results = click.progressbar(results, length=len(files), label="predicting", file=sys.stderr)
-    # closing: on Ctrl-C or an error the worker processes stop before the command does
+    # closing: on Ctrl-C or an error the images not yet started are dropped at once
     with closing(predictions), (results if show_progress else nullcontext(results)) as stream:
         for pred in stream:
             failed += pred.status == "error"

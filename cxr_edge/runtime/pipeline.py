@@ -40,12 +40,16 @@ The photo stage is one method, :meth:`Pipeline.film`; ``predict(path)`` runs it,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import logging
 import os
+import queue
 import time
 import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -494,41 +498,58 @@ class Pipeline:
     def predict_many(self, sources: Iterable, *, workers: int = 2) -> Iterator[Prediction]:
         """Predict many images, yielding one result per source, in input order.
 
-        With ``workers`` >= 1, ``workers`` worker processes run whole predictions (decode, film,
-        preprocessing and the models), each with interpreters of its own, so two workers use two
-        cores (:mod:`cxr_edge.runtime.workers`: threads were held back by the GIL in the photo
-        stage). The calling thread predicts the first image itself, and starts the workers only when
-        the images ahead would take it more than they take to start (~0.3 s here). At most ``2 * workers`` images are in
-        flight, so memory stays flat however long the list; a worker that crashes turns its one image
-        into an ``error`` result. ``workers=0``, a single source, or a system where worker processes
-        cannot run: everything on the calling thread.
+        With ``workers`` >= 1, ``workers`` threads run whole predictions (decode, film, preprocessing
+        and the models), each with interpreters of its own: this pipeline's, and copies loaded up front
+        on the calling thread. LiteRT, Pillow's decoders and the photo stage's large numpy operations
+        release the GIL, so two threads use two cores: on a mixed batch of 1024-px PNGs and 12-MP JPEGs
+        two threads ran 1.83x the plain loop at 126 MB PSS, where two worker processes ran 1.74x at
+        212 MB (``benchmarks/batch_workers.py``, RESULTS.md). At most ``2 * workers`` images are in
+        flight, so memory stays flat however long the list (an unbounded read-ahead held every decoded
+        image of a 1,000-image batch: 480 MB). When the caller stops early, is interrupted or fails,
+        the images not yet started are dropped. ``workers=0`` or a single source: everything on the
+        calling thread.
         """
-        from . import workers as _workers
-
         items = ((src.read() if _is_stream(src) else src, _path_name(src)) for src in sources)
-        total = len(sources) if hasattr(sources, "__len__") else None
-        if total is not None:              # no more workers than images; one image is predicted here
-            workers = min(workers, total) if total > 1 else 0
-        why_not = _workers.supported(self) if workers > 0 else None
-        if why_not:
-            log.warning("predicting in this process, one image at a time: %s", why_not)
-        if workers <= 0 or why_not:
+        if hasattr(sources, "__len__"):          # no more workers than images; one image needs none
+            workers = min(workers, len(sources)) if len(sources) > 1 else 0
+        if workers <= 0:
             for src, name in items:
                 yield self.predict(src, name)
             return
-        yield from _workers.predict_in_workers(self, items, workers, total)
+        # Every interpreter is made here, on the calling thread, before any worker starts: loading one
+        # sends the runtime's native log lines through a process-wide stderr redirection, which must not
+        # overlap the workers' own output (it swallowed the safety line when threads loaded in parallel).
+        free: queue.SimpleQueue = queue.SimpleQueue()
+        for i in range(workers):
+            free.put(self if i == 0 else self._replica())
 
-    def __getstate__(self) -> dict:
-        """A pipeline pickles without its interpreters (native objects): a copy in another process
-        builds its own from the pack when it is unpickled (:mod:`cxr_edge.runtime.workers`)."""
-        state = dict(self.__dict__)
-        del state["models"]
-        return state
+        def one(src, name):
+            replica = free.get()         # never waits: no more tasks run at once than there are replicas
+            try:
+                return replica.predict(src, name)
+            finally:
+                free.put(replica)
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.models = {slot: LoadedModel.from_pack(pm, threads=self.threads, backend=self.backend)
-                       for slot, pm in self.pack.models.items()}
+        window: deque = deque()
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cxr-edge-predict")
+        finished = False
+        try:
+            for src, name in items:
+                window.append(pool.submit(one, src, name))
+                if len(window) >= 2 * workers:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+            finished = True
+        finally:   # done: the threads end now; the caller stopped or failed: the images not started are dropped
+            pool.shutdown(wait=finished, cancel_futures=not finished)
+
+    def _replica(self) -> "Pipeline":
+        """The same pipeline with interpreters of its own (an interpreter runs one image at a time)."""
+        clone = copy.copy(self)
+        clone.models = {slot: LoadedModel.from_pack(pm, threads=self.threads, backend=self.backend)
+                        for slot, pm in self.pack.models.items()}
+        return clone
 
 
 def pack_quality_spec(pack: ModelPack) -> QualitySpec:

@@ -57,15 +57,18 @@ def test_cause01_native_lines_go_to_the_log_not_the_terminal():
 
 
 def test_cause01_interrupted_appears_whenever_ctrl_c_comes(images, tmp_path):
-    """Ctrl-C at different moments of a --workers 2 batch (while interpreters load, while images run): the
-    run either finishes with the safety line or says "Interrupted." and exits 130 -- never silently."""
-    batch = []
-    for i in range(40):
-        batch.append(tmp_path / f"img{i}.png")
-        batch[-1].write_bytes((images / ("a.png" if i % 2 else "b.png")).read_bytes())
+    """Ctrl-C at different moments of a --workers 2 batch (while interpreters load, while images run, after
+    the last one): the run either finishes with the safety line or says "Interrupted." and exits 130 --
+    never silently, and never killed by the signal once the run is done."""
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes((images / name).read_bytes())
+    batch = tmp_path / "batch"      # 400 images: ~2-4 s here, so most delays land while images run
+    batch.mkdir()
+    for i in range(400):
+        os.symlink(tmp_path / ("a.png" if i % 2 else "b.png"), batch / f"img{i:03d}.png")
     outcomes = []
-    for delay in (0.3, 0.6, 0.9, 1.2, 1.6, 2.2):
-        proc = subprocess.Popen([sys.executable, "-m", "cxr_edge", "predict", *map(str, batch), "--workers", "2"],
+    for delay in (0.3, 0.6, 0.9, 1.2, 1.6, 2.2, 6.0):
+        proc = subprocess.Popen([sys.executable, "-m", "cxr_edge", "predict", str(batch), "--workers", "2"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=REPO,
                                 # a background job (CI, nohup) inherits SIGINT ignored: restore it
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -1,7 +1,7 @@
 """Peak memory of a command in a fresh child process (and of the processes it starts), and of
 ``cxr-edge predict`` beside two baselines.
 
-A command with worker processes (``cxr-edge predict --workers 2``) uses the memory of all of them,
+A command that starts other processes uses the memory of all of them,
 so three numbers come back: the largest process's peak RSS (``wait4``'s ``ru_maxrss``: what one
 process needs), and the peaks of the sums over the command's process tree of RSS (shared library
 pages counted once per process: an upper bound) and of PSS (shared pages split between the
