@@ -84,7 +84,7 @@ def format_mixed_batch(bt: dict) -> list[str]:
 
 
 def format_memory(rows: list[dict]) -> list[str]:
-    out = ["## Peak memory (a fresh child process and the worker processes it starts)", "",
+    out = ["## Peak memory (a fresh child process and any processes it starts)", "",
            "| command | largest process: peak RSS MB | ratio to python -c pass | all processes: RSS MB | "
            "all processes: PSS MB | processes | exit |", "|---|---|---|---|---|---|---|"]
     return out + [f"| {r['name']} | {r['peak_rss_mb']:.0f} | {r['ratio']}x | {_fmt0(r.get('total_rss_mb'))} | "
