@@ -6,7 +6,7 @@ Run:
         [--images 1000] [--repeat 3]
 
 Each command runs in a fresh child of a small helper Python: the peak resident set size of its largest
-process comes from ``wait4`` (``ru_maxrss``), and the sums of RSS and PSS over it and the worker processes
+process comes from ``wait4`` (``ru_maxrss``), and the sums of RSS and PSS over it and any processes
 it starts are sampled from /proc every 20 ms (``cxr_edge.tools.bench.memory.peak_rss``). Beside
 it, in the same run, two baselines: ``python -c pass`` and Python with numpy, Pillow and the
 interpreter imported (the floor any Python predictor pays). The batch is the shared 256-px
