@@ -21,8 +21,8 @@ Then peak memory of each variant run once in a fresh process over the same folde
 (``cxr_edge.tools.bench.memory.peak_memory_of``): the largest process's RSS, and the sums of RSS and
 PSS over the process and any it starts.
 
-Worker processes were measured against threads with this script on 2026-12-05 (RESULTS.md, "Batch
-scaling"): on the faster photo path threads won on speed and memory, and ``predict_many`` went back to
+Worker processes were measured against threads with this script on 2026-12-05 (RESULTS.md, "Issue 18
+final run"): on the faster photo path threads won on speed and memory, and ``predict_many`` went back to
 threads.
 """
 
