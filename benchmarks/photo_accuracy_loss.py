@@ -7,7 +7,7 @@ Run (workstation; ~3 minutes for the 270 cxr4 test films on one core):
         [--split test] [--severity moderate] [--every 1]
 
 The photos are the ones ``cxr-edge evaluate PACK --data DATA --photos SEVERITY`` builds, with the same
-seeds (``cxr_edge.tools.evaluate._photo_seed``), the same simulator (``cxr_edge.tools.photosim.simulate_photo``,
+seeds (``cxr_edge.tools.evaluate.photo_seed``), the same simulator (``cxr_edge.tools.photosim.simulate_photo``,
 1280 px), the same device path (``cxr_edge.runtime.photo.rectify.rectify`` and its ``film``, which runs
 ``finish_film``) and the same model input (``fit_to_square`` + ``normalize``, the pack's int8 model). Beside
 that device path, the same photo
@@ -37,7 +37,7 @@ from cxr_edge.runtime.images import load_image  # noqa: E402
 from cxr_edge.runtime.photo.film import finish_film  # noqa: E402
 from cxr_edge.runtime.photo.rectify import rectify, warp_film  # noqa: E402
 from cxr_edge.runtime.preprocess import fit_to_square, normalize  # noqa: E402
-from cxr_edge.tools.evaluate import _photo_seed  # noqa: E402
+from cxr_edge.tools.evaluate import photo_seed  # noqa: E402
 from cxr_edge.tools.metrics import accuracy, macro_f1  # noqa: E402
 from cxr_edge.tools.photosim import resolve_severity, simulate_photo  # noqa: E402
 from cxr_edge.tools.split_runner import open_model  # noqa: E402
@@ -86,7 +86,7 @@ def main():
     backgrounds = []
     for n, i in enumerate(idx):
         film = np.asarray(load_image(table["path"][i], mode="L"))
-        inputs = variants(film, severity, _photo_seed(args.seed, table["sha256"][i], i), model_input)
+        inputs = variants(film, severity, photo_seed(args.seed, table["sha256"][i], i), model_input)
         backgrounds.append(inputs.pop("background"))
         inputs["digital"] = model_input(table["path"][i])
         raw = model.infer(normalize(np.stack([inputs[r] for r in ROWS]), spec))[0]

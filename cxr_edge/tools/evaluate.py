@@ -50,7 +50,7 @@ from .leakage import check_leakage, split_fingerprint
 from .metrics import jsonable, summary_fn, bootstrap_ci, resolve_thresholds, task_ece, task_metrics
 from .split_runner import BATCH, Progress, model_outputs, open_model
 
-__all__ = ["AGE_BANDS", "evaluate", "Evaluation", "fit_softmax", "photo_outputs", "predict_softmax", "PROBE_FOLDS",
+__all__ = ["AGE_BANDS", "evaluate", "Evaluation", "fit_softmax", "photo_outputs", "photo_seed", "predict_softmax", "PROBE_FOLDS",
            "PROBE_L2", "PROBE_MIN_IMAGES", "RESULT_KIND", "shortcut_check", "source_names", "source_probe",
            "subgroup_results", "SUBGROUPS"]
 
@@ -242,7 +242,9 @@ def _photo_tools():
     return resolve_severity, simulate_photo, rectify
 
 
-def _photo_seed(seed: int, sha: str, index: int) -> np.random.Generator:
+def photo_seed(seed: int, sha: str, index: int) -> np.random.Generator:
+    """The random stream of one image's simulated photo under ``--photos`` (from the image's sha256, else its
+    index): the same photo in every run and every tool that wants to rebuild it."""
     key = int(sha[:15], 16) if sha else index
     return np.random.default_rng(np.random.SeedSequence([seed, key]))
 
@@ -259,7 +261,7 @@ def _photo_batches(prepared, split, spec, severity, seed, photo_size, simulate, 
             except ImageError as exc:
                 raise DataError(f"--photos simulates from the original images; {t['path'][i]} cannot be read "
                                 f"({exc}). Restore the files the data were prepared from.") from exc
-            photo = simulate(film, severity, _photo_seed(seed, shas[i], i), long_side=photo_size).to_image()
+            photo = simulate(film, severity, photo_seed(seed, shas[i], i), long_side=photo_size).to_image()
             as_grey = load_image(photo, mode="L", min_size=spec.input.size)   # what predict does with the photo
             raw.append(fit_to_square(as_grey, spec))
             if rectify is not None:
