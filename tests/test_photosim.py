@@ -191,3 +191,15 @@ def test_out_size_and_names():
     with pytest.raises(ValueError, match="lightbox"):
         simulate_photo(film, 0.5, 1, background="beach")
     assert set(FILM_EFFECTS) & set(PHOTO_EFFECTS) >= {"glare", "moire", "noise", "jpeg"}
+
+
+def test_a_film_on_a_surface_is_dark_bent_and_shows_the_desk_through_it():
+    ramp = np.tile(np.linspace(0, 255, 256).astype(np.uint8), (256, 1))
+    out = simulate_rectified(ramp, 1.0, 5, effects=["surface"]).astype(float)
+    cols = out.mean(0)
+    assert out.max() < 0.75 * 255                     # room light through the film twice: never a lightbox white
+    assert cols[-8:].mean() > cols[:8].mean() + 20     # still the film: white stays whiter than black
+    # transmission squared: the middle of the ramp sits below the straight line between its ends
+    assert cols[120:136].mean() < 0.5 * (cols[:8].mean() + cols[-8:].mean()) - 2
+    flat = simulate_rectified(np.full((256, 256), 200, np.uint8), 1.0, 5, effects=["surface"]).astype(float)
+    assert flat.std() > 2                             # the desk's unevenness and grain show through a flat film
