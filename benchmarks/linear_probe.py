@@ -115,7 +115,8 @@ def measure(models, data: Path, splits, weights: Path) -> dict:
            "metric": spec.primary_metric, "probe": {**probe.describe(), "fit_seconds": round(fit_s, 1),
                                                     "backbone": f"ImageNet MobileNetV2 1.0 ({weights.name}), frozen"},
            "splits": {}}
-    opened = [open_model(m, prepared, threads=2) for m in models]
+    from cxr_edge.training.run_model import open_run_model     # a training run's float model (TensorFlow)
+    opened = [open_model(m, prepared, threads=2, run_opener=open_run_model) for m in models]
     for split in splits:
         y, groups = prepared.labels(split), prepared.patients(split)
         p_probe = probe.predict(feats[split])

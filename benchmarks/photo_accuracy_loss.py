@@ -65,7 +65,8 @@ def variants(film: np.ndarray, severity: float, seed: int, model_input) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pack", default="cxr_edge/packs/default")
+    ap.add_argument("--pack", default="cxr_edge/packs/default",
+                    help="a model pack (its int8 model), or a training run folder (its Keras float model)")
     ap.add_argument("--data", required=True, help="a prepared data set (cxr-edge data prepare)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--severity", default="moderate")
@@ -74,7 +75,10 @@ def main():
     args = ap.parse_args()
     prep = open_prepared(args.data)
     table = prep.table(args.split)
-    model = open_model(args.pack, prep, threads=1)
+    run_opener = None
+    if (Path(args.pack) / "run.json").is_file():   # a training run: its float model needs TensorFlow
+        from cxr_edge.training.run_model import open_run_model as run_opener
+    model = open_model(args.pack, prep, threads=1, run_opener=run_opener)
     spec = model.spec
     severity = resolve_severity(args.severity)
 
