@@ -71,6 +71,10 @@ FILM_EFFECT_PROBS = {
     # the desk scene of simulate_photo: its films lost the most accuracy (benchmarks/photo_accuracy_loss.py)
     "surface": 0.2,
 }
+#: A film lying on a desk (simulate_photo's desk scene and the 'surface' film effect share these ranges): the
+#: surface's brightness, the film's transmission where its image is black and where it is white, the wood grain's
+#: amplitude, and the sheen off the film's surface.
+DESK_LEVEL, DESK_FILM, DESK_GRAIN, DESK_SHEEN = (0.35, 0.7), ((0.15, 0.3), (0.6, 0.8)), (0.03, 0.1), 0.03
 #: Hues of the colour casts real photos of films and monitors show (R, G, B gains at full strength).
 CAST_HUES = {"teal": (0.62, 1.0, 1.12), "violet": (1.08, 0.66, 1.25), "warm": (1.22, 1.0, 0.68)}
 
@@ -346,14 +350,15 @@ def _scene(kind: str, fw: int, fh: int, rng: np.random.Generator) -> _Scene:
                       film_lo=light * u(0.12, 0.25), film_hi=light * u(0.8, 0.95),
                       film_tint=np.array([1.0, 1.0, 1.02], np.float32))
     if kind == "desk":
+        lo, hi = DESK_FILM
         palette = [np.array([1.15, 0.97, 0.78], np.float32),   # wood
                    np.array([1.0, 1.0, 1.0], np.float32),      # grey wall
                    np.array([1.03, 1.0, 0.95], np.float32)]    # off-white
         tint = palette[int(rng.integers(len(palette)))]
         # film lying on the surface: the surface is seen through it (transmission squared)
-        return _Scene(kind, bg_level=u(0.35, 0.7), bg_tint=tint,
-                      film_lo=u(0.15, 0.3), film_hi=u(0.6, 0.8), film_tint=tint,
-                      grain=u(0.03, 0.1), on_surface=True)
+        return _Scene(kind, bg_level=u(*DESK_LEVEL), bg_tint=tint,
+                      film_lo=u(*lo), film_hi=u(*hi), film_tint=tint,
+                      grain=u(*DESK_GRAIN), on_surface=True)
     if kind == "monitor":
         white = u(0.8, 1.0)
         margins = tuple(u(0.03, 0.25) * size for _ in range(4))
@@ -523,7 +528,7 @@ def _render_scene(scene: _Scene, film, fw, fh, u, v, h_fp, px_per_unit, shape, r
     m = _rect_mask(u, v, (0, 0, fw, fh), px_per_unit)
     if scene.on_surface:
         # light crosses the film twice (down and back up), plus a faint sheen off its surface
-        film_lum = lum * film_lum * film_lum + 0.03
+        film_lum = lum * film_lum * film_lum + DESK_SHEEN
     else:
         lit = np.maximum(lit, m)
     lum = lum + (film_lum - lum) * m
@@ -667,11 +672,11 @@ def _on_surface(a: np.ndarray, strength: float, rng) -> np.ndarray:
     the light crosses the film twice (its transmission squared, a tone curve no lightbox gives), the surface's
     unevenness and wood grain show through, and a faint sheen lifts the blacks. The grain grows with
     ``strength``; the tone curve is the scene's."""
-    lo, hi = rng.uniform(0.15, 0.3), rng.uniform(0.6, 0.8)                # the scene's film_lo, film_hi
+    lo, hi = rng.uniform(*DESK_FILM[0]), rng.uniform(*DESK_FILM[1])
     t = lo + (hi - lo) * a
-    grain = rng.uniform(0.03, 0.1) * min(1.0, 2 * strength)
-    bg = _surface(a.shape, rng.uniform(0.35, 0.7), grain, rng)
-    return (bg * t * t + 0.03).astype(np.float32)
+    grain = rng.uniform(*DESK_GRAIN) * min(1.0, 2 * strength)
+    bg = _surface(a.shape, rng.uniform(*DESK_LEVEL), grain, rng)
+    return (bg * t * t + DESK_SHEEN).astype(np.float32)
 
 
 def _screen_moire(shape, strength: float, side: float, rng) -> np.ndarray:

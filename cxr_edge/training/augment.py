@@ -20,8 +20,8 @@ Phone-photo simulation (``photo_prob`` > 0) runs before these, in numpy, via
 :func:`cxr_edge.tools.photosim.simulate_rectified`: what a field photo of the film
 looks like after the app has found and rectified the film (glare, moiré,
 blur, JPEG, colour cast turned grey, vignetting, a sliver of lightbox/desk at
-the edge, tight crops, washed-out levels, a film lying on a desk), with a severity. :mod:`cxr_edge.training.dataset` calls it
-through ``tf.numpy_function``.
+the edge, tight crops, washed-out levels, a film lying on a desk), with a
+severity. :mod:`cxr_edge.training.dataset` calls it through ``tf.numpy_function``.
 """
 
 from __future__ import annotations
