@@ -156,8 +156,21 @@ def test_distillation_trains_on_the_float_models_outputs(run_copy):
     np.testing.assert_allclose(soft.numpy(), trainer.float_model(x, training=False).numpy(), atol=1e-4)
     val_x, hard = next(iter(trainer._dataset("val", augment=False, shuffle=False, batch_size=8)))
     assert set(np.unique(hard.numpy())) <= {0.0, 1.0}          # validation keeps the real labels
-    done = qat(run_copy, epochs=1, distill=1.0, restart=True, verbose=0, run_eagerly=True)
+    # with a temperature, the targets are the float outputs softened by it, and the loss softens the QAT model's
+    import tensorflow as tf
+
+    from cxr_edge.training.losses import soften
+
+    warm = QatTrainer(run, with_qat(run.recipe(), distill=1.0, temperature=3.0, epochs=1), resume=False,
+                      restart=True, strategy="default", verbose=0, run_eagerly=True)
+    assert warm.setup() and warm.loss_weights.temperature == 3.0
+    xt, softer = next(iter(warm._dataset("train", augment=False, shuffle=False, batch_size=8)))
+    expected = soften(tf, warm.float_model(xt, training=False), run.recipe().spec.activation, 3.0)
+    np.testing.assert_allclose(softer.numpy(), expected.numpy(), atol=1e-4)
+    assert softer.numpy().max() < trainer.float_model(xt, training=False).numpy().max()   # softened
+    done = qat(run_copy, epochs=1, distill=1.0, temperature=3.0, restart=True, verbose=0, run_eagerly=True)
     assert done.info["qat"]["status"] == "complete" and done.info["qat"]["distill"] == 1.0
+    assert done.info["qat"]["temperature"] == 3.0
 
 
 @pytest.mark.slow
@@ -165,6 +178,7 @@ def test_distillation_trains_on_the_float_models_outputs(run_copy):
 def test_select_float_agreement_keeps_the_epoch_closest_to_float(run_copy):
     """--select float_agreement: every epoch logs its val decision agreement with the float model, and qat.h5
     is the epoch (or the calibrated start, epoch 0) with the highest one -- checked by predicting again."""
+    from cxr_edge.runtime.preprocess import normalize
     from cxr_edge.tools.metrics import agreement
     from cxr_edge.training.trainer import Predictor, validation_set
 
@@ -182,10 +196,15 @@ def test_select_float_agreement_keeps_the_epoch_closest_to_float(run_copy):
     if q["epoch"] > 0:
         assert q["value"] == pytest.approx(scores[q["epoch"] - 1], abs=1e-6)
     recipe = run.recipe()
-    x_val, spec = validation_set(run.prepared(), recipe), recipe.spec      # the val inputs QAT scored on
-    float_probs = Predictor(run.float_model(), eager=True)(x_val)
-    qat_probs = Predictor(run.qat_model(), eager=True)(x_val)
+    spec = recipe.spec
+    # scored on the export check's images: the val films, digital, through the device preprocessing -- not on
+    # the photo-mixed val set the other val metrics use
+    films = normalize(np.asarray(run.prepared().images("val")), spec)
+    float_probs = Predictor(run.float_model(), eager=True)(films)
+    qat_probs = Predictor(run.qat_model(), eager=True)(films)
     assert agreement(spec, qat_probs, float_probs)["agreement"] == pytest.approx(q["value"], abs=1e-6)
+    mixed = validation_set(run.prepared(), recipe)
+    assert recipe.train.val_photo_prob == 0 or not np.array_equal(np.asarray(mixed)[:len(films)], films)
 
 
 def test_recipe_refuses_an_unknown_qat_selection():

@@ -217,6 +217,41 @@ def test_losses_match_the_head_and_weight_the_classes():
         resolve_weights(gate, LossConfig(kind="ce"), None)
 
 
+def test_a_distillation_temperature_teaches_the_teachers_logit_gaps_not_only_its_class():
+    """qat.temperature T: teacher and student are softened (logits / T) and the loss is scaled by T^2. A
+    confident teacher then tells a student that picks the right class but nearly flips apart from one that
+    matches it, and the loss's minimum is still the teacher's own output (softmax and sigmoid heads)."""
+    from dataclasses import replace
+
+    import tensorflow as tf
+
+    from cxr_edge.training.losses import LossWeights, make_loss, soften
+
+    cxr4 = get_task("cxr4")
+    plain = LossWeights(kind="ce", w_pos=(1.0,) * 4, w_neg=(1.0,) * 4, label_smoothing=0.0, focal_gamma=0.0)
+    teacher = np.array([[0.990, 0.006, 0.002, 0.002]], np.float32)
+    same = teacher.copy()
+    barely = np.array([[0.52, 0.46, 0.01, 0.01]], np.float32)     # the right class, nearly flipped
+    np.testing.assert_allclose(soften(tf, teacher, "softmax", 1.0), teacher)
+    soft = soften(tf, teacher, "softmax", 4.0).numpy()
+    assert soft.sum() == pytest.approx(1.0) and 0.4 < soft[0, 0] < 0.6 and soft.argmax() == 0
+    # the logits divided by T: log-ratios shrink by T
+    assert np.log(soft[0, 0] / soft[0, 1]) == pytest.approx(np.log(0.990 / 0.006) / 4, rel=1e-4)
+    gap = {}
+    for t in (1.0, 4.0):
+        loss = make_loss(cxr4, replace(plain, temperature=t))
+        target = soften(tf, teacher, "softmax", t)
+        gap[t] = float(loss(target, barely)[0] - loss(target, same)[0])
+    assert gap[4.0] > 3 * gap[1.0] > 0
+    gate = get_task("gate")
+    sig = soften(tf, np.array([[0.99], [0.5]], np.float32), "sigmoid", 3.0).numpy()
+    assert sig[1, 0] == pytest.approx(0.5) and 0.8 < sig[0, 0] < 0.9      # sigmoid(logit(0.99) / 3) = 0.822
+    bce = make_loss(gate, replace(plain, kind="bce", w_pos=(1.0,), w_neg=(1.0,), temperature=3.0))
+    at_teacher = bce(sig, np.array([[0.99], [0.5]], np.float32)).numpy()
+    for other in ((0.9, 0.5), (0.999, 0.5), (0.99, 0.6)):
+        assert bce(sig, np.array([[other[0]], [other[1]]], np.float32)).numpy().sum() > at_teacher.sum()
+
+
 def test_ties_on_a_saturated_metric_are_broken_by_the_validation_loss():
     assert improved(0.9, None) and improved(0.91, 0.9) and not improved(0.89, 0.9)
     assert not improved(float("nan"), 0.5) and not improved(None, 0.5)

@@ -20,6 +20,10 @@ __all__ = ["qat"]
 @click.option("--distill", type=click.FloatRange(0.0, 1.0),
               help="Share of each training target taken from the float model's output (default: qat.distill; "
                    "1 = learn to decide as the float model does under quantization, 0 = the labels only).")
+@click.option("--temperature", type=click.FloatRange(1.0, 20.0),
+              help="Distillation temperature (default: qat.temperature): the float model's and the QAT model's "
+                   "outputs are softened (logits / T) so that every film teaches its logit gaps, not only its "
+                   "class; 1 = no softening.")
 @click.option("--select", type=click.Choice(["primary", "float_agreement"]),
               help="Which epoch becomes qat.h5 (default: qat.select): the best on the task's primary validation "
                    "metric, or float_agreement, the one whose val decisions agree most with the float model's "
@@ -29,7 +33,8 @@ __all__ = ["qat"]
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default="default",
               show_default=True, help="tf.distribute strategy, as for cxr-edge train.")
 @click.option("--eager", is_flag=True, hidden=True, help="Run eagerly (tests: skips ~25 s of graph tracing).")
-def qat(run_dir, epochs, lr, batch_size, calibrate_batches, distill, select, resume, restart, strategy, eager):
+def qat(run_dir, epochs, lr, batch_size, calibrate_batches, distill, temperature, select, resume, restart, strategy,
+        eager):
     """Fine-tune RUN_DIR's best float model with quantization-aware training.
 
     The model is wrapped with tensorflow-model-optimization's 8-bit scheme, its activation ranges
@@ -44,6 +49,7 @@ def qat(run_dir, epochs, lr, batch_size, calibrate_batches, distill, select, res
       cxr-edge qat runs/cxr4
       cxr-edge qat runs/cxr4 --epochs 4 --lr 3e-5 --restart
       cxr-edge qat runs/nih14 --distill 1 --restart    learn the float model's decisions, not the labels
+      cxr-edge qat runs/cxr4 --distill 1 --temperature 4 --restart    ... and its logit gaps
       cxr-edge qat runs/cxr4 --resume
 
     Next: cxr-edge export RUN_DIR --int8 --from qat.
@@ -54,7 +60,7 @@ def qat(run_dir, epochs, lr, batch_size, calibrate_batches, distill, select, res
     if resume and restart:
         raise click.UsageError("--resume and --restart exclude each other")
     run = run_qat(run_dir, epochs=epochs, lr=lr, batch_size=batch_size, calibrate_batches=calibrate_batches,
-                  distill=distill, select=select, resume=resume, restart=restart,
+                  distill=distill, temperature=temperature, select=select, resume=resume, restart=restart,
                   strategy=strategy, verbose=1 if sys.stdout.isatty() else 0, run_eagerly=eager,
                   on_epoch=lambda row: click.echo(epoch_line(row), err=True))
     q = run.info.get("qat") or {}

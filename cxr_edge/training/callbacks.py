@@ -100,7 +100,9 @@ class Validation:
 
     def __init__(self, spec, y_val, predict, loss_fn, reference=None):
         self.spec, self.y_val, self.predict, self.loss_fn = spec, y_val, predict, loss_fn
-        self.reference = reference  # the float model's val outputs (QAT): logs val_float_agreement with them
+        # the float model's val outputs (QAT): logs val_float_agreement with them; or a callable that returns
+        # the agreement itself, measured on other images
+        self.reference = reference
         self.metrics: dict = {}
         self.monitor = "val_" + spec.primary_metric
 
@@ -114,7 +116,9 @@ class Validation:
             if key in self.metrics:
                 value = self.metrics[key]["value"]
                 logs["val_" + key] = float("nan") if value is None else float(value)
-        if self.reference is not None:
+        if callable(self.reference):    # scored on other images than the val metrics (QAT: the export check's)
+            logs["val_float_agreement"] = float(self.reference())
+        elif self.reference is not None:
             from ..tools.metrics import agreement
 
             logs["val_float_agreement"] = float(agreement(self.spec, probs, self.reference)["agreement"])
@@ -328,8 +332,9 @@ def epoch_callbacks(*, state: RunState, spec, y_val, predict, loss_fn, optimizer
                     reference=None, monitor=None):
     """The callback chain for one stage (see the module docstring), as one Keras callback plus parts.
 
-    ``reference``: the float model's val outputs, scored as ``val_float_agreement`` (QAT); ``monitor``: the
-    logged metric the best checkpoint, the plateau schedule and early stopping follow (default: the primary)."""
+    ``reference``: the float model's val outputs, or a callable returning the agreement, scored as
+    ``val_float_agreement`` (QAT); ``monitor``: the logged metric the best checkpoint, the plateau schedule and
+    early stopping follow (default: the primary)."""
     monitor = monitor or "val_" + spec.primary_metric
     timer = Timer(state, images_per_epoch)
     stopper = EarlyStopping(state, monitor, stage.early_stopping if stage.early_stopping is not None

@@ -28,7 +28,7 @@ from ..errors import RecipeError
 from .recipe import LOSS_KINDS, LossConfig
 from .tf_env import load
 
-__all__ = ["EPSILON", "loss_value", "LossWeights", "make_loss", "resolve_weights"]
+__all__ = ["EPSILON", "loss_value", "LossWeights", "make_loss", "resolve_weights", "soften"]
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,26 @@ class LossWeights:
     w_neg: tuple[float, ...]
     label_smoothing: float
     focal_gamma: float
+    temperature: float = 1.0      # distillation: the prediction is softened by T and the loss scaled by T^2
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "w_pos": list(self.w_pos), "w_neg": list(self.w_neg),
-                "label_smoothing": self.label_smoothing, "focal_gamma": self.focal_gamma}
+                "label_smoothing": self.label_smoothing, "focal_gamma": self.focal_gamma,
+                "temperature": self.temperature}
+
+
+def soften(tf, probs, activation: str, temperature: float):
+    """Probabilities ``probs`` of a ``softmax``/``sigmoid`` head with their logits divided by ``temperature``.
+
+    The heads output probabilities, so the logits are recovered from them: ``log p`` for softmax (up to a
+    constant the softmax ignores), ``log p - log(1 - p)`` for sigmoid. At 1 the input comes back unchanged.
+    """
+    if temperature == 1.0:
+        return probs
+    p = tf.clip_by_value(tf.cast(probs, tf.float32), EPSILON, 1 - EPSILON)
+    if activation == "softmax":
+        return tf.nn.softmax(tf.math.log(p) / temperature, axis=-1)
+    return tf.sigmoid((tf.math.log(p) - tf.math.log(1 - p)) / temperature)
 
 
 def resolve_weights(spec, config: LossConfig, prepared) -> LossWeights:
@@ -89,23 +105,25 @@ def make_loss(spec, weights: LossWeights):
     smooth = float(weights.label_smoothing)
     gamma = float(weights.focal_gamma) if weights.kind == "focal" else 0.0
     n = spec.num_labels
+    t = float(weights.temperature)
+    scale = t * t      # Hinton et al. 2015: keeps the gradient's size as T changes
 
     def binary(y_true, y_pred):
         y = tf.cast(y_true, tf.float32)
-        p = tf.clip_by_value(tf.cast(y_pred, tf.float32), EPSILON, 1 - EPSILON)
+        p = tf.clip_by_value(soften(tf, y_pred, "sigmoid", t), EPSILON, 1 - EPSILON)
         target = y * (1 - smooth) + 0.5 * smooth
         per = -(w_pos * target * tf.math.log(p) + w_neg * (1 - target) * tf.math.log(1 - p))
         if gamma:
             p_t = y * p + (1 - y) * (1 - p)
             per = per * tf.pow(1 - p_t, gamma)
-        return tf.reduce_mean(per, axis=-1)
+        return tf.reduce_mean(per, axis=-1) * scale
 
     def categorical(y_true, y_pred):
         y = tf.cast(y_true, tf.float32)
-        p = tf.clip_by_value(tf.cast(y_pred, tf.float32), EPSILON, 1.0)
+        p = tf.clip_by_value(soften(tf, y_pred, "softmax", t), EPSILON, 1.0)
         target = y * (1 - smooth) + smooth / n
         sample_weight = tf.reduce_sum(y * w_pos, axis=-1)  # the true class's weight (mixup: the blend)
-        return -tf.reduce_sum(target * tf.math.log(p), axis=-1) * sample_weight
+        return -tf.reduce_sum(target * tf.math.log(p), axis=-1) * sample_weight * scale
 
     fn = categorical if spec.activation == "softmax" else binary
     fn.__name__ = f"{weights.kind}_loss"

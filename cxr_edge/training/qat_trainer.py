@@ -28,6 +28,14 @@ output, so the QAT model learns to decide as the validated float model does *und
 rather than to fit the labels again: what the export check asks of the int8 model. (The recipe's
 positive/class weights are left out on purpose: with them the minimum would sit away from the
 teacher's output.) ``distill = 0`` is plain QAT on the labels with the recipe's loss.
+
+Distillation temperature (``qat.temperature``, T >= 1; Hinton et al. 2015): the teacher's and the
+student's outputs are both softened, their logits divided by T, and the loss is scaled by T^2. At
+T = 1 a film the float model calls with 0.99 asks the student for little more than the right class:
+most training films are such films (the float model was fitted on them), so the student learns the
+float model's decisions but not how far each film is from the boundary. Softened, every film asks
+the student to reproduce the float model's logit gaps, which is what keeps the val films near the
+boundary on the same side.
 """
 
 from __future__ import annotations
@@ -174,7 +182,8 @@ class QatTrainer(Trainer):
             return weights
         n = self.spec.num_labels
         kind = "ce" if self.spec.activation == "softmax" else "bce"
-        return replace(weights, kind=kind, w_pos=(1.0,) * n, w_neg=(1.0,) * n, label_smoothing=0.0, focal_gamma=0.0)
+        return replace(weights, kind=kind, w_pos=(1.0,) * n, w_neg=(1.0,) * n, label_smoothing=0.0, focal_gamma=0.0,
+                       temperature=float(self.recipe.qat.temperature))
 
     def _dataset(self, split, *, augment: bool, shuffle: bool, batch_size: int, seed: int = 0, repeat=False):
         ds = super()._dataset(split, augment=augment, shuffle=shuffle, batch_size=batch_size, seed=seed,
@@ -182,11 +191,14 @@ class QatTrainer(Trainer):
         share = float(self.recipe.qat.distill)
         if not share or split != "train":
             return ds
+        from .losses import soften
+
         tf, _ = load()
         teacher = self.float_model
+        activation, temperature = self.spec.activation, float(self.recipe.qat.temperature)
 
         def distilled(x, y):
-            soft = tf.cast(teacher(x, training=False), tf.float32)
+            soft = soften(tf, teacher(x, training=False), activation, temperature)
             return x, (1.0 - share) * tf.cast(y, tf.float32) + share * soft
 
         return ds.map(distilled, num_parallel_calls=1)
@@ -204,17 +216,37 @@ class QatTrainer(Trainer):
         return model
 
     def _float_val_probs(self):
-        """The float model's outputs on the val split (computed once; a resumed QAT computes them again)."""
+        """The float model's outputs on the val split as training scores it (photo share included)."""
         if getattr(self, "_float_probs", None) is None:
             self._float_probs = Predictor(self.float_model, eager=self.run_eagerly)(self.x_val)
         return self._float_probs
 
+    def _check_inputs(self):
+        """The val split's digital films through the device preprocessing: the images the export check compares
+        int8 with float on (``check.split = "val"``), without the photo share of ``train.val_photo_prob``."""
+        if getattr(self, "_x_check", None) is None:
+            import numpy as np
+
+            from ..runtime.preprocess import normalize
+
+            self._x_check = normalize(np.asarray(self.prepared.images("val")), self.spec)
+            self._float_check = Predictor(self.float_model, eager=self.run_eagerly)(self._x_check)
+        return self._x_check, self._float_check
+
+    def check_agreement(self) -> float:
+        """Decision agreement of the model being fine-tuned with the float model on the export check's images."""
+        from ..tools.metrics import agreement
+
+        x, reference = self._check_inputs()
+        return float(agreement(self.spec, self.predict(x), reference)["agreement"])
+
     def _selection(self) -> dict:
-        """``qat.select = "float_agreement"``: qat.h5 is the epoch whose decisions on val agree most with the
-        float model's (ties: lower val loss), the quantity the export check holds the int8 model to."""
+        """``qat.select = "float_agreement"``: qat.h5 is the epoch whose decisions agree most with the float
+        model's (ties: lower val loss) on the images the export check holds the int8 model to: the val split's
+        digital films (the photo share the val metrics include is not what export checks)."""
         if self.recipe.qat.select != "float_agreement":
             return {}
-        return {"reference": self._float_val_probs(), "monitor": "val_float_agreement"}
+        return {"reference": self.check_agreement, "monitor": "val_float_agreement"}
 
     def _start(self) -> None:
         """Float and calibrated-QAT scores, and the calibrated model as the first candidate ("epoch 0")."""
@@ -235,14 +267,12 @@ class QatTrainer(Trainer):
                  "after range calibration" if n else "before fine-tuning", value)
         self.info["qat"] = {"status": "running", "float_value": float_value, "calibrated_value": value,
                             "calibrate_batches": n, "epochs": q.epochs, "lr": q.lr, "schedule": q.schedule,
-                            "distill": q.distill, "select": q.select,
+                            "distill": q.distill, "temperature": q.temperature, "select": q.select,
                             "batch_size": self.recipe.train.batch_size,
                             "depthwise_per_channel": q.depthwise_per_channel}
         if q.select == "float_agreement":
-            from ..tools.metrics import agreement
-
-            agree = float(agreement(self.spec, probs, float_probs)["agreement"])
-            log.info("QAT start: decision agreement with float on val %.4f (qat.h5 follows it)", agree)
+            agree = self.check_agreement()
+            log.info("QAT start: decision agreement with float on the val films %.4f (qat.h5 follows it)", agree)
             entry = {"metric": "float_agreement", "value": agree}
         else:
             entry = {"metric": self.spec.primary_metric, "value": value}
@@ -280,15 +310,15 @@ class QatTrainer(Trainer):
 
 
 def qat(run_dir, *, epochs: int | None = None, lr: float | None = None, batch_size: int | None = None,
-        calibrate_batches: int | None = None, distill: float | None = None, select: str | None = None,
-        resume: bool = False,
+        calibrate_batches: int | None = None, distill: float | None = None, temperature: float | None = None,
+        select: str | None = None, resume: bool = False,
         restart: bool = False,
         strategy: str = "default", verbose: int = 1, on_epoch=None,
         run_eagerly: bool = False):
     """QAT fine-tune ``run_dir``'s best float model (see the module docstring); returns the :class:`~.runs.Run`.
 
-    ``epochs``/``lr``/``batch_size``/``calibrate_batches``/``distill``/``select`` override the recipe's ``[qat]``
-    values.
+    ``epochs``/``lr``/``batch_size``/``calibrate_batches``/``distill``/``temperature``/``select`` override the
+    recipe's ``[qat]`` values.
     ``run_eagerly`` skips graph tracing (tests: tracing a QAT MobileNetV2 takes ~25 s, longer than a
     tiny epoch).
     """
@@ -297,7 +327,7 @@ def qat(run_dir, *, epochs: int | None = None, lr: float | None = None, batch_si
         raise RecipeError(f"{run.path} has not finished training (status {run.info.get('status')!r}); finish it "
                           f"with: cxr-edge train {Path(run.path) / 'recipe.json'} --resume")
     recipe = with_qat(run.recipe(), epochs=epochs, lr=lr, batch_size=batch_size, calibrate_batches=calibrate_batches,
-                      distill=distill, select=select)
+                      distill=distill, temperature=temperature, select=select)
     trainer = QatTrainer(run, recipe, resume=resume, restart=restart, strategy=strategy, verbose=verbose,
                          on_epoch=on_epoch, run_eagerly=run_eagerly)
     trainer.execute(f"cxr-edge qat {run.path} --resume")

@@ -210,6 +210,8 @@ class QatConfig:
     depthwise_per_channel: bool = setting(True)
     # share of each training target taken from the float model's output
     distill: float = setting(0.0, check=lambda v: 0.0 <= v <= 1.0, rule="a share in [0, 1]")
+    # distillation temperature T: teacher and student outputs softened by T (logits / T), loss times T^2
+    temperature: float = setting(1.0, check=lambda v: 1.0 <= v <= 20.0, rule="in [1, 20] (1 = no softening)")
     # qat.h5 = the epoch best on: "primary" metric, or "float_agreement"
     select: str = setting("primary", choices=QAT_SELECT)
 
