@@ -25,7 +25,11 @@ worse on digital films is worth keeping; the final models are measured by the re
 
 Variants: ``none`` (digital films only), ``before`` (the effects and odds of the simulator before issue 15,
 no finishing), ``before+finish``, ``all`` (today's defaults), ``all-EFFECT`` (all without one effect) and
-``all-finish``.
+``all-finish``; and three that make views the way evaluation makes its photos rather than on the film
+itself: ``scene`` (every view a whole ``simulate_photo`` of the film at 640 px, warped upright with its true
+corners and finished: training's ``augment.photo_scene = 1``), ``mix`` (``photo_scene = 0.5``: half such
+views, half ``all``'s) and ``device`` (the whole photo through the device's film finder, ``rectify``,
+the whole photo finished where it finds none).
 """
 
 from __future__ import annotations
@@ -55,6 +59,25 @@ DEFAULT_VARIANTS = ["none", "before", "before+finish", "all", "all-finish"] + [f
 C = 0.003
 
 
+SCENE_SIDE = 640
+
+
+def device_views(pixels, severity, rng, spec) -> np.ndarray:
+    """One simulated phone photo per film (``simulate_photo`` at SCENE_SIDE px) straightened by the device's
+    film finder (the whole photo where it finds none), finished and fitted to the model's input."""
+    from cxr_edge.runtime.photo.film import finish_film as device_finish
+    from cxr_edge.runtime.photo.rectify import rectify
+    from cxr_edge.runtime.preprocess import fit_to_square
+    from cxr_edge.tools.photosim import simulate_photo
+
+    out = []
+    for film in pixels:
+        photo = simulate_photo(film, severity, int(rng.integers(2 ** 63 - 1)), long_side=SCENE_SIDE).to_image()
+        r = rectify(photo)
+        out.append(fit_to_square(r.film if r.ok else device_finish(np.asarray(photo.convert("L"))), spec))
+    return np.stack(out)
+
+
 def variant_config(name: str, severity):
     """(AugmentConfig or None for digital only) of a variant name."""
     from cxr_edge.tools.photosim import FILM_EFFECT_PROBS
@@ -67,11 +90,14 @@ def variant_config(name: str, severity):
         return replace(base, photo_effects=dict(BEFORE), photo_finish=name.endswith("+finish"))
     if name == "all":
         return base
+    if name in ("scene", "mix"):
+        return replace(base, photo_scene=1.0 if name == "scene" else 0.5)
     if name == "all-finish":
         return replace(base, photo_finish=False)
     if name.startswith("all-") and name[4:] in FILM_EFFECT_PROBS:
         return replace(base, photo_effects={k: v for k, v in FILM_EFFECT_PROBS.items() if k != name[4:]})
-    raise SystemExit(f"unknown variant {name!r}; valid: none, before, before+finish, all, all-finish, all-EFFECT "
+    raise SystemExit(f"unknown variant {name!r}; valid: none, before, before+finish, all, all-finish, scene, mix, "
+                     f"device, all-EFFECT "
                      f"with EFFECT in {', '.join(FILM_EFFECT_PROBS)}")
 
 
@@ -191,9 +217,13 @@ def main(argv=None):
     print(f"{'variant':<22} {'digital F1':>10} {'acc':>6} {'photo F1':>9} {'acc':>6} {'dev hits':>9}  seconds")
     for name in args.variants.split(","):
         t = time.perf_counter()
-        config = variant_config(name, args.severity)
+        config = None if name == "device" else variant_config(name, args.severity)
         x, y, g = digital_train, y_train, groups
-        if config is not None:
+        if name == "device":
+            views = device_views(train_pixels, args.severity, np.random.default_rng([args.seed, 11]), spec)
+            x = np.concatenate([x, feats(views)])
+            y, g = np.concatenate([y, y_train]), np.concatenate([groups, groups])
+        elif config is not None:
             views = photo_batch(train_pixels, config, np.random.default_rng([args.seed, 11]))
             x = np.concatenate([x, feats(views)])
             y, g = np.concatenate([y, y_train]), np.concatenate([groups, groups])

@@ -115,3 +115,25 @@ def test_photo_batch_finishes_only_the_photographed_films(prepared):
     pixels = np.asarray(prepared.images("train"))
     config = replace(AugmentConfig.off(), photo_prob=0.0)
     assert np.array_equal(photo_batch(pixels, config, np.random.default_rng(0)), pixels)   # digital: untouched
+
+
+def test_photo_scene_views_are_straightened_whole_photos_finished_as_the_device_finishes_them(prepared):
+    """augment.photo_scene: that share of the photo views is a whole simulated photo straightened with its
+    true corners, then finished and fitted exactly as predict does with a film it found; photo_scene 0 draws
+    as before."""
+    from cxr_edge.tools.photosim import simulate_rectified, simulate_straightened
+
+    spec = prepared.task
+    film = _film(5)
+    scene = replace(AugmentConfig.off(), photo_prob=1.0, photo_scene=1.0)
+    photographed = simulate_straightened(film, "moderate", 11)      # at the photo's resolution
+    assert max(photographed.shape) > 2 * SIZE
+    assert np.array_equal(normalize(photo_view(film, scene, 11)[None], spec)[0], device_input(photographed, spec))
+    plain = replace(scene, photo_scene=0.0)
+    assert np.array_equal(normalize(photo_view(film, plain, 11)[None], spec)[0],
+                          device_input(simulate_rectified(film, "moderate", 11), spec))
+    half = replace(scene, photo_scene=0.5)
+    kinds = {photo_view(film, half, s).tobytes() == photo_view(film, scene, s).tobytes() for s in range(12)}
+    assert kinds == {True, False}                                        # some views of each kind
+    with pytest.raises(Exception, match="photo_scene"):
+        replace(scene, photo_scene=1.5)

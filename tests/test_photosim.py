@@ -203,3 +203,31 @@ def test_a_film_on_a_surface_is_dark_bent_and_shows_the_desk_through_it():
     assert cols[120:136].mean() < 0.5 * (cols[:8].mean() + cols[-8:].mean()) - 2
     flat = simulate_rectified(np.full((256, 256), 200, np.uint8), 1.0, 5, effects=["surface"]).astype(float)
     assert flat.std() > 2                             # the desk's unevenness and grain show through a flat film
+
+
+def test_a_straightened_photo_is_the_film_upright_with_the_photos_effects():
+    """simulate_straightened: the whole photo (background, perspective, camera effects) warped back with the
+    film's true corners at the photo's resolution -- the film comes back upright, the same for the same seed,
+    and not the film itself (the photo's effects stay)."""
+    from cxr_edge.runtime.photo.rectify import warp_film
+    from cxr_edge.tools.photosim import simulate_straightened
+
+    film = smooth_film(224)
+    a = simulate_straightened(film, "moderate", 3, long_side=SIDE)
+    assert a.dtype == np.uint8 and abs(a.shape[0] - a.shape[1]) <= 0.1 * a.shape[0]   # the square film
+    assert np.array_equal(a, simulate_straightened(film, "moderate", 3, long_side=SIDE))
+    # it is exactly the true-corner warp of the photo simulate_photo makes for that seed
+    sim = simulate_photo(film, "moderate", 3, long_side=SIDE)
+    grey = Image.fromarray(sim.photo).convert("L")
+    assert np.array_equal(a, np.asarray(warp_film(grey, sim.corners, mode="L")))
+
+    # upright: it follows the film pixel for pixel (glare and vignetting blur that on some draws), and
+    # always better than the film turned on its side
+    def corr(x, y):
+        return np.corrcoef(x.ravel().astype(float), y.ravel().astype(float))[0, 1]
+
+    views = [np.asarray(Image.fromarray(simulate_straightened(film, "moderate", s, long_side=SIDE)).resize((224, 224)))
+             for s in range(6)]
+    assert np.median([corr(v, film) for v in views]) > 0.8
+    assert all(corr(v, film) > corr(v, np.rot90(film)) + 0.2 for v in views)
+    assert not np.array_equal(views[0], film)

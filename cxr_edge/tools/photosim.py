@@ -33,12 +33,12 @@ import numpy as np
 from PIL import Image
 
 from ..runtime.photo.blur import gaussian_blur
-from ..runtime.photo.rectify import apply_homography, homography
+from ..runtime.photo.rectify import apply_homography, homography, warp_film
 
 __all__ = ["BACKGROUNDS", "FILM_EFFECT_PROBS", "FILM_EFFECTS", "MONITOR_MOIRE_PROB", "motion_blur",
            "PHOTO_EFFECT_PROBS", "PHOTO_EFFECTS", "resolve_severity", "SEVERITY_LEVELS", "simulate_photo",
            "SCREEN_TINTS", "simulate_cropped_photo", "simulate_print_photo", "simulate_rectified",
-           "simulate_screen_photo", "SimulatedPhoto"]
+           "simulate_screen_photo", "simulate_straightened", "SimulatedPhoto"]
 
 
 SEVERITY_LEVELS = {"none": 0.0, "mild": 0.25, "moderate": 0.5, "severe": 0.85}
@@ -634,6 +634,22 @@ def simulate_rectified(image, severity="moderate", rng=None, out_size=None, *,
     if plan["jpeg"]:
         out = _jpeg(out, round(95 - 55 * plan["jpeg"]))
     return out
+
+
+def simulate_straightened(image, severity="moderate", seed_or_rng=None, *, long_side: int = 640,
+                          max_side: int = 1024) -> np.ndarray:
+    """A whole phone photo of ``image`` (:func:`simulate_photo`, ``long_side`` px, every default effect and
+    background) warped back upright with the film's true corners, at the photo's own resolution (at most
+    ``max_side``, as the device straightens a film it found): grey uint8.
+
+    What the device's film finder hands the finishing and the models when it finds the film exactly -- the
+    effects made at the photo's scale and then straightened, not made on the film itself as in
+    :func:`simulate_rectified`. A training augmentation (``augment.photo_scene``): ~45 ms at 640 px against
+    ~6 ms for :func:`simulate_rectified`.
+    """
+    sim = simulate_photo(_film_u8(image), severity, seed_or_rng, long_side=long_side)
+    grey = Image.fromarray(sim.photo).convert("L")
+    return np.asarray(warp_film(grey, sim.corners, max_side=max_side, mode="L"))
 
 
 # --------------------------------------------------------------------------- real-photo looks (training)

@@ -57,12 +57,13 @@ class AugmentConfig:
     photo_effects: tuple[str, ...] | dict | None = None  # photosim FILM_EFFECTS: names (always on), name ->
                                                           # probability, or None (the simulator's defaults)
     photo_finish: bool = True                    # finish each simulated photo as the device finishes a found film
+    photo_scene: float = 0.0                     # share of the photos rendered whole and straightened (see photo_view)
 
     def __post_init__(self):
         for name in ("rotation", "shear", "zoom", "shift", "brightness", "contrast", "mixup_alpha"):
             if getattr(self, name) < 0:
                 raise RecipeError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("crop_prob", "mixup_prob", "photo_prob"):
+        for name in ("crop_prob", "mixup_prob", "photo_prob", "photo_scene"):
             if not 0 <= getattr(self, name) <= 1:
                 raise RecipeError(f"augment.{name} is a probability in [0, 1], got {getattr(self, name)}")
         if self.zoom >= 1 or self.shift >= 0.5 or self.rotation > 45 or self.contrast >= 1:
@@ -227,14 +228,29 @@ def photo_view(film, config: AugmentConfig, seed):
     finishing (:func:`finish_film`: moiré out when found, levels stretched), the function ``predict`` applies
     to every film it finds in a photo.
     Training and device then share one preprocessing path (tests/test_photo_parity.py). uint8 (S, S) in
-    and out."""
+    and out.
+
+    With ``photo_scene`` > 0, that share of the views is instead a whole simulated photo straightened with
+    the film's true corners at the photo's resolution (:func:`cxr_edge.tools.photosim.simulate_straightened`),
+    finished there and then fitted to the film's size (:func:`~cxr_edge.runtime.preprocess.fit_to_square`):
+    the device's own path for a film it found, the camera's blur, noise, glare and JPEG made at the photo's
+    scale, and the photo's backgrounds (lightbox, desk, dark room, monitor). ``photo_scene = 0`` draws exactly
+    as before."""
     import numpy as np
 
     try:
-        from ..tools.photosim import simulate_rectified
+        from ..tools.photosim import simulate_rectified, simulate_straightened
     except ImportError as exc:  # the simulator is a separate device-side module
         raise RecipeError(f"augment.photo_prob > 0 needs cxr_edge.tools.photosim, which cannot be imported ({exc}). "
                           "Set photo_prob to 0 or install a cxr-edge that ships it.") from exc
+    film = np.asarray(film)
+    if config.photo_scene and np.random.default_rng([seed, 5]).random() < config.photo_scene:
+        from ..runtime.preprocess import fit_to_square
+        from ..tasks import InputSpec
+
+        straight = simulate_straightened(film, config.photo_severity, seed)
+        return fit_to_square(finish_film(straight) if config.photo_finish else straight,
+                             InputSpec(size=max(film.shape[:2])))
     sim = simulate_rectified(film, config.photo_severity, seed, effects=config.photo_effects)
     return np.asarray(finish_film(sim)) if config.photo_finish else sim
 
