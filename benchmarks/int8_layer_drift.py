@@ -106,8 +106,9 @@ def main(argv=None):
         "qat_keras_vs_float": float(agreement(spec, qat_probs, float_probs)["agreement"]),
         "int8_vs_float": float(agreement(spec, int8_probs, float_probs)["agreement"]),
     }
-    print(f"\ndecision agreement on {len(films)} {args.split} films: int8 vs QAT Keras {summary['int8_vs_qat_keras']:.4f}, "
-          f"QAT Keras vs float {summary['qat_keras_vs_float']:.4f}, int8 vs float {summary['int8_vs_float']:.4f}")
+    print(f"\ndecision agreement on {len(films)} {args.split} films: int8 vs QAT Keras "
+          f"{summary['int8_vs_qat_keras']:.4f}, QAT Keras vs float {summary['qat_keras_vs_float']:.4f}, "
+          f"int8 vs float {summary['int8_vs_float']:.4f}")
     if args.json:
         args.json.write_text(json.dumps({**summary, "layers": rows}, indent=2) + "\n")
 
