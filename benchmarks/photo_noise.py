@@ -1,0 +1,142 @@
+"""How noisy are real phone photos of films, against the simulator's? (issue 15)
+
+Run (workstation; ~1 minute):
+
+    python benchmarks/photo_noise.py --data prepared/cxr4 [--films 60] [--severity moderate] [--json out.json]
+
+``benchmarks/photo_accuracy_loss.py --ablate off`` found the simulator's sensor noise to be what costs cxr4 most of
+its accuracy on simulated photos. Whether real photos are that noisy decides what to do about it (calibrate the
+simulator, or denoise on the device), so this measures both the same way:
+
+* every photo is made grey and shrunk (box filter) to 1280 px on its longer side, the size evaluation's simulated
+  photos have (a 12-MP phone photo shrunk to 1280 px has had its pixel noise averaged, as the simulator's 1280-px
+  photo stands for);
+* the noise is Immerkær's estimate (Immerkær 1996, "Fast noise variance estimation"): the mean absolute response
+  to the 3x3 mask [[1, -2, 1], [-2, 4, -2], [1, -2, 1]], which cancels smooth image content, times
+  sqrt(pi / 2) / 6, in grey levels -- measured inside the film only (the central 60 % of the photo for the real
+  photos, most of them cropped to the film; the true film quadrilateral's central 60 % for the simulated ones);
+* and relative to the film's grey range there (1st to 99th percentile), since the device's level stretch scales
+  the noise by 255 / range.
+
+Rows: the real photos in ``../shared/data/real_photos_dev`` (every image in its manifest); simulated photos of the
+first ``--films`` test films at ``--severity`` with every default effect, and the same photos with the noise effect
+off (the estimator's floor: film grain, edges and JPEG read as noise too). Printed: the median and the 10th / 90th
+percentiles of sigma and of sigma / range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from _timing import shared_dir  # noqa: E402
+
+SIDE = 1280
+MASK = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
+
+
+def immerkaer_sigma(a: np.ndarray) -> float:
+    """Immerkær's noise sigma of a grey image (float array), in its units."""
+    h, w = a.shape
+    if h < 3 or w < 3:
+        return float("nan")
+    acc = np.zeros((h - 2, w - 2))
+    for dy in range(3):
+        for dx in range(3):
+            acc += MASK[dy, dx] * a[dy:dy + h - 2, dx:dx + w - 2]
+    return float(np.abs(acc).mean() * math.sqrt(math.pi / 2) / 6)
+
+
+def at_common_size(img: Image.Image) -> np.ndarray:
+    """Grey, shrunk with a box filter to SIDE px on the longer side (never enlarged)."""
+    grey = img.convert("L")
+    s = SIDE / max(grey.size)
+    if s < 1:
+        grey = grey.resize((max(1, round(grey.width * s)), max(1, round(grey.height * s))), Image.Resampling.BOX)
+    return np.asarray(grey, np.float64)
+
+
+def measure(a: np.ndarray, box) -> dict:
+    """sigma and sigma / range inside ``box`` = (x0, y0, x1, y1) of ``a``."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    part = a[max(0, y0):y1, max(0, x0):x1]
+    lo, hi = np.percentile(part, [1, 99])
+    sigma = immerkaer_sigma(part)
+    return {"sigma": sigma, "range": float(hi - lo), "relative": sigma / max(1.0, float(hi - lo))}
+
+
+def central(box, share=0.6):
+    x0, y0, x1, y1 = box
+    dx, dy = (x1 - x0) * (1 - share) / 2, (y1 - y0) * (1 - share) / 2
+    return (x0 + dx, y0 + dy, x1 - dx, y1 - dy)
+
+
+def summary(rows: list[dict]) -> dict:
+    out = {"n": len(rows)}
+    for key in ("sigma", "relative"):
+        v = np.array([r[key] for r in rows if np.isfinite(r[key])])
+        out[key] = {q: float(np.percentile(v, p)) for q, p in (("p10", 10), ("median", 50), ("p90", 90))}
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, type=Path, help="a prepared data set (its test films are photographed)")
+    ap.add_argument("--films", type=int, default=60)
+    ap.add_argument("--severity", default="moderate")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+
+    from cxr_edge.data.prepared import open_prepared
+    from cxr_edge.runtime.images import load_image
+    from cxr_edge.tools.evaluate import photo_seed
+    from cxr_edge.tools.photosim import MONITOR_MOIRE_PROB, PHOTO_EFFECT_PROBS, simulate_photo
+
+    folder = shared_dir() / "data" / "real_photos_dev"
+    real = []
+    for r in csv.DictReader(open(folder / "manifest.csv", newline="")):
+        a = at_common_size(load_image(str(folder / r["file"]), mode="RGB"))
+        real.append({"file": r["file"], **measure(a, central((0, 0, a.shape[1], a.shape[0])))})
+
+    prep = open_prepared(args.data)
+    table = prep.table("test")
+    sims = {"simulated": [], "simulated, noise off": []}
+    for i in range(min(args.films, len(table))):
+        film = np.asarray(load_image(table["path"][i], mode="L"))
+        sha = table["sha256"][i]
+        first = simulate_photo(film, args.severity, photo_seed(0, sha, i), long_side=SIDE)
+        defaults = dict(PHOTO_EFFECT_PROBS, moire=MONITOR_MOIRE_PROB if first.background == "monitor" else 0.0)
+        for name, effects in (("simulated", None), ("simulated, noise off", {**defaults, "noise": 0.0})):
+            sim = first if effects is None else simulate_photo(film, args.severity, photo_seed(0, sha, i),
+                                                               long_side=SIDE, effects=effects)
+            q = sim.corners
+            box = (q[:, 0].min(), q[:, 1].min(), q[:, 0].max(), q[:, 1].max())
+            sims[name].append({**measure(at_common_size(sim.to_image()), central(box)),
+                               "background": sim.background})
+
+    groups = {"real photos (dev)": real, **sims}
+    print(f"noise at {SIDE} px on the longer side, inside the film (Immerkær sigma, grey levels)\n")
+    print("| photos | n | sigma p10 / median / p90 | sigma / film range p10 / median / p90 |")
+    print("|---|---:|---|---|")
+    result = {}
+    for name, rows in groups.items():
+        s = result[name] = summary(rows)
+        print(f"| {name} | {s['n']} | {s['sigma']['p10']:.2f} / {s['sigma']['median']:.2f} / {s['sigma']['p90']:.2f} "
+              f"| {s['relative']['p10']:.4f} / {s['relative']['median']:.4f} / {s['relative']['p90']:.4f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"summary": result, "real": real, "simulated": sims}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
