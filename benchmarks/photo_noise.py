@@ -22,6 +22,13 @@ Rows: the real photos in ``../shared/data/real_photos_dev`` (every image in its 
 first ``--films`` test films at ``--severity`` with every default effect, and the same photos with the noise effect
 off (the estimator's floor: film grain, edges and JPEG read as noise too). Printed: the median and the 10th / 90th
 percentiles of sigma and of sigma / range.
+
+A second table compares what the MODEL sees (the 224-px input, after the device's finishing): the digital test
+films; evaluate's simulated photos straightened with their true corners, finished and fitted; the same without the
+noise effect; and training's photo views of the same films (``cxr_edge.training.augment.photo_view`` with the
+default augmentation's photo settings at ``--severity``, finished as training finishes them; and with
+``photo_scene = 1``, every view a straightened 640-px photo). If training's views carry less noise than
+evaluation's photos, training never showed the model the noise that costs it.
 """
 
 from __future__ import annotations
@@ -95,6 +102,8 @@ def main(argv=None):
     ap.add_argument("--data", required=True, type=Path, help="a prepared data set (its test films are photographed)")
     ap.add_argument("--films", type=int, default=60)
     ap.add_argument("--severity", default="moderate")
+    ap.add_argument("--train-noise", type=float, default=1.0,
+                    help="augment.photo_noise for the training-view rows (the gain on their sensor noise)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
@@ -125,12 +134,52 @@ def main(argv=None):
             sims[name].append({**measure(at_common_size(sim.to_image()), central(box)),
                                "background": sim.background})
 
+    from dataclasses import replace
+
+    from cxr_edge.runtime.photo.film import finish_film
+    from cxr_edge.runtime.photo.rectify import warp_film
+    from cxr_edge.runtime.preprocess import fit_to_square
+    from cxr_edge.training.augment import AugmentConfig, photo_view
+
+    spec = prep.task
+    view = replace(AugmentConfig.off(), photo_prob=1.0, photo_severity=args.severity, photo_noise=args.train_noise)
+    inputs = {"digital films": [], "evaluate's photos, true corners, finished": [],
+              "the same, noise off": [], f"training's photo views, photo_noise = {args.train_noise:g}": [],
+              "training's photo views, photo_scene = 1": []}
+    whole = (0, 0, spec.input.size, spec.input.size)
+    for i in range(min(args.films, len(table))):
+        film = np.asarray(load_image(table["path"][i], mode="L"))
+        sha = table["sha256"][i]
+        inputs["digital films"].append(measure(np.asarray(prep.images("test")[i], np.float64), central(whole)))
+        first = simulate_photo(film, args.severity, photo_seed(0, sha, i), long_side=SIDE)
+        defaults = dict(PHOTO_EFFECT_PROBS, moire=MONITOR_MOIRE_PROB if first.background == "monitor" else 0.0)
+        for name, effects in (("evaluate's photos, true corners, finished", None),
+                              ("the same, noise off", {**defaults, "noise": 0.0})):
+            sim = first if effects is None else simulate_photo(film, args.severity, photo_seed(0, sha, i),
+                                                               long_side=SIDE, effects=effects)
+            straight = warp_film(sim.to_image().convert("L"), sim.corners, max_side=1024, mode="L")
+            x = fit_to_square(finish_film(straight), spec).astype(np.float64)
+            inputs[name].append(measure(x, central(whole)))
+        pixels = np.asarray(prep.images("test")[i])
+        seed = int(np.random.default_rng([i, 7]).integers(2 ** 63 - 1))
+        plain = photo_view(pixels, view, seed).astype(np.float64)
+        inputs[f"training's photo views, photo_noise = {args.train_noise:g}"].append(measure(plain, central(whole)))
+        scene = photo_view(pixels, replace(view, photo_scene=1.0), seed).astype(np.float64)
+        inputs["training's photo views, photo_scene = 1"].append(measure(scene, central(whole)))
+
     groups = {"real photos (dev)": real, **sims}
     print(f"noise at {SIDE} px on the longer side, inside the film (Immerkær sigma, grey levels)\n")
     print("| photos | n | sigma p10 / median / p90 | sigma / film range p10 / median / p90 |")
     print("|---|---:|---|---|")
     result = {}
     for name, rows in groups.items():
+        s = result[name] = summary(rows)
+        print(f"| {name} | {s['n']} | {s['sigma']['p10']:.2f} / {s['sigma']['median']:.2f} / {s['sigma']['p90']:.2f} "
+              f"| {s['relative']['p10']:.4f} / {s['relative']['median']:.4f} / {s['relative']['p90']:.4f} |")
+    print(f"\nwhat the model sees: the {spec.input.size}-px input after the device's finishing (the same estimate)\n")
+    print("| input | n | sigma p10 / median / p90 | sigma / range p10 / median / p90 |")
+    print("|---|---:|---|---|")
+    for name, rows in inputs.items():
         s = result[name] = summary(rows)
         print(f"| {name} | {s['n']} | {s['sigma']['p10']:.2f} / {s['sigma']['median']:.2f} / {s['sigma']['p90']:.2f} "
               f"| {s['relative']['p10']:.4f} / {s['relative']['median']:.4f} / {s['relative']['p90']:.4f} |")

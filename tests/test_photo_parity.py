@@ -36,13 +36,13 @@ def device_input(photo_film: np.ndarray, spec) -> np.ndarray:
     return normalize(fit_to_square(found.film, spec), spec)
 
 
-def _washed_out(film, severity, seed, effects=None):
+def _washed_out(film, severity, seed, effects=None, noise_gain=1.0):
     """A deterministic stand-in for the photo simulator: the levels a lightbox photo leaves (black lifted,
     white greyed), which the device's finishing stretches back."""
     return (40 + np.asarray(film, np.float32) * 0.55).astype(np.uint8)
 
 
-def _off_a_screen(film, severity=None, seed=None, effects=None):
+def _off_a_screen(film, severity=None, seed=None, effects=None, noise_gain=1.0):
     """A deterministic stand-in for a photo of the film on a monitor: the screen's pixel grid (period 4 px)
     over washed-out levels."""
     yy, xx = np.mgrid[0:film.shape[0], 0:film.shape[1]]

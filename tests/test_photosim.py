@@ -231,3 +231,17 @@ def test_a_straightened_photo_is_the_film_upright_with_the_photos_effects():
     assert np.median([corr(v, film) for v in views]) > 0.8
     assert all(corr(v, film) > corr(v, np.rot90(film)) + 0.2 for v in views)
     assert not np.array_equal(views[0], film)
+
+
+def test_noise_gain_scales_the_rectified_views_noise_and_keeps_its_draws():
+    """simulate_rectified(noise_gain=G): the same noise pattern with its read- and shot-noise strengths times G
+    (training's augment.photo_noise), so its std grows between sqrt(G) and G times; G = 1 is the default, byte for
+    byte."""
+    film = smooth_film(128)
+    base = simulate_rectified(film, 0.5, 3, effects=["noise"]).astype(float)
+    assert np.array_equal(base, simulate_rectified(film, 0.5, 3, effects=["noise"], noise_gain=1.0))
+    strong = simulate_rectified(film, 0.5, 3, effects=["noise"], noise_gain=3.0).astype(float)
+    clean = simulate_rectified(film, 0.5, 3, effects=["noise"], noise_gain=0.0).astype(float)
+    n1, n3 = base - clean, strong - clean
+    assert math.sqrt(3) < n3.std() / n1.std() < 3
+    assert np.corrcoef(n1.ravel(), n3.ravel())[0, 1] > 0.9          # the same draws, scaled

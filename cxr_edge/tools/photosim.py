@@ -561,7 +561,7 @@ def _coeffs(h_out_to_in: np.ndarray) -> tuple:
 # --------------------------------------------------------------------------- rectified film (training)
 
 def simulate_rectified(image, severity="moderate", rng=None, out_size=None, *,
-                       effects=None) -> np.ndarray:
+                       effects=None, noise_gain: float = 1.0) -> np.ndarray:
     """What a model sees after a field photo of ``image`` was detected and rectified: grey uint8.
 
     The training augmentation. The device pipeline rectifies every photo
@@ -572,7 +572,10 @@ def simulate_rectified(image, severity="moderate", rng=None, out_size=None, *,
     turned back to grey, exposure, noise and JPEG. Simulating those at the
     film's size keeps training matched to the field at a few ms per image.
 
-    ``out_size``: None (the film's size), an int (square) or (width, height).
+    ``out_size``: None (the film's size), an int (square) or (width, height). ``noise_gain`` scales the sensor
+    noise's read- and shot-noise strengths (its draws stay the same; the std grows between sqrt(gain) and gain
+    times): at 1 the views carry about a quarter of the noise a straightened 1280-px photo carries at the model
+    input (``benchmarks/photo_noise.py``).
     ``effects``: as in :func:`simulate_photo`, names from :data:`FILM_EFFECTS`.
     Severity 0 returns the film unchanged (byte-identical when ``out_size``
     is the film's size).
@@ -627,7 +630,7 @@ def simulate_rectified(image, severity="moderate", rng=None, out_size=None, *,
         a = np.clip(a[..., None] * _film_cast((oh, ow), plan["color_cast"], st["color_cast"]), 0, 1) @ _LUMA
     if plan["noise"]:
         s = plan["noise"]
-        a = a + _noise(st["noise"], (oh, ow), a, (0.3 + 4 * s) / 255, 0.0015 * s)
+        a = a + _noise(st["noise"], (oh, ow), a, noise_gain * (0.3 + 4 * s) / 255, noise_gain * 0.0015 * s)
     out = _to_u8(a)
     if plan["recompress"]:
         out = _recompress(out, plan["recompress"], st["recompress"])

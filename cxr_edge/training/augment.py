@@ -58,9 +58,10 @@ class AugmentConfig:
                                                           # probability, or None (the simulator's defaults)
     photo_finish: bool = True                    # finish each simulated photo as the device finishes a found film
     photo_scene: float = 0.0                     # share of the photos rendered whole and straightened (see photo_view)
+    photo_noise: float = 1.0                     # gain on the rectified views' sensor noise (simulate_rectified)
 
     def __post_init__(self):
-        for name in ("rotation", "shear", "zoom", "shift", "brightness", "contrast", "mixup_alpha"):
+        for name in ("rotation", "shear", "zoom", "shift", "brightness", "contrast", "mixup_alpha", "photo_noise"):
             if getattr(self, name) < 0:
                 raise RecipeError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("crop_prob", "mixup_prob", "photo_prob", "photo_scene"):
@@ -251,7 +252,8 @@ def photo_view(film, config: AugmentConfig, seed):
         straight = simulate_straightened(film, config.photo_severity, seed)
         return fit_to_square(finish_film(straight) if config.photo_finish else straight,
                              InputSpec(size=max(film.shape[:2])))
-    sim = simulate_rectified(film, config.photo_severity, seed, effects=config.photo_effects)
+    sim = simulate_rectified(film, config.photo_severity, seed, effects=config.photo_effects,
+                             noise_gain=config.photo_noise)
     return np.asarray(finish_film(sim)) if config.photo_finish else sim
 
 
