@@ -119,3 +119,10 @@ def test_augment_config_from_dict_names_unknown_keys():
         AugmentConfig(photo_prob=2)
     with pytest.raises(RecipeError, match="photo_severity"):
         AugmentConfig(photo_severity="extreme")
+    # a recipe's TOML can hold nan and inf: they are refused, not passed on to every training image
+    for key in ("photo_noise", "rotation"):
+        for bad in (float("nan"), float("inf"), -1.0):
+            with pytest.raises(RecipeError, match=f"augment.{key} must be a finite number"):
+                AugmentConfig(**{key: bad})
+    with pytest.raises(RecipeError, match="photo_scene is a probability"):
+        AugmentConfig(photo_scene=float("nan"))

@@ -62,8 +62,9 @@ class AugmentConfig:
 
     def __post_init__(self):
         for name in ("rotation", "shear", "zoom", "shift", "brightness", "contrast", "mixup_alpha", "photo_noise"):
-            if getattr(self, name) < 0:
-                raise RecipeError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):       # NaN and infinity too
+                raise RecipeError(f"augment.{name} must be a finite number >= 0, got {value}")
         for name in ("crop_prob", "mixup_prob", "photo_prob", "photo_scene"):
             if not 0 <= getattr(self, name) <= 1:
                 raise RecipeError(f"augment.{name} is a probability in [0, 1], got {getattr(self, name)}")

@@ -52,7 +52,7 @@ from .callbacks import RunState
 from .recipe import StageConfig, with_qat
 from .runs import QAT_MODEL, RUN_JSON, STATE_DIR, load_run, save_model_atomic, sha256_file, write_json_atomic
 from .tf_env import load
-from .trainer import Predictor, Trainer
+from .trainer import Predictor, Trainer, ValInputs
 
 __all__ = ["calibrate_ranges", "freeze_wrapped_batchnorm", "qat", "QAT_STATE", "QatTrainer"]
 
@@ -225,11 +225,8 @@ class QatTrainer(Trainer):
         """The val split's digital films through the device preprocessing: the images the export check compares
         int8 with float on (``check.split = "val"``), without the photo share of ``train.val_photo_prob``."""
         if getattr(self, "_x_check", None) is None:
-            import numpy as np
-
-            from ..runtime.preprocess import normalize
-
-            self._x_check = normalize(np.asarray(self.prepared.images("val")), self.spec)
+            # uint8 pixels normalized batch by batch, as the val set is: the full NIH val as float32 is 2.2 GB
+            self._x_check = ValInputs(self.prepared.images("val"), self.spec)
             self._float_check = Predictor(self.float_model, eager=self.run_eagerly)(self._x_check)
         return self._x_check, self._float_check
 
