@@ -16,6 +16,7 @@ pytest.importorskip("tf_keras", reason="needs the [train] extra (TensorFlow, tf-
 pytest.importorskip("tensorflow_model_optimization", reason="needs tensorflow-model-optimization")
 
 from cxr_edge.cli import main  # noqa: E402
+from cxr_edge.errors import ExportCheckError  # noqa: E402
 from cxr_edge.training.runs import load_run, sha256_file  # noqa: E402
 from test_train import trained_tiny_run  # noqa: E402
 
@@ -207,6 +208,31 @@ def test_select_float_agreement_keeps_the_epoch_closest_to_float(run_copy):
     assert recipe.train.val_photo_prob == 0 or not np.array_equal(np.asarray(mixed)[:len(films)], films)
 
 
+@pytest.mark.slow
+@pytest.mark.shared
+def test_select_int8_agreement_keeps_what_the_export_check_then_measures(run_copy):
+    """--select int8_agreement: each epoch's model is converted to int8 and run as export runs it; the value
+    qat.h5 was kept for is the decision agreement the export check then finds for the QAT candidate."""
+    from cxr_edge.training.export import REPORT_JSON, export_run
+
+    result = CliRunner().invoke(main, ["qat", str(run_copy), "--eager", "--epochs", "2", "--distill", "1",
+                                       "--select", "int8_agreement"])
+    assert result.exit_code == 0, result.output
+    assert "agree_int8" in result.output and "best int8_agreement" in result.output
+    q = load_run(run_copy).info["qat"]
+    assert q["metric"] == "int8_agreement" and q["select"] == "int8_agreement"
+    hist = json.loads((run_copy / "qat_history.json").read_text())["epochs"]
+    scores = [r["val_int8_agreement"] for r in hist]
+    assert len(scores) == 2 and all(0.0 <= a <= 1.0 for a in scores)
+    assert q["value"] >= max(scores) - 1e-6
+    try:
+        report = export_run(run_copy, source="qat", report_dir=run_copy / "export-check")
+    except ExportCheckError:   # a tiny model may fail the check; the report is written all the same
+        report = json.loads((run_copy / "export-check" / REPORT_JSON).read_text())
+    assert report["split"] == "val"
+    assert report["candidates"]["qat"]["agreement"] == pytest.approx(q["value"], abs=1e-6)
+
+
 def test_recipe_refuses_an_unknown_qat_selection():
     from cxr_edge.errors import RecipeError
     from cxr_edge.training.recipe import load_recipe, with_qat
@@ -214,6 +240,7 @@ def test_recipe_refuses_an_unknown_qat_selection():
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "train" / "tiny.toml")
     assert recipe.qat.select == "primary"                      # the default
     assert with_qat(recipe, select="float_agreement").qat.select == "float_agreement"
+    assert with_qat(recipe, select="int8_agreement").qat.select == "int8_agreement"
     with pytest.raises(RecipeError, match="select"):
         with_qat(recipe, select="auroc")                       # checked as the [qat] table is
 

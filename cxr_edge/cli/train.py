@@ -19,7 +19,7 @@ def epoch_line(row: dict) -> str:
     parts = [f"epoch {row['epoch']:>3}  {row['stage']} {row['stage_epoch']}"]
     for key, label in (("lr", "lr"), ("loss", "loss"), ("val_loss", "val_loss"), ("val_mean_auroc", "val_mean_auroc"),
                        ("val_auroc", "val_auroc"), ("val_macro_f1", "val_macro_f1"), ("val_accuracy", "val_acc"),
-                       ("val_float_agreement", "agree_float")):
+                       ("val_float_agreement", "agree_float"), ("val_int8_agreement", "agree_int8")):
         if key == "val_mean_auroc" and row.get("val_auroc") is not None:
             continue  # one label: the same number
         value = row.get(key)

@@ -98,11 +98,11 @@ class Validation:
     metrics into the epoch logs and keeps the full metrics dict in ``self.metrics``.
     """
 
-    def __init__(self, spec, y_val, predict, loss_fn, reference=None):
+    def __init__(self, spec, y_val, predict, loss_fn, reference=None, reference_key="val_float_agreement"):
         self.spec, self.y_val, self.predict, self.loss_fn = spec, y_val, predict, loss_fn
-        # the float model's val outputs (QAT): logs val_float_agreement with them; or a callable that returns
-        # the agreement itself, measured on other images
-        self.reference = reference
+        # the float model's val outputs (QAT): logs ``reference_key`` = the agreement with them; or a callable
+        # that returns the agreement itself, measured on other images (or on the model's int8 conversion)
+        self.reference, self.reference_key = reference, reference_key
         self.metrics: dict = {}
         self.monitor = "val_" + spec.primary_metric
 
@@ -117,11 +117,11 @@ class Validation:
                 value = self.metrics[key]["value"]
                 logs["val_" + key] = float("nan") if value is None else float(value)
         if callable(self.reference):    # scored on other images than the val metrics (QAT: the export check's)
-            logs["val_float_agreement"] = float(self.reference())
+            logs[self.reference_key] = float(self.reference())
         elif self.reference is not None:
             from ..tools.metrics import agreement
 
-            logs["val_float_agreement"] = float(agreement(self.spec, probs, self.reference)["agreement"])
+            logs[self.reference_key] = float(agreement(self.spec, probs, self.reference)["agreement"])
 
 
 class LearningRate:
@@ -210,8 +210,8 @@ class EarlyStopping:
 
 
 HISTORY_FIELDS = ("epoch", "stage", "stage_epoch", "trainable", "cached", "lr", "loss", "val_loss",
-                  "val_mean_auroc", "val_auroc", "val_macro_f1", "val_accuracy", "val_float_agreement", "best",
-                  "seconds", "images_per_s")
+                  "val_mean_auroc", "val_auroc", "val_macro_f1", "val_accuracy", "val_float_agreement",
+                  "val_int8_agreement", "best", "seconds", "images_per_s")
 
 
 class HistoryLog:
@@ -329,12 +329,13 @@ def keras_callback(parts):
 
 def epoch_callbacks(*, state: RunState, spec, y_val, predict, loss_fn, optimizer, stage, train_cfg, run_dir,
                     save_best, save_state, images_per_epoch, epochs, on_epoch=None, history_name="history",
-                    reference=None, monitor=None):
+                    reference=None, monitor=None, reference_key="val_float_agreement"):
     """The callback chain for one stage (see the module docstring), as one Keras callback plus parts.
 
-    ``reference``: the float model's val outputs, or a callable returning the agreement, scored as
-    ``val_float_agreement`` (QAT); ``monitor``: the logged metric the best checkpoint, the plateau schedule and
-    early stopping follow (default: the primary)."""
+    ``reference``: the float model's val outputs, or a callable returning the agreement, logged as
+    ``reference_key`` (QAT: ``val_float_agreement``; ``val_int8_agreement`` for the int8 conversion's);
+    ``monitor``: the logged metric the best checkpoint, the plateau schedule and early stopping follow
+    (default: the primary)."""
     monitor = monitor or "val_" + spec.primary_metric
     timer = Timer(state, images_per_epoch)
     stopper = EarlyStopping(state, monitor, stage.early_stopping if stage.early_stopping is not None
@@ -342,7 +343,7 @@ def epoch_callbacks(*, state: RunState, spec, y_val, predict, loss_fn, optimizer
     history = HistoryLog(state, run_dir, stage.name, stage.trainable, stage.cache_features, on_epoch, history_name)
     parts = [
         timer,
-        Validation(spec, y_val, predict, loss_fn, reference),
+        Validation(spec, y_val, predict, loss_fn, reference, reference_key),
         LearningRate(optimizer, state, kind=stage.schedule or train_cfg.schedule, lr=stage.lr, epochs=epochs,
                      min_lr=stage.min_lr if stage.min_lr is not None else train_cfg.min_lr,
                      factor=train_cfg.plateau_factor, patience=train_cfg.plateau_patience, monitor=monitor),

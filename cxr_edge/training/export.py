@@ -40,6 +40,7 @@ from ..errors import DataError, ExportCheckError, PackError, RecipeError
 from ..tasks import TaskSpec
 from .export_check import (VARIANTS, ExportPolicy, compare, default_policy_path, failures, likely_fixes,
                            load_policy, one_pixel_envelope, summarize)
+from .int8_outputs import device_model, device_outputs
 from .runs import FLOAT_MODEL, QAT_MODEL, load_run
 
 __all__ = ["Candidate", "export_run", "HEAD_FILE", "KERAS_BATCH", "REPORT_DIR", "REPORT_JSON", "REPORT_MD",
@@ -142,23 +143,6 @@ def _keras_outputs(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]
     return np.concatenate(probs), (np.concatenate(feats) if feats else None)
 
 
-def _device_model(content: bytes, spec: TaskSpec, roles: dict, threads: int = 1):
-    """The converted model wrapped exactly as a pack model is for predict (LoadedModel)."""
-    from ..runtime.interpreter import TFLiteModel
-    from ..runtime.pipeline import LoadedModel
-
-    meta = md.ModelMetadata.for_task(spec, roles)
-    return LoadedModel(spec.family, spec, meta, TFLiteModel(content, threads=threads, name=f"{spec.name} int8"), {})
-
-
-def _device_outputs(lm, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(probs, pooled features or None) through LoadedModel.infer, one image at a time as predict runs."""
-    outs = [lm.infer(sample) for sample in x]
-    probs = np.stack([lm.probabilities(o["probs"]) for o in outs]).astype(np.float64)
-    feats = np.stack([pooled(o["features"]) for o in outs]) if "features" in outs[0] else None
-    return probs, feats
-
-
 def _tensor_quantization(info) -> dict:
     return {"dtype": info.dtype.name, "scale": info.scale, "zero_point": info.zero_point}
 
@@ -175,8 +159,8 @@ def _candidate(source: str, keras_model, representative, pol: ExportPolicy, spec
                       per_channel=pol.per_channel)
     seconds = time.perf_counter() - started
     roles = output_roles(content, spec.num_labels)
-    lm = _device_model(content, spec, roles)
-    probs, feats = _device_outputs(lm, x)
+    lm = device_model(content, spec, roles)
+    probs, feats = device_outputs(lm, x)
     result = compare(spec, y, reference[0], probs, pol.tolerance, features=(reference[1], feats), envelope=envelope,
                      limit=pol.envelope_limit)
     quant = {"mode": "int8", "io_dtype": pol.io_dtype, "source": source, "per_channel": pol.per_channel,
@@ -192,8 +176,8 @@ def _qat_keras_diagnostic(qat_two, spec, x, y, int8_probs_source: Candidate) -> 
     from ..tools.metrics import agreement
 
     probs, _ = _keras_outputs(qat_two, x)
-    lm = _device_model(int8_probs_source.content, spec, int8_probs_source.roles)
-    q, _ = _device_outputs(lm, x)
+    lm = device_model(int8_probs_source.content, spec, int8_probs_source.roles)
+    q, _ = device_outputs(lm, x)
     agree = agreement(spec, probs, q)
     return {"metrics": summarize(spec, y, probs), "int8_agreement_with_qat_keras": agree["agreement"],
             "int8_mean_abs_diff_vs_qat_keras": agree["mean_abs_diff"]}
@@ -221,7 +205,7 @@ def _variant(mode: str, float_two, spec: TaskSpec, x, reference, out_dir: Path, 
     content = convert(float_two, mode)
     seconds = time.perf_counter() - started
     roles = output_roles(content, spec.num_labels)
-    probs, _ = _device_outputs(_device_model(content, spec, roles), x)
+    probs, _ = device_outputs(device_model(content, spec, roles), x)
     agree = agreement(spec, reference[0], probs)
     meta = md.ModelMetadata.for_task(spec, roles, quantization={"mode": mode, "io_dtype": "float32",
                                                                 "source": "float"}, **meta_base)

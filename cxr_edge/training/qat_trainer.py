@@ -8,7 +8,10 @@ Depthwise kernels are fake-quantized per channel, as the converter quantizes the
 (:mod:`cxr_edge.training.qat_depthwise`; ``qat.depthwise_per_channel = false`` keeps tfmot's
 per-tensor scheme). The best QAT checkpoint on the task's primary validation metric is ``qat.h5``
 (``qat.select = "float_agreement"``: the checkpoint whose val decisions agree most with the float
-model's -- what the export check asks of int8, and with distillation the quantity being trained);
+model's -- what the export check asks of int8, and with distillation the quantity being trained;
+``"int8_agreement"``: the checkpoint whose int8 conversion, converted and run as export does at each
+epoch's end, agrees most -- tfmot's fake quantization does not compute exactly what the converter's
+integer kernels do, so the two agreements can rank the epochs differently);
 run.json gets a ``qat`` entry. Resumable like training (state in ``state/qat/``).
 
 Range calibration before fine-tuning (``qat.calibrate_batches``): tfmot starts every activation
@@ -237,13 +240,34 @@ class QatTrainer(Trainer):
         x, reference = self._check_inputs()
         return float(agreement(self.spec, self.predict(x), reference)["agreement"])
 
+    def int8_check_agreement(self) -> float:
+        """Decision agreement with the float model, on the export check's images, of the model being fine-tuned
+        converted to int8 and run as export runs it (the policy's io dtype and per-channel setting, one image at
+        a time through the pack runtime): the number the export check holds the QAT candidate to."""
+        from ..tools.metrics import agreement
+        from .convert import convert, output_roles
+        from .export_check import default_policy_path, load_policy
+        from .int8_outputs import device_model, device_outputs
+        from .model import with_feature_output
+
+        x, reference = self._check_inputs()
+        pol = load_policy(default_policy_path(self.spec))
+        content = convert(with_feature_output(self.model), "int8", io_dtype=pol.io_dtype, per_channel=pol.per_channel)
+        probs, _ = device_outputs(device_model(content, self.spec, output_roles(content, self.spec.num_labels)), x)
+        return float(agreement(self.spec, probs, reference)["agreement"])
+
     def _selection(self) -> dict:
         """``qat.select = "float_agreement"``: qat.h5 is the epoch whose decisions agree most with the float
         model's (ties: lower val loss) on the images the export check holds the int8 model to: the val split's
-        digital films (the photo share the val metrics include is not what export checks)."""
-        if self.recipe.qat.select != "float_agreement":
-            return {}
-        return {"reference": self.check_agreement, "monitor": "val_float_agreement"}
+        digital films (the photo share the val metrics include is not what export checks).
+        ``"int8_agreement"``: the same agreement of each epoch's int8 conversion (:meth:`int8_check_agreement`)."""
+        select = self.recipe.qat.select
+        if select == "float_agreement":
+            return {"reference": self.check_agreement, "monitor": "val_float_agreement"}
+        if select == "int8_agreement":
+            return {"reference": self.int8_check_agreement, "monitor": "val_int8_agreement",
+                    "reference_key": "val_int8_agreement"}
+        return {}
 
     def _start(self) -> None:
         """Float and calibrated-QAT scores, and the calibrated model as the first candidate ("epoch 0")."""
@@ -267,10 +291,12 @@ class QatTrainer(Trainer):
                             "distill": q.distill, "temperature": q.temperature, "select": q.select,
                             "batch_size": self.recipe.train.batch_size,
                             "depthwise_per_channel": q.depthwise_per_channel}
-        if q.select == "float_agreement":
-            agree = self.check_agreement()
-            log.info("QAT start: decision agreement with float on the val films %.4f (qat.h5 follows it)", agree)
-            entry = {"metric": "float_agreement", "value": agree}
+        if q.select in ("float_agreement", "int8_agreement"):
+            converted = q.select == "int8_agreement"
+            agree = self.int8_check_agreement() if converted else self.check_agreement()
+            log.info("QAT start: decision agreement with float on the val films %.4f%s (qat.h5 follows it)", agree,
+                     " (int8 conversion)" if converted else "")
+            entry = {"metric": q.select, "value": agree}
         else:
             entry = {"metric": self.spec.primary_metric, "value": value}
         entry.update(epoch=0, stage="calibrated", val_loss=loss_value(self.loss_fn, self.y_val, probs))

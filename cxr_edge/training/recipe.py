@@ -192,8 +192,9 @@ class StageConfig:
 
 
 #: how ``cxr-edge qat`` picks the epoch that becomes qat.h5: the task's primary validation metric, or the
-#: decision agreement with the float model on val (what the export check measures of the int8 model)
-QAT_SELECT = ("primary", "float_agreement")
+#: decision agreement with the float model on val (what the export check measures of the int8 model), either of
+#: the QAT Keras model or of its int8 conversion (converted and run as export does, at every epoch's end)
+QAT_SELECT = ("primary", "float_agreement", "int8_agreement")
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ class QatConfig:
     distill: float = setting(0.0, check=lambda v: 0.0 <= v <= 1.0, rule="a share in [0, 1]")
     # distillation temperature T: teacher and student outputs softened by T (logits / T), loss times T^2
     temperature: float = setting(1.0, check=lambda v: 1.0 <= v <= 20.0, rule="in [1, 20] (1 = no softening)")
-    # qat.h5 = the epoch best on: "primary" metric, or "float_agreement"
+    # qat.h5 = the epoch best on: "primary" metric, "float_agreement" (QAT Keras) or "int8_agreement" (converted)
     select: str = setting("primary", choices=QAT_SELECT)
 
 
