@@ -284,6 +284,13 @@ def export_check(b: Build) -> str:
                          mb(cand["bytes"]), "passed" if cand.get("passed") else "FAILED"])
     out.append(table(["model", "int8 from", "", "Δ int8 − float (val)", "decision agreement", "mean |Δp|",
                       "size", "check"], rows))
+    views = []
+    for slot in SLOTS:
+        if slot in b.models:
+            mt, v = b.meta(slot)["metrics"], b.meta(slot)["metrics"].get("check_views")
+            views.append(f"{slot}: {v['films']} films x {len(v['shifts'])} views, as they are and moved by one "
+                         f"pixel ({mt['n']} paired decisions)" if v else f"{slot}: {mt.get('n', '?')} images as they are")
+    out += ["", "Checked on: " + "; ".join(views) + "."]
     cal = []
     for slot in SLOTS:
         if slot in b.models:

@@ -161,7 +161,9 @@ def test_export_writes_a_checked_pack_with_metadata(setup, exported):
     assert cal["used"] and cal["sha256"] == setup["cal"].sha256 and cal["n"] == 60 and cal["split"] == "train"
     metrics = meta.metrics
     assert metrics["passed"] and metrics["split"] == "val" and metrics["source"] == "ptq"
-    assert metrics["n"] == len(setup["prepared"].table("val"))
+    films = len(setup["prepared"].table("val"))   # the shipped policy checks every film and its 4 one-pixel shifts
+    assert metrics["n"] == 5 * films and metrics["check_views"]["films"] == films
+    assert metrics["check_views"]["shifts"] == [[0, 0], [0, 1], [0, -1], [1, 0], [-1, 0]]
     assert set(metrics["float"]) >= {"accuracy", "auroc"} and set(metrics["delta"]) == {"accuracy", "auroc"}
     assert metrics["tolerance"]["agreement"] == 0.98 and {c["metric"] for c in metrics["checks"]} == {
         "accuracy", "auroc", "agreement"}
@@ -179,6 +181,7 @@ def test_export_writes_a_checked_pack_with_metadata(setup, exported):
     assert any("no qat.h5" in n for n in r["notes"]) is False   # --from float asked for PTQ only
     md_text = (setup["run"] / "export" / "report.md").read_text()
     assert "int8 check PASSED" in md_text and "| auroc |" in md_text and "Δ (int8 − float)" in md_text
+    assert f"{5 * films} paired decisions ({films} films x 5 views" in md_text
     # the float16 variant is measured and written beside the report, not into the pack
     (variant,) = r["variants"]
     assert variant["mode"] == "float16" and variant["agreement"] >= 0.95 and Path(variant["file"]).is_file()
@@ -199,7 +202,8 @@ def test_int8_agrees_with_float_on_real_images_within_tolerance(setup, exported)
     agree = np.mean((keras_probs >= 0.5) == (int8_probs >= 0.5))
     assert agree >= 0.98
     assert np.mean((int8_probs >= 0.5) == y) >= np.mean((keras_probs >= 0.5) == y) - 0.005
-    assert exported["report"]["candidates"]["ptq"]["agreement"] == pytest.approx(agree)
+    as_is = exported["report"]["candidates"]["ptq"]["by_view"][0]     # the check pools 5 views; the first is the films
+    assert as_is["shift"] == [0, 0] and as_is["agreement"] == pytest.approx(agree)
 
 
 def test_pack_predicts_without_tensorflow(exported, shared_data):

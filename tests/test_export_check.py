@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from cxr_edge.tasks import get_task
-from cxr_edge.training.export_check import compare, failures, one_pixel_envelope, shift_images
+from cxr_edge.training.export_check import (ONE_PIXEL_SHIFTS, by_view, check_views, compare, failures,
+                                           one_pixel_envelope, shift_images)
 
 
 def test_shift_images_moves_content_and_repeats_the_edge():
@@ -66,6 +67,50 @@ def test_envelope_widens_a_check_only_to_the_measured_noise():
     assert not compare(spec, y, p_float, p_bad, spec.tolerance, envelope=env)["passed"]
 
 
+def test_check_views_are_the_films_and_their_four_one_pixel_shifts():
+    x = np.arange(3 * 6 * 6, dtype=np.float32).reshape(3, 6, 6, 1)
+    (only,) = check_views(x, "original")
+    assert only[0] == (0, 0) and only[1] is not None and np.array_equal(only[1], x)
+    views = check_views(x, "one-pixel-shifts")
+    assert [s for s, _ in views] == [(0, 0), *ONE_PIXEL_SHIFTS]
+    for (down, right), images in views[1:]:
+        np.testing.assert_array_equal(images, shift_images(x, down, right))
+    with pytest.raises(ValueError, match="views"):
+        check_views(x, "rotations")
+
+
+def test_a_loss_that_shows_only_on_shifted_copies_fails_the_pooled_check():
+    """int8 matches float on the films as they are but gets shifted copies wrong: checking the films alone
+    passes it; checking the five views, each int8 output against float's on the same view, does not."""
+    spec = get_task("cxr4")
+    x, y, predict = _problem()
+    views = check_views(x, "one-pixel-shifts")
+    p_float = [predict(images) for _, images in views]
+    p_int8 = [p.copy() for p in p_float]
+    right = np.flatnonzero(p_float[1].argmax(1) == y.argmax(1))[:60]
+    p_int8[1][right] = np.roll(p_float[1][right], 1, axis=1)           # wrong on one shifted copy only
+    assert compare(spec, y, p_float[0], p_int8[0], spec.tolerance)["passed"]
+    pooled = compare(spec, np.concatenate([y] * 5), np.concatenate(p_float), np.concatenate(p_int8),
+                     spec.tolerance)
+    assert not pooled["passed"] and pooled["n"] == 5 * len(x)
+    assert pooled["agreement"] == pytest.approx(1 - 60 / (5 * len(x)))
+    views_apart = by_view(spec, np.concatenate([y] * 5), np.concatenate(p_float), np.concatenate(p_int8),
+                          [s for s, _ in views])
+    assert [v["agreement"] for v in views_apart] == pytest.approx([1.0, 1 - 60 / len(x), 1.0, 1.0, 1.0])
+    assert views_apart[1]["float"]["accuracy"] - views_apart[1]["int8"]["accuracy"] == pytest.approx(60 / len(x))
+
+
+def test_unknown_views_are_refused(tmp_path):
+    from cxr_edge.errors import RecipeError
+    from cxr_edge.training.export_check import load_policy
+
+    policy = json.loads((Path(__file__).resolve().parents[1] / "cxr_edge" / "resources" / "export" / "cxr4.json").read_text())
+    policy["check"]["views"] = "rotations"
+    (tmp_path / "p.json").write_text(json.dumps(policy))
+    with pytest.raises(RecipeError, match="check.views 'rotations'"):
+        load_policy(tmp_path / "p.json")
+
+
 def test_a_stable_model_is_checked_as_strictly_as_the_policy_says():
     spec = get_task("cxr4")
     rng = np.random.default_rng(1)
@@ -120,6 +165,7 @@ def test_shipped_policies_cap_their_envelopes_and_a_stricter_limit_is_refused(tm
     for task in ("gate", "cxr4", "nih14"):
         pol = load_policy(root / f"{task}.json")
         assert pol.envelope == "one-pixel-shift" and pol.envelope_limit is not None
+        assert pol.views == "one-pixel-shifts" and pol.to_dict()["views"] == "one-pixel-shifts"
     policy = json.loads((root / "cxr4.json").read_text())
     policy["check"]["envelope_limit"]["accuracy"] = 0.001    # below the tolerance it is meant to cap
     (tmp_path / "p.json").write_text(json.dumps(policy))

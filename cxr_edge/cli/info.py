@@ -71,8 +71,11 @@ def format_description(desc: dict, origin: str = "") -> str:
 def _metric_lines(metrics: dict) -> list[str]:
     if not metrics:
         return ["  metrics      none recorded (not exported with a float-vs-int8 check)"]
-    out = [f"  int8 check   {'PASSED' if metrics.get('passed') else 'FAILED'}"
-           + (f" on {metrics['n']} held-out images ({metrics.get('split', '?')} split)" if "n" in metrics else "")]
+    views = metrics.get("check_views")
+    where = (f" on {views['films']} held-out images x {len(views['shifts'])} one-pixel views ({metrics['n']} paired "
+             f"decisions, {metrics.get('split', '?')} split)" if views and "n" in metrics else
+             f" on {metrics['n']} held-out images ({metrics.get('split', '?')} split)" if "n" in metrics else "")
+    out = [f"  int8 check   {'PASSED' if metrics.get('passed') else 'FAILED'}" + where]
     flt, q, delta = metrics.get("float", {}), metrics.get("int8", {}), metrics.get("delta", {})
     for key in sorted(set(flt) & set(q)):
         if isinstance(flt[key], (int, float)) and isinstance(q[key], (int, float)):

@@ -38,8 +38,8 @@ from ..runtime.features import pooled
 from ..tools.ptq_set import CalibrationSet, load_calibration_set, resolve_data_root
 from ..errors import DataError, ExportCheckError, PackError, RecipeError
 from ..tasks import TaskSpec
-from .export_check import (VARIANTS, ExportPolicy, compare, default_policy_path, failures, likely_fixes,
-                           load_policy, one_pixel_envelope, summarize)
+from .export_check import (VARIANTS, ExportPolicy, by_view, check_views, compare, default_policy_path, failures,
+                           likely_fixes, load_policy, one_pixel_envelope, summarize)
 from .int8_outputs import device_model, device_outputs
 from .runs import FLOAT_MODEL, QAT_MODEL, load_run
 
@@ -151,7 +151,7 @@ def _tensor_quantization(info) -> dict:
 
 
 def _candidate(source: str, keras_model, representative, pol: ExportPolicy, spec: TaskSpec, x, y,
-               reference, envelope=None) -> Candidate:
+               reference, envelope=None, shifts=((0, 0),)) -> Candidate:
     from .convert import convert, output_roles
 
     started = time.perf_counter()
@@ -163,6 +163,8 @@ def _candidate(source: str, keras_model, representative, pol: ExportPolicy, spec
     probs, feats = device_outputs(lm, x)
     result = compare(spec, y, reference[0], probs, pol.tolerance, features=(reference[1], feats), envelope=envelope,
                      limit=pol.envelope_limit)
+    if len(shifts) > 1:
+        result["by_view"] = by_view(spec, y, reference[0], probs, shifts)
     quant = {"mode": "int8", "io_dtype": pol.io_dtype, "source": source, "per_channel": pol.per_channel,
              "input": _tensor_quantization(lm.model.inputs[0]),
              "outputs": {role: _tensor_quantization(lm.model.outputs[i]) for role, i in roles.items()}}
@@ -389,32 +391,47 @@ def export_run(run_dir, *, out=None, int8: bool = True, source: str | None = Non
     report["data"] = {"prepared": str(prepared.path), "data_sha256": prepared.data_sha256, "n": len(x), **how}
     float_model = run.float_model()
     float_two = with_feature_output(float_model)
-    reference = _keras_outputs(float_two, x)
+    films = len(x)
+    views = check_views(x, pol.views if int8 else "original")
+    outputs = {shift: _keras_outputs(float_two, xs) for shift, xs in views}
+    reference = outputs[(0, 0)]
     report["float"] = summarize(spec, y, reference[0])
     envelope = None
     if int8 and pol.envelope == "one-pixel-shift":
-        envelope = one_pixel_envelope(spec, y, x, reference[0], lambda xs: _keras_outputs(float_two, xs)[0])
+        envelope = one_pixel_envelope(spec, y, x, reference[0], lambda xs: _keras_outputs(float_two, xs)[0],
+                                      shifted={s: o[0] for s, o in outputs.items() if s != (0, 0)})
         report["envelope"] = envelope
         log.info("one-pixel envelope of the float model: self-agreement %.4f, drops %s", envelope["agreement"],
                  {k: round(v, 4) for k, v in envelope["drop"].items() if isinstance(v, float)})
+    if len(views) > 1:   # the check runs on every view, each int8 output paired with float's on the same view
+        x = np.concatenate([xs for _, xs in views])
+        y = np.concatenate([np.asarray(y)] * len(views))
+        feats = [outputs[s][1] for s, _ in views]
+        reference = (np.concatenate([outputs[s][0] for s, _ in views]),
+                     None if any(f is None for f in feats) else np.concatenate(feats))
+        report["check_views"] = {"kind": pol.views, "shifts": [list(s) for s, _ in views], "films": films,
+                                 "n": len(x)}
+        log.info("int8 check on %d %s films x %d views (%d paired decisions)", films, pol.split, len(views), len(x))
+    shifts = tuple(s for s, _ in views)
+    del views, outputs
     report["sizes"] = {"float_h5_bytes": (run.path / FLOAT_MODEL).stat().st_size,
                        "float32_weights_bytes": int(float_model.count_params()) * 4}
 
     cands: dict[str, Candidate] = {}
     for src in sources:
         if src == "ptq":
-            cands[src] = _candidate(src, float_two, cal_x, pol, spec, x, y, reference, envelope)
+            cands[src] = _candidate(src, float_two, cal_x, pol, spec, x, y, reference, envelope, shifts)
             cal_x = None
         else:
             qat_two = with_feature_output(run.qat_model())
-            cands[src] = _candidate(src, qat_two, None, pol, spec, x, y, reference, envelope)
+            cands[src] = _candidate(src, qat_two, None, pol, spec, x, y, reference, envelope, shifts)
             cands[src].qat_keras = _qat_keras_diagnostic(qat_two, spec, x, y, cands[src])
         report["sizes"][f"int8_{src}_bytes"] = len(cands[src].content)
     meta_base = {"training": _training_record(run, prepared)}
     if variants:
         report["variants"] = [_variant(v, float_two, spec, x, reference, report_dir, meta_base) for v in variants]
     best = max(cands.values(), key=Candidate.rank) if cands else None
-    report["candidates"] = {s: _candidate_report(c, pol, cs, len(x), tuple(cands)) for s, c in cands.items()}
+    report["candidates"] = {s: _candidate_report(c, pol, cs, films, tuple(cands)) for s, c in cands.items()}
     report["chosen"] = best.source if best else None
     report["passed"] = best.passed if best else None
 
@@ -426,7 +443,8 @@ def export_run(run_dir, *, out=None, int8: bool = True, source: str | None = Non
                                **({"ptq_candidate_set": cs.record()} if cs is not None else {})})
         meta = md.ModelMetadata.for_task(
             spec, best.roles, quantization=best.quantization, calibration=calibration_record,
-            metrics=dict(_metrics_record(best, cands, pol.split, prepared, how), sizes=dict(report["sizes"])),
+            metrics=dict(_metrics_record(best, cands, pol.split, prepared, how), sizes=dict(report["sizes"]),
+                         check_views=report.get("check_views")),
             extras={"head": head_info, "export": {"policy": pol.path.name if pol.path else None,
                                                   "seconds": round(time.perf_counter() - started, 1)}},
             **meta_base)
@@ -462,8 +480,10 @@ def _fix_kind(fix: str) -> str:
 
 def _failure_message(report: dict, best: Candidate, cands: dict, out) -> str:
     cand = report["candidates"][best.source]
-    lines = [f"int8 check FAILED for {report['task']} ({best.source.upper()}) on {cand['n']} {report['split']} images "
-             f"of run {report['run']}:"]
+    views = report.get("check_views")
+    where = (f"{views['films']} {report['split']} films x {len(views['shifts'])} views ({cand['n']} paired decisions)"
+             if views else f"{cand['n']} {report['split']} images")
+    lines = [f"int8 check FAILED for {report['task']} ({best.source.upper()}) on {where} of run {report['run']}:"]
     lines += [f"  - {f}" for f in cand["failures"]]
     fixes = list(cand["fixes"])
     for s, c in cands.items():

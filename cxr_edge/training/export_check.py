@@ -32,6 +32,14 @@ policy's ``check.envelope_limit`` is the ceiling: however unstable the float mod
 past it (the shipped cxr4 policy: accuracy at most 2 points, agreement at least 0.96). The envelope is
 measured, reported beside every check and stored in the pack.
 
+**The check views** (``check.views: "one-pixel-shifts"``). The envelope says how noisy one view of the
+check films is; the views make the measurement itself less noisy. Float and int8 are both run on every
+film and on its four one-pixel-shifted copies (5 views, the same shifts as the envelope), each int8 output
+is compared with the float output of the same view, and every checked number is pooled over all views. A
+check set of 273 films then holds 1,365 paired decisions: a film whose decision sits on a boundary counts
+by how often int8 moves it across, not by which side one pixel grid happened to put it on. The films,
+the tolerances and the envelope are unchanged; ``"original"`` (the default) checks the films as they are.
+
 numpy only (the metrics are :mod:`cxr_edge.tools.metrics`); no TensorFlow.
 """
 
@@ -51,13 +59,14 @@ from ..tasks import Int8Tolerance, TaskSpec, get_task
 __all__ = ["CHECK_SPLITS", "checked_keys", "compare", "default_policy_path", "DELTA_DEFINITION", "describe_failure",
            "ENVELOPES", "ExportPolicy", "failures", "likely_fixes", "load_policy", "one_pixel_envelope",
            "ONE_PIXEL_SHIFTS", "parse_policy", "POLICY_FORMAT", "POLICY_FORMAT_VERSION", "SCALARS", "shift_images",
-           "SOURCES", "summarize", "VARIANTS"]
+           "SOURCES", "summarize", "VARIANTS", "VIEWS", "check_views", "by_view"]
 
 POLICY_FORMAT = "cxr-edge-export-policy"
 POLICY_FORMAT_VERSION = 1
 SOURCES = ("auto", "qat", "float")
 CHECK_SPLITS = ("val", "test")
 ENVELOPES = ("none", "one-pixel-shift")
+VIEWS = ("original", "one-pixel-shifts")   # what the check runs on: the films, or the films and their 1-px shifts
 ONE_PIXEL_SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))   # (down, right) in pixels
 VARIANTS = ("float16", "dynamic", "float32")
 SCALARS = ("accuracy", "auroc", "mean_auroc", "macro_f1")   # the summary numbers with a delta
@@ -88,6 +97,7 @@ class ExportPolicy:
     split: str = "val"
     envelope: str = "none"       # "one-pixel-shift": widen each tolerance to the float model's own 1-px noise
     envelope_limit: Int8Tolerance | None = None   # ... but never past these (None: no ceiling)
+    views: str = "original"      # "one-pixel-shifts": check every film and its 4 one-pixel shifts, pooled
     path: Path | None = None
     raw: dict = field(default_factory=dict, compare=False)
 
@@ -101,7 +111,8 @@ class ExportPolicy:
                 "calibration": str(self.calibration) if self.calibration else None,
                 "min_calibration": self.min_calibration, "recommended_calibration": self.recommended_calibration,
                 "split": self.split, "tolerance": self.tolerance.to_dict(), "envelope": self.envelope,
-                "envelope_limit": self.envelope_limit.to_dict() if self.envelope_limit else None}
+                "envelope_limit": self.envelope_limit.to_dict() if self.envelope_limit else None,
+                "views": self.views}
 
 
 def _need(d: dict, key: str, where: str):
@@ -159,8 +170,12 @@ def parse_policy(data: dict, *, path: Path | None = None) -> ExportPolicy:
             raise RecipeError(f"{where}: check.envelope_limit {looser} is stricter than check.tolerance; the "
                               "limit is how far the envelope may widen a tolerance, so it must be at least as "
                               "loose")
+    views = check.get("views", "original")
+    if views not in VIEWS:
+        raise RecipeError(f"{where}: check.views {views!r}; valid: {', '.join(VIEWS)} (one-pixel-shifts checks "
+                          "every film and its four one-pixel-shifted copies, pooled)")
     return ExportPolicy(spec.name, tolerance, io_dtype, bool(quant.get("per_channel", True)), source,
-                        manifest, min_n, rec_n, split, envelope, limit, path, data)
+                        manifest, min_n, rec_n, split, envelope, limit, views, path, data)
 
 
 def _parse_tolerance(spec: TaskSpec, tol: dict, where: str, key: str = "check.tolerance") -> Int8Tolerance:
@@ -270,17 +285,45 @@ def shift_images(x: np.ndarray, down: int, right: int) -> np.ndarray:
     return padded[:, top:top + h, left:left + w]
 
 
-def one_pixel_envelope(spec: TaskSpec, y, x, probs_float, predict) -> dict:
+def check_views(x: np.ndarray, views: str) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """The check images of one policy: ``[((0, 0), x)]`` for ``"original"``; for ``"one-pixel-shifts"`` also
+    ``x`` moved by each of :data:`ONE_PIXEL_SHIFTS`, in that order. Each entry is ``((down, right), images)``."""
+    if views not in VIEWS:
+        raise ValueError(f"views {views!r}; valid: {', '.join(VIEWS)}")
+    out = [((0, 0), np.asarray(x))]
+    if views == "one-pixel-shifts":
+        out += [((down, right), shift_images(x, down, right)) for down, right in ONE_PIXEL_SHIFTS]
+    return out
+
+
+def by_view(spec: TaskSpec, y, probs_float, probs_int8, shifts) -> list[dict]:
+    """The pooled check taken apart: per view (``shifts``, in the order the outputs were stacked), the
+    agreement and each scalar metric float -> int8. JSON-ready; reported, not checked."""
+    n = len(shifts)
+    y, a, b = (np.asarray(v) for v in (y, probs_float, probs_int8))
+    if n < 1 or len(a) % n:
+        raise ValueError(f"{len(a)} outputs do not split into {n} views")
+    rows = []
+    for i, (yy, fa, fb) in enumerate(zip(np.split(y, n), np.split(a, n), np.split(b, n))):
+        f, q = summarize(spec, yy, fa), summarize(spec, yy, fb)
+        rows.append({"shift": list(shifts[i]), "agreement": agreement(spec, fa, fb)["agreement"],
+                     "float": {k: f[k] for k in SCALARS if k in f}, "int8": {k: q[k] for k in SCALARS if k in q}})
+    return rows
+
+
+def one_pixel_envelope(spec: TaskSpec, y, x, probs_float, predict, shifted: dict | None = None) -> dict:
     """What the float model does to its own metrics and decisions when the images move by one pixel.
 
-    ``predict(x) -> probs`` is the float model. Returns, over the four one-pixel shifts, the largest
-    drop of every checked metric (never below 0) and the lowest self-agreement, with each shift's
-    numbers. JSON-ready.
+    ``predict(x) -> probs`` is the float model; ``shifted`` maps a ``(down, right)`` shift to float outputs
+    already computed for it (export's check views), used instead of running it again. Returns, over the
+    four one-pixel shifts, the largest drop of every checked metric (never below 0) and the lowest
+    self-agreement, with each shift's numbers. JSON-ready.
     """
     base = summarize(spec, y, probs_float)
     shifts = []
     for down, right in ONE_PIXEL_SHIFTS:
-        p = predict(shift_images(x, down, right))
+        p = (shifted or {}).get((down, right))
+        p = predict(shift_images(x, down, right)) if p is None else p
         s, agree = summarize(spec, y, p), agreement(spec, probs_float, p)
         row = {"shift": [down, right], "agreement": agree["agreement"],
                "drop": {k: _drop(base.get(k), s.get(k)) for k in SCALARS if k in base}}

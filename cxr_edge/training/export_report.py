@@ -104,16 +104,31 @@ def _confusion(page: Page, labels, counts, title: str) -> None:
     page.table(["true \\ predicted", *labels], [[lbl, *map(str, row)] for lbl, row in zip(labels, counts)])
 
 
-def _candidate(page: Page, cand: dict, labels) -> None:
+def _checked_on(report: dict, n: int) -> str:
+    views = report.get("check_views")
+    if not views:
+        return f"{n} images"
+    return (f"{n} paired decisions ({views['films']} films x {len(views['shifts'])} views: as they are and moved by "
+            "one pixel)")
+
+
+def _candidate(page: Page, cand: dict, labels, report: dict) -> None:
     page.heading(SOURCE_TITLES.get(cand["source"], cand["source"]), 2)
     q = cand["quantization"]
     status = "PASSED" if cand["passed"] else "FAILED"
-    page.text(f"Check {status} on {cand['n']} images. {_mb(cand['bytes'])}, converted in {cand['convert_seconds']} s; "
+    page.text(f"Check {status} on {_checked_on(report, cand['n'])}. {_mb(cand['bytes'])}, converted in "
+              f"{cand['convert_seconds']} s; "
               f"input {q['input']['dtype']} scale {q['input']['scale']:.6g} zero point {q['input']['zero_point']}; "
               f"per-channel weights: {q['per_channel']}.")
     if not cand["passed"]:
         page.alert("; ".join(cand["failures"]))
     page.table(["metric", "float", "int8", "Δ (int8 − float)", "allowed drop", "check"], _metric_rows(cand))
+    if cand.get("by_view"):
+        keys = [k for k in SCALARS if k in cand["by_view"][0]["float"]]
+        page.text("Per view (reported, not checked: the checks above pool all views):")
+        page.table(["view (down, right)", "agreement", *[f"{k} float -> int8" for k in keys]],
+                   [[str(tuple(v["shift"])) + (" as is" if not any(v["shift"]) else ""), _f(v["agreement"]),
+                     *[f"{_f(v['float'][k])} -> {_f(v['int8'][k])}" for k in keys]] for v in cand["by_view"]])
     rows = _label_rows(cand)
     if rows:
         page.table(["label", "n positive", "AUROC float", "AUROC int8", "Δ", "allowed drop", "check", "agreement"],
@@ -132,6 +147,14 @@ def _candidate(page: Page, cand: dict, labels) -> None:
         page.bullets(cand["fixes"])
 
 
+def _views_row(views: dict | None) -> str:
+    if not views:
+        return "the images as they are"
+    shifts = ", ".join(str(tuple(v)) for v in views["shifts"][1:])
+    return (f"each image as it is and moved by one pixel (down, right) {shifts}: {views['n']} paired float/int8 "
+            "decisions, every checked number pooled over them")
+
+
 def markdown(report: dict) -> str:
     page = Page(f"cxr-edge export: {report['task']} from {Path(report['run']).name}")
     passed = report.get("passed")
@@ -146,6 +169,7 @@ def markdown(report: dict) -> str:
     rows = [["run", report["run"]], ["task / slot", f"{report['task']} / {report['slot']}"],
             ["input", f"{report['input']['size']} px, {report['input']['channels']} channel(s)"],
             ["check split", f"{report['split']}: {data['n']} images ({data.get('pixels')}) of {data['prepared']}"],
+            ["check views", _views_row(report.get("check_views"))],
             ["policy", f"{pol['path']} (from {pol['from']}, I/O {pol['io_dtype']})"],
             ["created", report["created"]], ["wall time", f"{report.get('seconds', '?')} s"]]
     cal = report.get("calibration")
@@ -171,7 +195,7 @@ def markdown(report: dict) -> str:
                     for r in env["shifts"]]
                    + [["envelope", _f(env["agreement"]), *[_f(env["drop"][k]) for k in keys]]])
     for cand in report["candidates"].values():
-        _candidate(page, cand, list(report["float"].get("n_positive", {})))
+        _candidate(page, cand, list(report["float"].get("n_positive", {})), report)
     if report.get("variants"):
         page.heading("Variants (not in the pack)", 2)
         page.table(["mode", "file", "size", "agreement with float", "max |Δp|", "mean |Δp|", "convert s"],
