@@ -107,3 +107,26 @@ def test_photographed_documents_are_still_rejected(shared_data, bundled, categor
             pred = bundled.predict(buf.getvalue(), f"{name} ({sim.background})")
             assert pred.rectify["path"] in ("cropped", "quadrilateral"), name
             assert pred.status == "rejected", (name, sim.background, pred.gate)
+
+
+@pytest.mark.parametrize("variant", ["desk_frame", "small256", "jpeg_q30", "tilt7"])
+def test_real_photos_varied_as_other_photos_vary_are_still_answered(dev, bundled, variant, tmp_path):
+    """The same films photographed with their surroundings, sent small, recompressed or tilted (what
+    benchmarks/real_photo_variants.py measures on all 17 photos and 13 variations): still answered."""
+    import importlib.util
+
+    from cxr_edge.tools.evaluate_photos import evaluate_photos, read_photo_manifest
+
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "real_photo_variants.py"
+    spec = importlib.util.spec_from_file_location("real_photo_variants", path)
+    variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variants)
+    rows = [r for r in read_photo_manifest(dev) if r["label"] == "COVID-19"][::3]   # films and screens
+    variants.make_variant(variant, dev, rows, tmp_path / variant)
+    r = evaluate_photos(bundled, tmp_path / variant)
+    assert r["summary"]["n"] == len(rows) >= 4
+    assert r["summary"]["answered"] == len(rows), [(p["file"], p["status"], p["gate_score"]) for p in r["photos"]]
+    if variant == "desk_frame":    # the film's edges are now in view: the film finder straightens it
+        assert r["summary"]["paths"].get("quadrilateral", 0) >= len(rows) - 1, r["summary"]["paths"]
