@@ -6,7 +6,8 @@ degrees, 7-degree tilt), sent small (256 px wide) or recompressed (JPEG quality 
 with its surroundings (desk, dark room, light table: a 4-degree-rotated film on a noisy background),
 colour casts (warm, green), low contrast and blur -- then runs every variant folder through
 :func:`cxr_edge.tools.evaluate_photos.evaluate_photos` exactly as ``cxr-edge evaluate --real-photos`` does.
-It prints one row per variant (answered, gate acceptance, the path each photo took, cxr4 hits) and the
+It prints one row per variant (answered, gate acceptance, the path each photo took, how many the orientation
+check turned upright, cxr4 hits) and the
 photos that were not answered. Variants are written to a temporary folder and deleted afterwards.
 
     .venv/bin/python benchmarks/real_photo_variants.py --pack cxr_edge/packs/default \\
@@ -115,8 +116,8 @@ def main(argv=None) -> int:
     rows = read_photo_manifest(args.photos)
     pipe = Pipeline(args.pack)
     print(f"pack {args.pack}; {len(rows)} photos from {args.photos}\n")
-    print("| variant | answered | gate accepted | paths | cxr4 hits | not answered | s |")
-    print("|---|---:|---:|---|---:|---|---:|")
+    print("| variant | answered | gate accepted | paths | turned upright | cxr4 hits | not answered | s |")
+    print("|---|---:|---:|---|---:|---:|---|---:|")
     results, total, answered = {}, 0, 0
     tmp = Path(tempfile.mkdtemp(prefix="cxr-variants-"))
     try:
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
                       else f"{p['file'][-24:]} ({p['status']})" for p in r["photos"] if p["status"] != "ok"]
             paths = ", ".join(f"{k} {v}" for k, v in sorted(s["paths"].items()))
             print(f"| {name} | {s['answered']}/{s['n']} | {s['gate_accepted']}/{s['n']} | {paths} | "
-                  f"{s['hits']}/{s['labelled']} | {'; '.join(missed) or '-'} | {time.perf_counter() - started:.1f} |",
+                  f"{s.get('turned_upright', 0)} | {s['hits']}/{s['labelled']} | {'; '.join(missed) or '-'} | {time.perf_counter() - started:.1f} |",
                   flush=True)
             results[name] = r
     finally:

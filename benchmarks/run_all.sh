@@ -42,6 +42,7 @@ done
 run photo_noncxr $PY benchmarks/photo_noncxr.py --pack $PACK
 run real_photos $PY benchmarks/real_photos.py --pack $PACK --photos ../shared/data/real_photos_dev --json $OUT/real_photos.json
 run real_photo_variants $PY benchmarks/real_photo_variants.py --pack $PACK --photos ../shared/data/real_photos_dev --json $OUT/real_photo_variants.json
+run orientation_check $PY benchmarks/orientation_check.py --pack $PACK --data prepared/cxr4
 run data_pipeline $PY benchmarks/data_pipeline.py --prepared prepared/nih14 --rounds 3
 run train_throughput $PY benchmarks/train_throughput.py --weights ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5 --size 224 --task cxr4
 run bench $PY -m cxr_edge bench --pack $PACK --threads 2 --json

@@ -14,6 +14,7 @@ What it runs, in order (every step is a `cxr-edge` command; the log of each is i
     export       cxr-edge export runs/<task> --int8 --out BUILD/pack              (PTQ and QAT, the better kept)
     ood          cxr-edge ood fit BUILD/pack --data prepared/<task>
   then:
+    orientation  cxr-edge orientation fit BUILD/pack --data prepared/cxr4   (turned films turned upright)
     calibrate    cxr-edge calibrate BUILD/pack --data prepared/{gate,cxr4,nih14} --rule youden --profile balanced
                  cxr-edge calibrate ... --data prepared/{cxr4,nih14} --rule sensitivity:0.90 --profile screening
                  cxr-edge calibrate ... --data prepared/gate --rule youden --profile screening
@@ -164,6 +165,12 @@ def run(args) -> None:
                                        str(calib), "--report", str(b.dir / "eval" / f"{slot}-export"),
                                        "--name", f"cxr-edge-{args.variant}"])
         b.step(f"{name}-ood", cx + ["ood", "fit", str(b.pack), "--data", str(data)] + threads)
+    # The orientation check reads the gate's features; the films it learns from are the 4-class set's (any
+    # prepared chest X-rays serve; the test split is never used).
+    films = {slot: data for slot, _, _, data, _ in models}
+    if "gate" in films:
+        b.step("orientation", cx + ["orientation", "fit", str(b.pack), "--data",
+                                    str(films.get("cxr4", films["gate"]))] + threads)
     # Thresholds: Youden's J for the default 'balanced' profile; 'screening' holds the classifiers at
     # sensitivity >= 0.90 and keeps the gate at Youden. Max-F1 was measured and dropped: it follows the majority
     # class, so on the gate (325 CXRs, 22 non-CXRs in val) it accepted nearly everything (threshold 0.0004: test

@@ -341,7 +341,9 @@ def calibration(b: Build) -> str:
 
 def photos(b: Build) -> str:
     out = ["## Phone photos against digital films", "",
-           "No real phone photographs of films exist in the data, so the test films were turned into simulated "
+           ("Real photos cannot be paired with their digital films, so to measure what a photo costs " if b.real_photos
+            else "No real phone photographs of films exist in the data, so ")
+           + "the test films were turned into simulated "
            "photos (`cxr_edge.tools.photosim`, severity moderate: the film on a lightbox or desk with perspective, "
            "glare, moiré, blur, JPEG and a colour cast, 1280 px) and run through `predict`'s photo path: raw = "
            "the whole photo as the model input, rectified = the film found, straightened and checked first.", ""]
@@ -494,14 +496,24 @@ def real_photos(b: Build) -> str:
 
 
 def failure_modes(b: Build) -> str:
+    if b.real_photos:
+        s = b.real_photos["summary"]
+        photos = (f"Measured on {s['n']} real photos of films and monitors ({s['answered']} answered, section above) "
+                  "and on simulated ones; the real-photo set is small and its photos are all labelled "
+                  "COVID-19 or blank, so their hit rate says little about accuracy. A photo with no film edges in "
+                  "view is answered as cropped to the film, with a warning; one that fails a quality check is "
+                  "answered with warnings (`--on-poor-photo skip` skips it).")
+    else:
+        photos = ("Photos were only simulated. Real glare, moiré, curled films and monitors may be worse. A photo "
+                  "where no film is found, or that fails a quality check, gets a warning or an error rather than "
+                  "a silent answer.")
     return """## Known failure modes
 
 * **Source shortcuts (4-class).** Each class comes mostly from its own hospitals, so a high 4-class score
   says the pipeline works, not that the model recognises COVID-19 or tuberculosis; see the probe above.
   On films from a new hospital it may fail silently.
-* **Phone photos.** Photos were only simulated. Real glare, moiré, curled films and monitors may be worse.
-  Without rectification the models lose most of their accuracy (table above); a photo where no film is
-  found, or that fails a quality check, gets a warning or an error rather than a silent answer.
+* **Phone photos.** Without rectification the models lose most of their accuracy (table above).
+  {photos}
 * **The gate** has seen few kinds of non-CXR images (about 220: CT, MRI, photos, documents,
   screenshots) and no other radiographs (hands, knees, spines): such images may be accepted. The OOD guard
   flags some of them as "unusual for this model".
@@ -511,7 +523,7 @@ def failure_modes(b: Build) -> str:
   be over- or under-confident.
 * **Heatmaps** (class activation maps) show where the model's evidence is, not where the disease is; a
   hot spot on a marker or the film edge is a shortcut, not a finding.
-"""
+""".format(photos=photos)
 
 
 def reproduce(b: Build) -> str:
@@ -524,7 +536,7 @@ def reproduce(b: Build) -> str:
     return f"""## How every number here was made
 
 ```
-.venv/bin/python release/build_default_pack.py --install     # train, QAT, export, OOD, calibrate, evaluate, this card
+.venv/bin/python release/build_default_pack.py --install     # train, QAT, export, OOD, orientation, calibrate, evaluate, this card
 ```
 
 One command, resumable; on this project's 2-core workstation it took **{total / 60:.0f} minutes** of step time
@@ -534,9 +546,29 @@ and times are in the build folder's `build.json`; the JSON every table was rende
 """
 
 
+def orientation(b: Build) -> str:
+    """The orientation check's record (``cxr-edge orientation fit``), from the gate model's metadata."""
+    rec = (b.meta("gate").get("extras") or {}).get("orientation") if "gate" in b.models else None
+    if not rec:
+        return ""
+    h = rec["held_out"]
+    pct = (lambda v: "-" if v is None else f"{100 * v:.1f}%")
+    return "\n".join([
+        "## Orientation check", "",
+        f"A film held sideways or upside down is turned upright before the models answer, with a warning: a 4-way "
+        f"softmax on the gate model's pooled features (`cxr-edge orientation fit`, fitted on {rec['n_fit']} "
+        f"{rec['fit_split']} films of `{Path(rec['data']).name}` shown as they are and turned by 90, 180 and 270 "
+        f"degrees). Threshold {rec['threshold']:.2f}, chosen so that at most {pct(rec['max_turned_upright'])} of "
+        f"the held-out upright films would be turned. On the {h['upright']} held-out {rec['threshold_split']} "
+        f"films: upright films turned by mistake {pct(h['upright_turned_by_mistake'])}; of the {h['turned']} "
+        f"turned ones, turned back right {pct(h['turned_corrected'])}, the wrong way "
+        f"{pct(h['turned_wrong_way'])}, left as they are {pct(h['turned_left_as_is'])}. "
+        "`cxr-edge predict --no-upright` answers a turned film as it is (still warned)."]) + "\n"
+
+
 def render(b: Build) -> str:
     parts = [header(b), intended_use(b), training_data(b), test_metrics(b), export_check(b), calibration(b),
-             photos(b), real_photos(b), subgroups(b), sources(b), staged(b), probe(b), failure_modes(b),
+             photos(b), real_photos(b), orientation(b), subgroups(b), sources(b), staged(b), probe(b), failure_modes(b),
              reproduce(b)]
     return "\n".join(p for p in parts if p).rstrip() + "\n"
 

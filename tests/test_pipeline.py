@@ -233,7 +233,7 @@ def test_json_keys_are_stable_and_carry_no_arrays(pipeline, cxr):
 
     d = pipeline.predict(cxr).to_dict()
     assert list(d) == ["file", "status", "gate", "cxr4", "nih14", "error", "message", "warnings", "timings_ms",
-                       "rectify", "quality", "ood", "tta"]
+                       "rectify", "quality", "ood", "tta", "orientation"]
     assert d["rectify"] == {"path": "digital", "photo": False, "passthrough": True, "searched": False}
     assert d["quality"] is None and d["tta"] is None
     assert json.loads(json.dumps(d)) == d

@@ -45,6 +45,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "app": ("cxr_edge.cli.app", "app", "Start the Kivy field app (photo or file -> check -> result -> history)."),
     "rectify": ("cxr_edge.cli.rectify", "rectify", "Find the X-ray film in a phone photo and save it upright."),
     "ood": ("cxr_edge.cli.ood", "ood", "Fit the out-of-distribution guard (unusual-image statistics) into a pack."),
+    "orientation": ("cxr_edge.cli.orientation", "orientation",
+                    "Fit the orientation check (turns sideways and upside-down films upright) into a pack."),
     "pack": ("cxr_edge.cli.pack", "pack", "Sign model packs and check their signatures (Ed25519 keys)."),
 }
 

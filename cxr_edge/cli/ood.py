@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from . import json_text
+from .options import fit_into_pack, progress_printer
 
 __all__ = ["fit", "ood"]
 
@@ -15,9 +16,7 @@ def ood():
 
 
 @ood.command()
-@click.argument("pack", type=click.Path(exists=True, path_type=str))
-@click.option("--data", "data", required=True, type=click.Path(exists=True, file_okay=False, path_type=str),
-              help="Prepared data (cxr-edge data prepare) of the model to fit: its task picks the pack's slot.")
+@fit_into_pack("Prepared data (cxr-edge data prepare) of the model to fit: its task picks the pack's slot.")
 @click.option("--split", default="train", show_default=True, type=click.Choice(["train", "val", "test"]),
               help="Split whose features are fitted.")
 @click.option("--threshold-split", default="val", show_default=True, type=click.Choice(["train", "val", "test"]),
@@ -28,10 +27,6 @@ def ood():
               help="Principal directions kept with their own variance (the rest share one).")
 @click.option("--shrinkage", default=0.1, show_default=True, type=click.FloatRange(0.0, 0.99),
               help="Shrinkage of the variances towards their mean.")
-@click.option("--out", "out", default=None, type=click.Path(path_type=str),
-              help="Write a fitted COPY of the pack here (must not exist); PACK stays untouched.")
-@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64))
-@click.option("--json", "as_json", is_flag=True, help="Print the stored record as JSON.")
 def fit(pack, data, split, threshold_split, quantile, components, shrinkage, out, threads, as_json):
     """Fit OOD statistics for one model of PACK on prepared data, and store them in it.
 
@@ -49,12 +44,9 @@ def fit(pack, data, split, threshold_split, quantile, components, shrinkage, out
     """
     from ..tools.ood_fit import fit_pack
 
-    def progress(stage, done, total):
-        if not as_json and (done == total or done % 256 == 0):
-            click.echo(f"  {stage}: {done}/{total}", err=True)
-
     record = fit_pack(pack, data, split=split, threshold_split=threshold_split, components=components,
-                      shrinkage=shrinkage, quantile=quantile, out=out, threads=threads, progress=progress)
+                      shrinkage=shrinkage, quantile=quantile, out=out, threads=threads,
+                      progress=progress_printer(as_json))
     if as_json:
         click.echo(json_text(record))
         return

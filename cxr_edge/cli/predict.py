@@ -40,6 +40,9 @@ EXIT_SOME_FAILED = 1
               help="Test-time augmentation: average each model over a few shifted/zoomed views (about 4x the "
                    "model time; flips only for models trained with flips).")
 @click.option("--no-ood", "no_ood", is_flag=True, help="Do not score how unusual an image is for the models.")
+@click.option("--no-upright", "no_upright", is_flag=True,
+              help="Answer a film the orientation check finds turned as it is (still warned), instead of turning "
+                   "it upright first.")
 @click.option("--all-models", "all_models", is_flag=True, hidden=True,
               help="Run every model on every image whatever the gate says (benchmarks: cxr-edge bench measures "
                    "memory and start-up with it, on a stand-in film a real gate rejects).")
@@ -47,7 +50,7 @@ EXIT_SOME_FAILED = 1
               type=click.Choice(["predict", "skip"]),
               help="When a photo fails a quality check: predict anyway with warnings, or skip it (an error entry).")
 def predict(images, pack, require_signed, as_json, threads, workers, profile, backend, no_rectify, heatmap_dir, force,
-            tta, no_ood, all_models, on_poor_photo):
+            tta, no_ood, no_upright, all_models, on_poor_photo):
     """Predict IMAGES (files or folders; folders are searched recursively).
 
     Phone photos of films: the film is found, straightened and checked for
@@ -67,7 +70,10 @@ def predict(images, pack, require_signed, as_json, threads, workers, profile, ba
     4-class answer (COVID-19 / Normal / Pneumonia / Tuberculosis) and the NIH
     findings above the pack's thresholds. Where the pack has OOD statistics,
     an image whose features are far from the training images is flagged
-    "unusual for this model", even when the gate accepted it.
+    "unusual for this model", even when the gate accepted it. Where the pack
+    has an orientation check, a film held sideways or upside down is turned
+    upright before the models answer, with a warning ("orientation" in the
+    JSON; --no-upright answers it as it is).
 
     Heatmaps (--heatmap DIR) show where on the film the evidence for each
     reported finding came from (class activation maps). They can show that the
@@ -101,7 +107,7 @@ def predict(images, pack, require_signed, as_json, threads, workers, profile, ba
     loaded = load_pack(pack_path, trust=TrustPolicy.from_config(require_signed))
     pipeline = Pipeline(loaded, threads=threads, profile=profile, backend=backend, rectify=not no_rectify,
                         heatmaps=heatmap_dir is not None, tta=tta, ood=not no_ood, on_poor_photo=on_poor_photo,
-                        gate_first=not all_models)
+                        gate_first=not all_models, upright=not no_upright)
     scan = scan_image_files(images)
     files = scan.files
     if not files:
@@ -218,7 +224,7 @@ def _skipped_dict(skipped) -> dict:
     return {"file": str(skipped.path), "status": "skipped", "gate": None, "cxr4": None, "nih14": None,
             "error": {"kind": skipped.kind, "message": f"{skipped.path}: skipped: {skipped.reason}"},
             "message": f"skipped: {skipped.reason}", "warnings": [], "timings_ms": {}, "rectify": None,
-            "quality": None, "ood": None, "tta": None}
+            "quality": None, "ood": None, "tta": None, "orientation": None}
 
 
 def _answer(result) -> str:

@@ -62,6 +62,7 @@ from ..errors import CxrEdgeError, ImageError, PackError
 from ..tasks import CLASSIFIER_SLOTS, TaskSpec
 from . import cam
 from . import ood as _ood
+from . import orientation as _orientation
 from . import tta as _tta
 from .features import pooled
 from .images import check_regular, decode_budget, load_image
@@ -160,6 +161,13 @@ class LoadedModel:
         return self._head
 
     @property
+    def orientation(self) -> _orientation.OrientationHead | None:
+        """The fitted orientation head (on this model's pooled features), or None."""
+        if not hasattr(self, "_orientation"):
+            self._orientation = _orientation.head_of(self)
+        return self._orientation
+
+    @property
     def ood_stats(self) -> _ood.OODStats | None:
         """The fitted OOD statistics, or None."""
         if not hasattr(self, "_ood"):
@@ -188,13 +196,15 @@ class Pipeline:
     :class:`~cxr_edge.runtime.tta.TTAConfig`). ``ood``: score images with the pack's
     OOD statistics where it has them. ``quality_spec``: overrides the pack's
     thresholds. ``on_poor_photo``: 'predict' (warn) or 'skip' (an error
-    result) when a quality check fails.
+    result) when a quality check fails. ``upright``: turn a film that the pack's orientation check finds
+    turned (:mod:`cxr_edge.runtime.orientation`) upright before the models answer; False still reports the
+    check's verdict and warns, but answers the film as it is.
     """
 
     def __init__(self, pack: ModelPack | str | Path, *, threads: int = 1, profile: str | None = None,
                  backend: str | None = None, gate_first: bool = True, rectify: bool = True,
                  heatmaps: bool = False, tta: bool | _tta.TTAConfig = False, ood: bool = True,
-                 quality_spec: QualitySpec | None = None, on_poor_photo: str = "predict"):
+                 quality_spec: QualitySpec | None = None, on_poor_photo: str = "predict", upright: bool = True):
         self.pack = pack if isinstance(pack, ModelPack) else load_pack(pack)
         self.profile = profile
         self.gate_first = gate_first
@@ -224,6 +234,10 @@ class Pipeline:
         self.ood = ood
         self.on_poor_photo = on_poor_photo
         self.quality_spec = quality_spec or pack_quality_spec(self.pack)
+        self.upright = upright
+        # loaded now: a tampered head is a clean PackError before the first image, not an error per image
+        slot = _orientation.SLOT
+        self.orientation = self.models[slot].orientation if slot in self.models else None
         if heatmaps:
             self._check_heads()
 
@@ -257,7 +271,9 @@ class Pipeline:
                 "delegate": first.delegate, "threads": first.threads,
                 "models": {s: m.spec.name for s, m in self.models.items()},
                 "rectify": self.rectify, "tta": self.tta is not None, "heatmaps": self.heatmaps,
-                "ood": {s: m.ood_stats is not None for s, m in self.models.items()} if self.ood else False}
+                "ood": {s: m.ood_stats is not None for s, m in self.models.items()} if self.ood else False,
+                "orientation": None if self.orientation is None else
+                ("turns films upright" if self.upright else "reports turned films")}
 
     # ------------------------------------------------------------------ stages
 
@@ -334,19 +350,22 @@ class Pipeline:
         return inputs
 
     def classify(self, inputs: dict[str, np.ndarray], pred: Prediction, *, film_size=None,
-                 heatmaps: bool | None = None, accepted: Callable[[Prediction], bool] | None = None) -> Prediction:
+                 heatmaps: bool | None = None, accepted: Callable[[Prediction], bool] | None = None,
+                 gate_run: _Run | None = None) -> Prediction:
         """Run the gate, then (if it accepts) the classifiers, filling ``pred``; then the OOD guard and,
         with ``heatmaps`` and ``film_size`` (w, h), the heatmaps. ``accepted(pred)``, when given, runs
-        between the gate and the classifiers; returning False stops there (``pred`` as it left it)."""
+        between the gate and the classifiers; returning False stops there (``pred`` as it left it).
+        ``gate_run``: the gate's outputs on ``inputs['gate']`` when they were already computed."""
         runs: dict[str, _Run] = {}
         if "gate" in self.models:
             t0 = time.perf_counter()
             gate = self.models["gate"]
-            runs["gate"] = self._run(gate, inputs["gate"])
+            runs["gate"] = gate_run if gate_run is not None else self._run(gate, inputs["gate"])
             score = float(runs["gate"].probs[0])
             threshold = float(self._thresholds(gate)[1].get(gate.spec.labels[0], gate.spec.default_threshold))
             pred.gate = GateResult(score, threshold, score >= threshold)
-            pred.timings_ms["gate"] = (time.perf_counter() - t0) * 1e3
+            earlier = pred.timings_ms.get("gate", 0.0) if gate_run is not None else 0.0
+            pred.timings_ms["gate"] = earlier + (time.perf_counter() - t0) * 1e3
             if not pred.gate.accepted and self.gate_first:
                 pred.status = "rejected"
                 pred.message = f"rejected: not a chest X-ray (score {score:.2f} < {threshold:.2f})"
@@ -489,11 +508,53 @@ class Pipeline:
             return True
 
         want_maps = self.heatmaps if heatmaps is None else heatmaps
-        pred = self.classify(inputs, pred, film_size=film.image.size, heatmaps=want_maps, accepted=judge)
+        film, inputs, gate_run = self._orient(film, inputs, pred)
+        pred = self.classify(inputs, pred, film_size=film.image.size, heatmaps=want_maps, accepted=judge,
+                             gate_run=gate_run)
         if want_maps and pred.status == "ok":
             pred.film = film.image
         pred.timings_ms["total"] = before + (time.perf_counter() - t0) * 1e3
         return pred
+
+    def _orient(self, film: Film, inputs, pred: Prediction):
+        """The orientation check on the gate's run (which classify then reuses). A film found turned is turned
+        upright and prepared again -- only when the gate accepts it both as given and turned: the check has
+        only seen chest X-rays, so an image the gate rejects is never turned for a second chance at the gate.
+        ``upright=False``: only reported. Returns (film, inputs, the gate's run on the returned inputs)."""
+        if self.orientation is None:
+            return film, inputs, None
+        slot = _orientation.SLOT
+        gate = self.models[slot]
+        t0 = time.perf_counter()
+        run = self._run(gate, inputs[slot])
+        t1 = time.perf_counter()
+        pred.timings_ms[slot] = (t1 - t0) * 1e3      # classify adds its own (tiny) share when it reuses the run
+        if run.features is None:
+            return film, inputs, run
+        turn = self.orientation.judge(pooled(run.features))
+        pred.orientation = turn.to_dict()
+        if turn.corrected:
+            threshold = float(self._thresholds(gate)[1].get(gate.spec.labels[0], gate.spec.default_threshold))
+            if float(run.probs[0]) < threshold:
+                pred.orientation.update(corrected=False,
+                                        note="not turned: the gate does not accept the image as given")
+            elif not self.upright:
+                pred.orientation["corrected"] = False
+                pred.warnings.append(f"The film looks turned by {turn.turned_by} degrees (orientation check "
+                                     f"{turn.probability:.2f}) and was answered as it is (--no-upright): turn it "
+                                     "upright for a meaningful answer.")
+            else:
+                turned_film = dataclasses.replace(film, image=_orientation.upright(film.image, turn.turned_by))
+                turned_inputs = self.prepare(turned_film.image)
+                turned_run = self._run(gate, turned_inputs[slot])
+                if float(turned_run.probs[0]) < threshold:
+                    pred.orientation.update(corrected=False,
+                                            note="not turned: the gate does not accept the image turned")
+                else:
+                    pred.warnings.append(turn.warning())
+                    film, inputs, run = turned_film, turned_inputs, turned_run
+        pred.timings_ms["orientation"] = (time.perf_counter() - t1) * 1e3
+        return film, inputs, run
 
     def predict_many(self, sources: Iterable, *, workers: int = 2) -> Iterator[Prediction]:
         """Predict many images, yielding one result per source, in input order.

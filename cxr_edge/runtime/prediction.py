@@ -59,7 +59,8 @@ class Prediction:
     (:data:`cxr_edge.tasks.CLASSIFIER_SLOTS`: ``results["cxr4"]``, ``results["nih14"]``; a slot whose
     model did not run, or that the pack lacks, is absent). ``rectify`` says how the film was obtained (None when rectification was
     off), ``quality`` holds the photo's quality checks (None for a digital
-    image), ``ood`` the OOD scores per model, ``tta`` the views used.
+    image), ``ood`` the OOD scores per model, ``tta`` the views used, ``orientation`` the orientation
+    check's verdict (:class:`cxr_edge.runtime.orientation.Turn`; None when the pack has no check).
     ``heatmaps`` ({name: uint8 HxW over the film}) and ``film`` (the image
     the models saw) are kept only when heatmaps were asked for, and never go
     into :meth:`to_dict`.
@@ -78,6 +79,7 @@ class Prediction:
     quality: list[QualityCheck] | None = None
     ood: dict | None = None
     tta: dict | None = None
+    orientation: dict | None = None
     heatmaps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     film: Image.Image | None = field(default=None, repr=False)
 
@@ -92,7 +94,7 @@ class Prediction:
                     "rectify": self.rectify,
                     "quality": None if self.quality is None else {
                         "verdict": overall_verdict(self.quality), "checks": [c.to_dict() for c in self.quality]},
-                    "ood": self.ood, "tta": self.tta})
+                    "ood": self.ood, "tta": self.tta, "orientation": self.orientation})
         out.update(self.extras)
         return out
 

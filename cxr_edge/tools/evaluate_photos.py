@@ -97,6 +97,8 @@ def _photo_row(row: dict, pred, labels) -> dict:
             "hit": bool(top is not None and top == label),
             "moire": bool((r.get("moire") or {}).get("found")),
             "ood_unusual": sorted(s for s, v in (pred.ood or {}).items() if v["unusual"]),
+            "turned_upright": (pred.orientation or {}).get("turned_by") if (pred.orientation or {}).get("corrected")
+            else 0 if pred.orientation else None,
             "quality": None if quality is None else quality["verdict"],
             "warnings": len(pred.warnings)}
 
@@ -114,6 +116,7 @@ def _summary(photos: list[dict]) -> dict:
             "paths": dict(Counter(p["path"] for p in photos)),
             "moire_found": sum(p["moire"] for p in photos),
             "ood_unusual": sum(bool(p["ood_unusual"]) for p in photos),
+            "turned_upright": sum(bool(p.get("turned_upright")) for p in photos),
             "quality": dict(Counter(p["quality"] or "not checked" for p in photos)),
             "labelled": len(labelled), "hits": sum(p["hit"] for p in labelled),
             "hit_rate": sum(p["hit"] for p in labelled) / len(labelled) if labelled else None}
@@ -154,7 +157,8 @@ def format_photo_result(r: dict) -> str:
              f"errors {sum(s['errors'].values())} {s['errors'] or ''}".rstrip(),
              f"gate accepted   {_rate(s['gate_accepted'], s['n'])};  median gate score {_f(s['gate_score_median'])}",
              f"paths           {_counts(s['paths'])}",
-             f"moiré found     {s['moire_found']};  OOD unusual {s['ood_unusual']};  quality {_counts(s['quality'])}",
+             f"moiré found     {s['moire_found']};  OOD unusual {s['ood_unusual']};  turned upright "
+             f"{s.get('turned_upright', 0)};  quality {_counts(s['quality'])}",
              f"{SLOT} hits       {_rate(s['hits'], s['labelled'])} of the photos with a label the model has", ""]
     lines.append(_kind_table(r))
     lines += ["", f"{'label':<24} {'n':>3} {'answered':>9} {'hits':>6}  {SLOT} top classes"]

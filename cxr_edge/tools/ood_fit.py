@@ -10,7 +10,6 @@ summary in the metadata ``extras['ood']`` (:func:`fit_pack`). numpy only.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from ..errors import DataError, PackError
 from ..runtime.metadata import utc_now
 from ..runtime.ood import EXTRAS_KEY, OOD_MEMBER, OODStats
 from ..runtime.pack import load_pack
-from .pack_writer import rewrite_model
+from .pack_writer import copy_pack, rewrite_model
 from .split_runner import model_outputs, open_pack_model
 
 __all__ = ["PACK_BUDGET_BYTES", "fit", "fit_pack", "task_classes", "with_threshold"]
@@ -86,7 +85,7 @@ def fit_pack(pack, data, *, split: str = "train", threshold_split: str | None = 
     (plus the pack path and size).
     """
     prepared = open_prepared(data)
-    target = _copy_pack(pack, out) if out is not None else Path(pack)
+    target = copy_pack(pack, out) if out is not None else Path(pack)
     model = open_pack_model(target, prepared, threads=threads)
     if split not in prepared.splits:
         raise DataError(f"{prepared.path} has no images in split {split!r}; it has {', '.join(prepared.splits)}")
@@ -121,16 +120,3 @@ def fit_pack(pack, data, *, split: str = "train", threshold_split: str | None = 
         log.warning("%s is %.2f MB, over the %.0f MB budget for a device pack", path, size / 1e6,
                     PACK_BUDGET_BYTES / 1e6)
     return dict(record, pack=str(path), pack_bytes=size, member_bytes=len(stats.to_npz()))
-
-
-def _copy_pack(pack, out) -> Path:
-    src, dst = Path(pack), Path(out)
-    if dst.exists():
-        raise PackError(f"--out {dst} already exists; choose a new path (the copy is made there, then fitted)")
-    if not src.exists():
-        raise PackError(f"model pack {src} does not exist")
-    if src.is_dir():
-        shutil.copytree(src, dst)
-    else:
-        shutil.copy2(src, dst)
-    return dst

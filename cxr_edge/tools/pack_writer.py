@@ -21,13 +21,13 @@ from .. import __version__
 from ..errors import PackError
 from ..runtime import metadata as md
 from ..runtime.atomic import write_atomic
-from ..runtime.pack import (FIELDS_KEY, FORMAT_VERSION, MANIFEST, PACK_FORMAT, check_manifest, fields_digest, load_pack,
-                            pack_files, sha256_bytes)
+from ..runtime.pack import (FIELDS_KEY, FORMAT_VERSION, MANIFEST, PACK_FORMAT, SIGNATURE_FILE, check_manifest,
+                            fields_digest, load_pack, pack_files, sha256_bytes)
 from ..tasks import get_task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_manifest", "replace_pack_file", "rewrite_metadata", "rewrite_model", "write_pack", "zip_bytes"]
+__all__ = ["build_manifest", "copy_pack", "replace_pack_file", "rewrite_metadata", "rewrite_model", "write_pack", "zip_bytes"]
 
 
 def build_manifest(models: dict[str, tuple[bytes, md.ModelMetadata]], *, name: str, license: str = "unspecified",
@@ -53,11 +53,17 @@ def build_manifest(models: dict[str, tuple[bytes, md.ModelMetadata]], *, name: s
 
 def write_pack(out, models: dict[str, tuple[bytes, md.ModelMetadata]], *, name: str | None = None,
                license: str = "unspecified", description: str = "", extra: dict | None = None,
-               overwrite: bool = False) -> Path:
-    """Write a pack directory (or a single ``.zip`` when ``out`` ends in .zip) atomically."""
+               overwrite: bool = False, other_files: dict[str, bytes] | None = None) -> Path:
+    """Write a pack directory (or a single ``.zip`` when ``out`` ends in .zip) atomically.
+
+    ``other_files``: files that travel with the pack but are not its models or manifest (a MODEL_CARD.md)."""
     out = Path(out)
     manifest, files = build_manifest(models, name=name or out.stem, license=license, description=description,
                                      extra=extra)
+    clash = sorted(set(other_files or {}) & (set(files) | {MANIFEST}))
+    if clash:
+        raise PackError(f"{clash}: a pack's own file names cannot be given as other files")
+    files.update(other_files or {})
     files[MANIFEST] = json.dumps(manifest, indent=2, sort_keys=True).encode()
     return _write_atomically(out, files, overwrite=overwrite)
 
@@ -69,8 +75,7 @@ def rewrite_metadata(path, updates: dict[str, md.ModelMetadata]) -> Path:
     for slot, m in pack.models.items():
         meta = updates.get(slot, m.metadata)
         models[slot] = (md.embed(m.content, meta, m.files), meta)
-    keep = {k: pack.manifest[k] for k in ("license", "description", "extra") if k in pack.manifest}
-    return write_pack(pack.path, models, name=pack.name, overwrite=True, **keep)
+    return _rewrite(pack, models)
 
 
 def rewrite_model(path, slot: str, meta, files: dict[str, bytes]) -> Path:
@@ -81,8 +86,16 @@ def rewrite_model(path, slot: str, meta, files: dict[str, bytes]) -> Path:
     pack = _load_for_rewrite(path)
     models = {s: (m.content, m.metadata) for s, m in pack.models.items()}
     models[slot] = (md.embed(pack[slot].content, meta, files), meta)
+    return _rewrite(pack, models)
+
+
+def _rewrite(pack, models: dict) -> Path:
+    """Write ``models`` over ``pack`` keeping its name, licence, description, extra and the files that are not
+    models (a MODEL_CARD.md stays; a signature is dropped: it no longer matches what it signed)."""
     keep = {k: pack.manifest[k] for k in ("license", "description", "extra") if k in pack.manifest}
-    return write_pack(pack.path, models, name=pack.name, overwrite=True, **keep)
+    own = {MANIFEST, SIGNATURE_FILE} | {f"{slot}.tflite" for slot in pack.models} | {f"{slot}.tflite" for slot in models}
+    others = {name: data for name, data in pack_files(pack.path).items() if name not in own}
+    return write_pack(pack.path, models, name=pack.name, overwrite=True, other_files=others, **keep)
 
 
 def _load_for_rewrite(path):
@@ -143,3 +156,17 @@ def _write_atomically(out: Path, files: dict[str, bytes], *, overwrite: bool) ->
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return out
+
+
+def copy_pack(pack, out) -> Path:
+    """A copy of a pack (folder or .zip) at ``out``, which must not exist: what a command's ``--out`` fits."""
+    src, dst = Path(pack), Path(out)
+    if dst.exists():
+        raise PackError(f"--out {dst} already exists; choose a new path (the copy is made there, then fitted)")
+    if not src.exists():
+        raise PackError(f"model pack {src} does not exist")
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
+    return dst

@@ -194,6 +194,17 @@ def digital_batches(prepared: Prepared, split: str, spec: TaskSpec, use_cache: b
         yield normalize(pixels, spec)
 
 
+def inputs_at(prepared: Prepared, split: str, spec: TaskSpec, use_cache: bool, rows) -> np.ndarray:
+    """Normalized model inputs of the split's ``rows`` (table indices), decoded only for those rows."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if use_cache:
+        pixels = prepared.images(split).take(rows)
+    else:
+        paths = prepared.table(split)["path"]
+        pixels = np.stack([_original(paths[i], spec) for i in rows])
+    return normalize(pixels, spec)
+
+
 def run_split(model: ModelUnderTest, batches, n: int, stage: str, progress: Progress | None = None):
     """(raw (N, L), pooled features (N, F) or None) of the model over input batches."""
     raw, feats, done = [], [], 0
