@@ -210,3 +210,12 @@ def test_an_image_the_gate_rejects_is_never_turned_for_a_second_chance(bundled, 
     assert not any("turned upright" in w for w in r.warnings)
     as_is = Pipeline(BUNDLED_PACK, upright=False).predict(path)        # --no-upright: nothing to warn about either
     assert as_is.status == "rejected" and not any("turned by" in w for w in as_is.warnings)
+
+
+def test_info_says_the_pack_turns_films_upright(cli, bundled):  # noqa: F811
+    res = cli("info", BUNDLED_PACK)
+    assert res.exit_code == 0
+    line = next(x for x in res.output.splitlines() if x.strip().startswith("orientation"))
+    rec = load_pack(BUNDLED_PACK)["gate"].metadata.extras["orientation"]
+    assert f"p >= {rec['threshold']}" in line and "upright turned by mistake" in line
+    assert sum(x.strip().startswith("ood guard") for x in res.output.splitlines()) == 3   # each model's guard

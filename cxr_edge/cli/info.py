@@ -64,8 +64,28 @@ def format_description(desc: dict, origin: str = "") -> str:
         elif cal:
             lines.append(f"  calibration  {cal.get('n', '?')} images, sha256 {str(cal.get('sha256', '?'))[:16]}…"
                          + (f" ({cal['split']} split)" if cal.get("split") else ""))
+        lines += _guard_lines(m.get("extras") or {})
         lines += _metric_lines(m.get("metrics") or {})
     return "\n".join(lines)
+
+
+def _guard_lines(extras: dict) -> list[str]:
+    """The checks a model carries beyond its answer: the OOD guard and the orientation check."""
+    out = []
+    ood = extras.get("ood")
+    if ood:
+        out.append(f"  ood guard    threshold {ood.get('threshold', '?')} ({ood.get('quantile', '?')} quantile of "
+                   f"{ood.get('n_threshold', '?')} {ood.get('threshold_split', '?')} images): predict flags images "
+                   "above it as unusual for this model")
+    turn = extras.get("orientation")
+    if turn:
+        h = turn.get("held_out") or {}
+        pct = (lambda v: "?" if v is None else f"{100 * v:.1f}%")
+        out.append(f"  orientation  turns sideways / upside-down films upright at p >= {turn.get('threshold', '?')}; "
+                   f"on {h.get('upright', '?')} held-out {turn.get('threshold_split', '?')} films: upright turned by "
+                   f"mistake {pct(h.get('upright_turned_by_mistake'))}, turned ones turned back right "
+                   f"{pct(h.get('turned_corrected'))}")
+    return out
 
 
 def _metric_lines(metrics: dict) -> list[str]:
