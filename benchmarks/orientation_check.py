@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cxr_edge.data.prepared import open_prepared  # noqa: E402
+from cxr_edge.runtime.features import pooled  # noqa: E402
 from cxr_edge.runtime.orientation import SLOT, TURNS  # noqa: E402
 from cxr_edge.runtime.pipeline import Pipeline  # noqa: E402
 from cxr_edge.tools.orientation_fit import rates, turned_features  # noqa: E402
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     use_cache, _ = cache_usable(prepared, args.split, gate.spec, [])
     rows = np.arange(len(prepared.table(args.split)))
     x = inputs_at(prepared, args.split, gate.spec, use_cache, rows)
-    feats, turns = turned_features(gate, [x[i:i + 32] for i in range(0, len(x), 32)], len(x), "films")
+    feats, turns = turned_features(gate, x, "films")
     head = pipe.orientation
     r = rates(head, feats, turns)
     print(f"pack {args.pack}; {len(x)} {args.split} films of {args.data} x {len(TURNS)} turns; "
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         out = gate.infer(one)
         t1 = time.perf_counter()
-        head.judge(out["features"].mean(axis=(0, 1)))
+        head.judge(pooled(out["features"]))
         t_head.append(time.perf_counter() - t1)
         t_gate.append(t1 - t0)
     g, h = np.median(t_gate) * 1e3, np.median(t_head) * 1e3

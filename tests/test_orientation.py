@@ -183,6 +183,11 @@ def test_fit_writes_the_check_into_a_copy_and_leaves_the_pack(cli, cxr4_48, tmp_
     assert again.exit_code != 0 and "already exists" in again.output
     same = cli("orientation", "fit", src, "--data", cxr4_48.path, "--split", "val", "--out", tmp_path / "x")
     assert same.exit_code != 0 and "threshold needs films" in same.output
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere")                    # a dangling symlink at the output
+    linked = cli("orientation", "fit", src, "--data", cxr4_48.path, "--out", link)
+    assert linked.exit_code != 0 and "already exists" in linked.output and "Traceback" not in linked.output
+    assert link.is_symlink() and not (tmp_path / "elsewhere").exists()
     test_split = cli("orientation", "fit", src, "--data", cxr4_48.path, "--split", "test")
     assert test_split.exit_code == 2 and "test" in test_split.output
     assert {f.name: f.read_bytes() for f in src.iterdir()} == before

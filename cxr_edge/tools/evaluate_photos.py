@@ -97,10 +97,16 @@ def _photo_row(row: dict, pred, labels) -> dict:
             "hit": bool(top is not None and top == label),
             "moire": bool((r.get("moire") or {}).get("found")),
             "ood_unusual": sorted(s for s, v in (pred.ood or {}).items() if v["unusual"]),
-            "turned_upright": (pred.orientation or {}).get("turned_by") if (pred.orientation or {}).get("corrected")
-            else 0 if pred.orientation else None,
+            "turned_upright": _turned(pred.orientation),
             "quality": None if quality is None else quality["verdict"],
             "warnings": len(pred.warnings)}
+
+
+def _turned(orientation: dict | None) -> int | None:
+    """Degrees the orientation check turned the photo back (0: not turned; None: the pack has no check)."""
+    if orientation is None:
+        return None
+    return orientation["turned_by"] if orientation.get("corrected") else 0
 
 
 def _summary(photos: list[dict]) -> dict:

@@ -9,7 +9,6 @@ summary in the metadata ``extras['ood']`` (:func:`fit_pack`). numpy only.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +18,11 @@ from ..errors import DataError, PackError
 from ..runtime.metadata import utc_now
 from ..runtime.ood import EXTRAS_KEY, OOD_MEMBER, OODStats
 from ..runtime.pack import load_pack
-from .pack_writer import copy_pack, rewrite_model
+from .pack_writer import PACK_BUDGET_BYTES, checked_size, copy_pack, rewrite_model
 from .split_runner import model_outputs, open_pack_model
 
 __all__ = ["PACK_BUDGET_BYTES", "fit", "fit_pack", "task_classes", "with_threshold"]
 
-log = logging.getLogger(__name__)
-
-PACK_BUDGET_BYTES = 9_000_000          # the whole int8 pack must stay at or below 9 MB
 
 
 def fit(features: np.ndarray, classes: np.ndarray | None = None, *, components: int = 32,
@@ -115,8 +111,5 @@ def fit_pack(pack, data, *, split: str = "train", threshold_split: str | None = 
     meta = pm.metadata
     meta.extras = dict(meta.extras, **{EXTRAS_KEY: record})
     path = rewrite_model(target, model.slot, meta, dict(pm.files, **{OOD_MEMBER: stats.to_npz()}))
-    size = load_pack(path).total_bytes()
-    if size > PACK_BUDGET_BYTES:
-        log.warning("%s is %.2f MB, over the %.0f MB budget for a device pack", path, size / 1e6,
-                    PACK_BUDGET_BYTES / 1e6)
+    size = checked_size(path)
     return dict(record, pack=str(path), pack_bytes=size, member_bytes=len(stats.to_npz()))

@@ -11,7 +11,6 @@ set, only its chest X-rays are used); the test split is never used. numpy only.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,30 +20,28 @@ from ..errors import DataError, PackError
 from ..runtime.metadata import utc_now
 from ..runtime.orientation import EXTRAS_KEY, MEMBER, SLOT, TURNS, OrientationHead
 from ..runtime.pack import load_pack
-from .ood_fit import PACK_BUDGET_BYTES
-from .pack_writer import copy_pack, rewrite_model
+from .pack_writer import checked_size, copy_pack, rewrite_model
 from .split_runner import cache_usable, inputs_at
 
 __all__ = ["choose_threshold", "fit", "fit_pack", "rates", "turned_features"]
 
-log = logging.getLogger(__name__)
 
-
-def turned_features(model, batches, n: int, stage: str, progress=None) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features (4N, F) of every input as it is and turned by each of :data:`TURNS`, with the turn
-    index (4N,) of each row; ``batches`` yields normalized model inputs (B, S, S, C)."""
+def turned_features(model, x: np.ndarray, stage: str, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features (4N, F) of every model input of ``x`` (N, S, S, C) as it is and turned by each of
+    :data:`TURNS`, with the turn index (4N,) of each row; ``model`` is a LoadedModel (one image a run)."""
     from ..runtime.features import pooled
 
     feats, turns, done = [], [], 0
-    for x in batches:
+    for start in range(0, len(x), 32):
+        batch = x[start:start + 32]
         for k in range(len(TURNS)):
-            xs = np.ascontiguousarray(np.rot90(x, k, axes=(1, 2)))     # counter-clockwise, as TURNS counts
+            xs = np.ascontiguousarray(np.rot90(batch, k, axes=(1, 2)))     # counter-clockwise, as TURNS counts
             for sample in xs:
                 feats.append(pooled(model.infer(sample)["features"]))
-            turns.append(np.full(len(x), k))
-        done += len(x)
+            turns.append(np.full(len(batch), k))
+        done += len(batch)
         if progress:
-            progress(stage, done, n)
+            progress(stage, done, len(x))
     if not feats:
         raise DataError("the split holds no images")
     return np.stack(feats).astype(np.float32), np.concatenate(turns)
@@ -137,12 +134,10 @@ def fit_pack(pack, data, *, split: str = "train", threshold_split: str = "val", 
         raise PackError(f"the pack's {SLOT} model has no 'features' output; re-export it with cxr-edge export")
     spec = model.spec
     x, how = _films(prepared, split, spec, n_fit, seed)
-    feats, turns = turned_features(model, [x[i:i + 32] for i in range(0, len(x), 32)], len(x),
-                                   f"{split} films x 4 turns", progress)
+    feats, turns = turned_features(model, x, f"{split} films x 4 turns", progress)
     head = fit(feats, turns)
     hx, _ = _films(prepared, threshold_split, spec, None, seed)
-    hfeats, hturns = turned_features(model, [hx[i:i + 32] for i in range(0, len(hx), 32)], len(hx),
-                                     f"{threshold_split} films x 4 turns", progress)
+    hfeats, hturns = turned_features(model, hx, f"{threshold_split} films x 4 turns", progress)
     threshold = choose_threshold(head, hfeats, hturns, max_turned_upright=max_turned_upright)
     head = OrientationHead(head.mean, head.scale, head.weights, head.bias, threshold)
     head.check(MEMBER)
@@ -159,8 +154,5 @@ def fit_pack(pack, data, *, split: str = "train", threshold_split: str = "val", 
     meta = pm.metadata
     meta.extras = dict(meta.extras, **{EXTRAS_KEY: record})
     path = rewrite_model(target, SLOT, meta, dict(pm.files, **{MEMBER: head.to_npz()}))
-    size = load_pack(path).total_bytes()
-    if size > PACK_BUDGET_BYTES:
-        log.warning("%s is %.2f MB, over the %.0f MB budget for a device pack", path, size / 1e6,
-                    PACK_BUDGET_BYTES / 1e6)
+    size = checked_size(path)
     return dict(record, pack=str(path), pack_bytes=size, member_bytes=len(head.to_npz()))

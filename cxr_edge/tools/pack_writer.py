@@ -27,7 +27,10 @@ from ..tasks import get_task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_manifest", "copy_pack", "replace_pack_file", "rewrite_metadata", "rewrite_model", "write_pack", "zip_bytes"]
+__all__ = ["build_manifest", "checked_size", "copy_pack", "PACK_BUDGET_BYTES", "replace_pack_file", "rewrite_metadata",
+           "rewrite_model", "write_pack", "zip_bytes"]
+
+PACK_BUDGET_BYTES = 9_000_000          # the whole int8 pack must stay at or below 9 MB
 
 
 def build_manifest(models: dict[str, tuple[bytes, md.ModelMetadata]], *, name: str, license: str = "unspecified",
@@ -93,7 +96,7 @@ def _rewrite(pack, models: dict) -> Path:
     """Write ``models`` over ``pack`` keeping its name, licence, description, extra and the files that are not
     models (a MODEL_CARD.md stays; a signature is dropped: it no longer matches what it signed)."""
     keep = {k: pack.manifest[k] for k in ("license", "description", "extra") if k in pack.manifest}
-    own = {MANIFEST, SIGNATURE_FILE} | {f"{slot}.tflite" for slot in pack.models} | {f"{slot}.tflite" for slot in models}
+    own = {MANIFEST, SIGNATURE_FILE} | {f"{slot}.tflite" for slot in {*pack.models, *models}}
     others = {name: data for name, data in pack_files(pack.path).items() if name not in own}
     return write_pack(pack.path, models, name=pack.name, overwrite=True, other_files=others, **keep)
 
@@ -159,14 +162,31 @@ def _write_atomically(out: Path, files: dict[str, bytes], *, overwrite: bool) ->
 
 
 def copy_pack(pack, out) -> Path:
-    """A copy of a pack (folder or .zip) at ``out``, which must not exist: what a command's ``--out`` fits."""
+    """A copy of a pack (folder or .zip) at ``out``, which must not exist: what a command's ``--out`` fits.
+    Copied beside ``out`` first and renamed into place, so an interrupted copy leaves no half pack there."""
     src, dst = Path(pack), Path(out)
-    if dst.exists():
+    if dst.exists() or dst.is_symlink():
         raise PackError(f"--out {dst} already exists; choose a new path (the copy is made there, then fitted)")
     if not src.exists():
         raise PackError(f"model pack {src} does not exist")
-    if src.is_dir():
-        shutil.copytree(src, dst)
-    else:
-        shutil.copy2(src, dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.copy-", dir=dst.parent))
+    try:
+        staged = tmp / "pack"
+        if src.is_dir():
+            shutil.copytree(src, staged)
+        else:
+            shutil.copy2(src, staged)
+        os.replace(staged, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dst
+
+
+def checked_size(path) -> int:
+    """The pack's size in bytes, with a warning when it is over :data:`PACK_BUDGET_BYTES`."""
+    size = load_pack(path).total_bytes()
+    if size > PACK_BUDGET_BYTES:
+        log.warning("%s is %.2f MB, over the %.0f MB budget for a device pack", path, size / 1e6,
+                    PACK_BUDGET_BYTES / 1e6)
+    return size

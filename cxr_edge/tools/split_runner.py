@@ -183,15 +183,9 @@ def cache_usable(prepared: Prepared, split: str, spec: TaskSpec, notes: list) ->
 
 def digital_batches(prepared: Prepared, split: str, spec: TaskSpec, use_cache: bool):
     """Normalized model inputs of the split, in batches, in table order."""
-    paths = prepared.table(split)["path"]
-    images = prepared.images(split)
-    for start in range(0, len(paths), BATCH):
-        stop = min(start + BATCH, len(paths))
-        if use_cache:
-            pixels = images.take(np.arange(start, stop))
-        else:
-            pixels = np.stack([_original(p, spec) for p in paths[start:stop]])
-        yield normalize(pixels, spec)
+    n = len(prepared.table(split))
+    for start in range(0, n, BATCH):
+        yield inputs_at(prepared, split, spec, use_cache, np.arange(start, min(start + BATCH, n)))
 
 
 def inputs_at(prepared: Prepared, split: str, spec: TaskSpec, use_cache: bool, rows) -> np.ndarray:
