@@ -30,10 +30,19 @@ What it runs, in order (every step is a `cxr-edge` command; the log of each is i
 
 A step that finished is skipped when the script runs again (BUILD/steps/<step>.done); `--redo STEP` runs one
 again. An interrupted train or QAT continues from its last epoch. `--variant permissive` builds the
-commercial-use pack from train/permissive/ (gate and cxr3, without Tuberculosis) and the same nih14 recipe (its run
-is shared with the default build's); without --install its model card and record go to release/permissive-pack/,
-the pack to BUILD/cxr-edge-permissive.zip (a release asset, not bundled: the base install stays one pack), and the
-bundled pack stays as it is.
+commercial-use pack from train/permissive/ (cxr3, without Tuberculosis, and gate) and the same nih14 recipe (its run
+is shared with the default build's, or --reuse nih14 below); without --install its model card, record and the pack as one
+file, release/permissive-pack/cxr-edge-permissive.zip, go to release/permissive-pack/ (in the repository, not in the
+package: the base install stays one pack), and the bundled pack stays as it is.
+
+`--reuse SLOT` takes that model from the bundled pack instead of training it: the file as it is (its calibration
+profiles, OOD guard and orientation check included), with the evaluations, data record and image list the bundled
+card was made from (release/default-pack/). It is refused unless the bundled model was trained by the same recipe,
+its record is of that very file (sha256) and its data (data_sha256), and, for the permissive variant, every one of
+its training images is permissively licensed. The permissive pack's nih14 is the default pack's (the same recipe
+on NIH images only):
+
+    nohup .venv/bin/python release/build_default_pack.py --variant permissive --reuse nih14 > build/permissive.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -54,14 +63,15 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "cxr_edge" / "packs" / "default"
 CALIBRATION_DATA = REPO / "cxr_edge" / "resources" / "calibration_data"   # the shipped calibration sets
 RECORD = REPO / "release" / "{variant}-pack"   # what the bundled card was rendered from (JSON, image list)
+RECORD_OF_BUNDLED = REPO / "release" / "default-pack"
 
 #: variant -> (slot, recipe) per model; a model's run is runs/<recipe name>, its data the recipe's data.dir.
 #: The order the models are built in (the pack's slots do not depend on it).
 VARIANTS = {
     # cxr4 first: its int8 check is the one most likely to stop a build, so it should stop it early
     "default": [("cxr4", "train/cxr4.toml"), ("gate", "train/gate.toml"), ("nih14", "train/nih14.toml")],
-    "permissive": [("gate", "train/permissive/gate.toml"), ("nih14", "train/nih14.toml"),
-                   ("cxr4", "train/permissive/cxr3.toml")],
+    "permissive": [("cxr4", "train/permissive/cxr3.toml"), ("gate", "train/permissive/gate.toml"),
+                   ("nih14", "train/nih14.toml")],
 }
 
 
@@ -74,7 +84,7 @@ class Build:
     def __init__(self, build: Path, runs: Path, variant: str, redo: set[str], threads: int):
         self.dir, self.runs, self.variant, self.redo, self.threads = build, runs, variant, redo, threads
         self.pack = build / "pack"
-        for sub in ("logs", "steps", "eval"):
+        for sub in ("logs", "steps", "eval", "prepared"):
             (build / sub).mkdir(parents=True, exist_ok=True)
         self.record = build / "build.json"
         self.info = json.loads(self.record.read_text()) if self.record.is_file() else {"steps": {}}
@@ -115,6 +125,23 @@ class Build:
         done.write_text(f"{seconds}\n")
         print(f"[ ok ] {name} in {seconds:.0f} s", flush=True)
 
+    def call(self, name: str, fn) -> None:
+        """A step done in this process (``fn()``, which raises SystemExit to stop the build), recorded like one
+        that runs a command."""
+        done = self.dir / "steps" / f"{name}.done"
+        if done.is_file() and name not in self.redo:
+            print(f"[skip] {name} (done)", flush=True)
+            return
+        print(f"[run ] {name}", flush=True)
+        started = time.time()
+        fn()
+        seconds = round(time.time() - started, 1)
+        self.info["steps"][name] = {"seconds": seconds, "returncode": 0, "argv": [name],
+                                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        self._save()
+        done.write_text(f"{seconds}\n")
+        print(f"[ ok ] {name} in {seconds:.0f} s", flush=True)
+
     def _epoch_seconds(self) -> None:
         """Train and QAT steps also carry their epochs' time summed from the run's history, which counts the
         attempts an interruption cut short (a resumed step's own ``seconds`` is only its last attempt), plus
@@ -151,11 +178,18 @@ def run(args) -> None:
     sys.path.insert(0, str(REPO))
     from cxr_edge.training.recipe import load_recipe  # no TensorFlow: recipes are plain data
 
-    models = []  # (slot, recipe path, run name, prepared folder, calibration manifest)
+    b.info["command"] = ["release/build_default_pack.py", *(argv_shown(args))]
+    models = []  # (slot, recipe path, run name, prepared folder, calibration manifest): the models trained here
+    reused = []  # (slot, recipe name): the models taken from the bundled pack as they are
     for slot, recipe in VARIANTS[args.variant]:
         if slot in args.models:
             rec = load_recipe(REPO / recipe)
-            models.append((slot, recipe, rec.name, Path(rec.data.dir), CALIBRATION_DATA / f"{rec.name}.csv"))
+            if slot in args.reuse:
+                reused.append((slot, rec.name))
+            else:
+                models.append((slot, recipe, rec.name, Path(rec.data.dir), CALIBRATION_DATA / f"{rec.name}.csv"))
+    for slot, name in reused:
+        b.call(f"{slot}-reuse", lambda slot=slot, name=name: reuse_bundled(b, slot, name, f"cxr-edge-{args.variant}"))
     for slot, recipe, name, data, calib in models:
         run_dir = b.runs / name
         b.step(f"{name}-train", cx + ["train", recipe, "--out", str(run_dir), "--resume"])
@@ -211,8 +245,9 @@ def run(args) -> None:
     (b.dir / "prepared").mkdir(exist_ok=True)
     for slot, _, _, data, _ in models:  # the card reads the split counts and licences from these copies
         shutil.copyfile(data / "prepared.json", b.dir / "prepared" / f"{slot}.json")
+    keep = [a for slot, _ in reused for a in ("--keep", f"{slot}={RECORD_OF_BUNDLED / 'training_images.csv'}")]
     b.step("images", py + [str(REPO / "release" / "training_images.py"), "--out", str(b.dir / "training_images.csv"),
-                           *[str(m[3]) for m in models]])
+                           *[str(m[3]) for m in models], *keep])
     b.step("card", py + [str(REPO / "release" / "model_card.py"), str(b.dir)], redo=True)
     dest = Path(str(RECORD).format(variant=args.variant))
     if args.install:
@@ -223,10 +258,64 @@ def run(args) -> None:
     elif args.variant != "default":  # not bundled: its card and record go beside the default's, for reading
         record(b.dir, dest)
         shutil.copyfile(b.pack / "MODEL_CARD.md", dest / "MODEL_CARD.md")
-        archive = release_zip(b.pack, b.dir / f"cxr-edge-{args.variant}.zip")
+        archive = release_zip(b.pack, dest / f"cxr-edge-{args.variant}.zip")   # committed: what users download
         print(f"[ ok ] {args.variant} pack in {b.pack}, as a release zip in {archive} (use it with --pack or "
               f"CXR_EDGE_PACK); its model card and record in {dest}", flush=True)
     print(f"done: {b.pack} (steps {b.info['wall_time_s']:.0f} s in all; per step in {b.record})", flush=True)
+
+
+def argv_shown(args) -> list[str]:
+    """The options of this build as a user would type them again (for the card's "how it was made")."""
+    out = [] if args.variant == "default" else ["--variant", args.variant]
+    if sorted(args.models) != ["cxr4", "gate", "nih14"]:
+        out += ["--models", *args.models]
+    for slot in args.reuse:
+        out += ["--reuse", slot]
+    return out + (["--install"] if args.install else [])
+
+
+def reuse_bundled(b: Build, slot: str, recipe_name: str, pack_name: str) -> None:
+    """Put the bundled pack's ``slot`` model into the build's pack as it is, with its record (see --reuse)."""
+    from cxr_edge.errors import PackError
+    from cxr_edge.runtime.pack import load_pack, sha256_bytes
+    from cxr_edge.training.export import write_into_pack
+
+    try:
+        model = load_pack(BUNDLED)[slot]
+    except (PackError, KeyError) as exc:
+        raise SystemExit(f"--reuse {slot}: the bundled pack {BUNDLED} has no usable {slot} model ({exc})") from exc
+    training = model.metadata.training or {}
+    digest = sha256_bytes(model.content)
+    if training.get("recipe") != recipe_name:
+        raise SystemExit(f"--reuse {slot}: the bundled {slot} model was trained by recipe "
+                         f"{training.get('recipe')!r}, not {recipe_name!r} as this variant's {slot} is; train it "
+                         f"instead (leave out --reuse {slot})")
+    licence = training.get("license") or {}
+    if b.variant == "permissive" and licence.get("permissive_only") is not True:
+        raise SystemExit(f"--reuse {slot}: the bundled {slot} model saw images that are not permissively licensed "
+                         f"({licence.get('most_restrictive')!r}); the permissive pack cannot hold it")
+    found = {}
+    for kind, sub in (("int8", "eval"), ("float", "eval"), ("prepared", "prepared")):
+        f = RECORD_OF_BUNDLED / sub / (f"{slot}.json" if kind == "prepared" else f"{slot}-{kind}.json")
+        if not f.is_file():
+            raise SystemExit(f"--reuse {slot}: {f} is missing: the bundled model's record is incomplete")
+        found[kind] = (f, json.loads(f.read_text()))
+    if found["int8"][1]["model"].get("sha256") != digest:
+        raise SystemExit(f"--reuse {slot}: {found['int8'][0]} evaluated another {slot} model than the bundled one "
+                         f"(sha256 {digest[:12]}); rebuild the default pack's record first")
+    if found["prepared"][1].get("data_sha256") != training.get("data_sha256"):
+        raise SystemExit(f"--reuse {slot}: {found['prepared'][0]} records other data than the bundled {slot} "
+                         "model was trained on")
+    for kind, (f, _) in found.items():
+        shutil.copyfile(f, b.dir / ("prepared" if kind == "prepared" else "eval") / f.name)
+    write_into_pack(b.pack, slot, model.content, model.metadata, name=pack_name)
+    built = json.loads((RECORD_OF_BUNDLED / "build.json").read_text()).get("steps", {})
+    b.info.setdefault("reused", {})[slot] = {
+        "from": str(BUNDLED.relative_to(REPO)), "sha256": digest, "record": str(RECORD_OF_BUNDLED.relative_to(REPO)),
+        "recipe": recipe_name, "data_sha256": training.get("data_sha256"),
+        # what making it cost in the bundled pack's build (its train, QAT, export and OOD steps)
+        "built_seconds": round(sum(Build.step_seconds(st) for name, st in built.items()
+                                   if name.startswith(f"{recipe_name}-")), 1)}
 
 
 def real_photos_folder() -> Path | None:
@@ -242,6 +331,8 @@ def record(build: Path, dest: Path) -> None:
         (dest / sub).mkdir(parents=True, exist_ok=True)
         for f in sorted((build / sub).glob("*.json")):
             shutil.copyfile(f, dest / sub / f.name)
+    for f in sorted((build / "eval").glob("*-export/report.json")):   # the int8 checks (a refused model's too)
+        shutil.copyfile(f, dest / "eval" / f"{f.parent.name}.json")
     for f in ("build.json", "training_images.csv"):
         shutil.copyfile(build / f, dest / f)
 
@@ -286,6 +377,9 @@ def main(argv=None) -> None:
     p.add_argument("--redo", action="append", default=[], metavar="STEP", help="run this finished step again")
     p.add_argument("--threads", type=int, default=2, help="interpreter threads for the int8 steps (default 2)")
     p.add_argument("--install", action="store_true", help="install the pack as cxr_edge/packs/default at the end")
+    p.add_argument("--reuse", action="append", default=[], choices=["gate", "cxr4", "nih14"], metavar="SLOT",
+                   help="take this model from the bundled pack as it is, with its record, instead of training it "
+                        "(repeatable; e.g. the permissive variant's nih14)")
     args = p.parse_args(argv)
     if args.variant == "permissive" and args.build == REPO / "build" / "default-pack":
         args.build = REPO / "build" / "permissive-pack"

@@ -116,13 +116,16 @@ def header(b: Build) -> str:
 few thousand public images on a 2-core workstation. Their results are decision support at most: a
 clinician must read every film. They are not cleared or approved for any clinical use.
 
-Pack created {m['created']}; three int8 MobileNetV2 (alpha 1.0) models, {mb(total)} in all.
+Pack created {m['created']}; {COUNTS.get(len(b.models), len(b.models))} int8 MobileNetV2 (alpha 1.0) model{'s' if len(b.models) != 1 else ''}, {mb(total)} in all.
 
 {table(["slot", "task", "labels", "input", "size", "weights", "temperature", "threshold profiles"], rows)}
 
 Licence of the pack: **{pack_licence(b)}** (the most restrictive licence among the training images decides;
 see [Training data](#training-data)).
 """
+
+
+COUNTS = {1: "one", 2: "two", 3: "three"}
 
 
 def pack_licence(b: Build) -> str:
@@ -137,18 +140,23 @@ def pack_licence(b: Build) -> str:
 def intended_use(b: Build) -> str:
     permissive = pack_licence(b).startswith("permissive")
     commercial = ("* Commercial use is allowed as far as the training data goes: every training image's licence "
-                  "permits it. The 'cxr4' slot holds a 3-class model (COVID-19 / Normal / Pneumonia): no "
-                  "permissively licensed tuberculosis images exist in the data, so this pack says nothing "
-                  "about tuberculosis."
+                  + ("permits it. The 'cxr4' slot holds a 3-class model (COVID-19 / Normal / Pneumonia): no "
+                     "permissively licensed tuberculosis images exist in the data, so this pack says nothing "
+                     "about tuberculosis." if "cxr4" in b.models else
+                     "permits it. This pack has **no COVID-19 / Normal / Pneumonia model**: the one this build "
+                     "trained was refused by the int8 check (see [Trained but not shipped](#trained-but-not-shipped)); "
+                     "it answers whether an image is a chest X-ray and the NIH findings.")
                   if permissive else
                   "* Commercial use of this pack (see the licence above); build the permissive variant for that\n"
                   "  (`release/build_default_pack.py --variant permissive`: gate, 3 classes without Tuberculosis, "
                   "nih14).")
+    task = b.models.get("cxr4", {}).get("task")
+    classes = {"cxr4": "a 4-class model (COVID-19 / Normal / Pneumonia /\n  Tuberculosis) and ",
+               "cxr3": "a 3-class model (COVID-19 / Normal / Pneumonia) and\n  "}.get(task, "")
     return f"""## Intended use
 
 * Trying out and demonstrating the cxr-edge pipeline end to end: a photographed or digital frontal chest
-  X-ray goes through the gate (is it a chest X-ray?), then a 4-class model (COVID-19 / Normal / Pneumonia /
-  Tuberculosis) and a 14-label NIH ChestX-ray14 model, on a phone, a Raspberry Pi, a Jetson or a laptop,
+  X-ray goes through the gate (is it a chest X-ray?), then {classes}a 14-label NIH ChestX-ray14 model, on a phone, a Raspberry Pi, a Jetson or a laptop,
   offline.
 * A starting point for researchers who retrain the recipes in `train/` on their own, larger data, and a
   reference for what `cxr-edge export --int8` checks.
@@ -198,12 +206,13 @@ def training_data(b: Build) -> str:
         if excluded:
             out.append(f"Left out or flagged while preparing: "
                        + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in excluded.items()) + ".")
-    out += ["", "**The 4-class data's classes come from different hospitals**: COVID-19 from two COVID "
-            "collections (MHH, ieee8023), Normal and Pneumonia mostly from NIH adults and Kermany children, "
-            "Tuberculosis only from TBX11K. A model can score well by recognising the source rather than the "
-            "disease; the shortcut check below measures how well the source can be read off the features. "
-            "**The data is small**: a few hundred test images per model, so every metric carries a wide "
-            "confidence interval."]
+    sources = ("**The 4-class data's classes come from different hospitals**: COVID-19 from two COVID "
+               "collections (MHH, ieee8023), Normal and Pneumonia mostly from NIH adults and Kermany children, "
+               "Tuberculosis only from TBX11K. A model can score well by recognising the source rather than the "
+               "disease; the shortcut check below measures how well the source can be read off the features. "
+               if "cxr4" in b.models else "")
+    out += ["", sources + "**The data is small**: a few hundred test images per model, so every metric carries a "
+            "wide confidence interval."]
     return "\n".join(out) + "\n"
 
 
@@ -533,17 +542,72 @@ def reproduce(b: Build) -> str:
 
     total = sum(secs(s) for s in steps.values())
     slowest = sorted(steps.items(), key=lambda kv: -secs(kv[1]))[:6]
+    command = " ".join(b.build.get("command") or ["release/build_default_pack.py", "--install"])
+    reused = b.build.get("reused") or {}
+    taken = "".join(
+        f" The {slot} model was not trained by this build: it is the bundled default pack's (`--reuse {slot}`; "
+        f"sha256 `{r['sha256'][:12]}`, recipe `{r['recipe']}`), with the evaluations and image list of that pack's "
+        f"record (`{r['record']}/`); making it took {r['built_seconds'] / 60:.0f} minutes of step time there."
+        for slot, r in sorted(reused.items()))
+    spent = []   # steps that made a model this pack does not hold (refused by its int8 check)
+    for slot in SLOTS:
+        for f in (b.dir / "eval" / f"{slot}-export" / "report.json", b.dir / "eval" / f"{slot}-export.json"):
+            if slot not in b.models and f.is_file() and not json.loads(f.read_text()).get("passed"):
+                run = Path(json.loads(f.read_text()).get("run") or "").name
+                spent.append((run, sum(secs(v) for k, v in steps.items() if k.startswith(f"{run}-"))))
+                break
+    taken += "".join(f" {t / 60:.0f} minutes of the step time went to `{run}`, which the int8 check refused (see "
+                     "[Trained but not shipped](#trained-but-not-shipped))." for run, t in spent if t)
     return f"""## How every number here was made
 
 ```
-.venv/bin/python release/build_default_pack.py --install     # train, QAT, export, OOD, orientation, calibrate, evaluate, this card
+.venv/bin/python {command}     # train, QAT, export, OOD, orientation, calibrate, evaluate, this card
 ```
 
 One command, resumable; on this project's 2-core workstation it took **{total / 60:.0f} minutes** of step time
-(slowest steps: {", ".join(f"{k} {secs(v) / 60:.1f} min" for k, v in slowest)}). The per-step commands
+(slowest steps: {", ".join(f"{k} {secs(v) / 60:.1f} min" for k, v in slowest)}).{taken} The per-step commands
 and times are in the build folder's `build.json`; the JSON every table was rendered from is in its `eval/`.
 `cxr-edge info` shows the same metadata from the pack itself.
 """
+
+
+def refused(b: Build) -> str:
+    """Models the build trained whose int8 check failed: export wrote no model, so the pack has none in that slot.
+    From the export report (``eval/<slot>-export/report.json`` in a build folder, ``eval/<slot>-export.json`` in
+    its committed record)."""
+    rows = []
+    for slot in SLOTS:
+        if slot in b.models:
+            continue
+        for f in (b.dir / "eval" / f"{slot}-export" / "report.json", b.dir / "eval" / f"{slot}-export.json"):
+            if f.is_file():
+                r = json.loads(f.read_text())
+                break
+        else:
+            continue
+        if r.get("passed"):
+            continue
+        views = r.get("check_views") or {}
+        for name, c in sorted((r.get("candidates") or {}).items()):
+            failed = []
+            for chk in c.get("checks", []):
+                if chk.get("passed"):
+                    continue
+                if chk["metric"] == "agreement":
+                    failed.append(f"agreement {num(chk['value'])} < {num(chk['allowed_min'])}")
+                else:
+                    failed.append(f"{chk['metric']} {num(chk['float'])} -> {num(chk['int8'])} "
+                                  f"(drop {num(chk['drop'])} > {num(chk['allowed'])})")
+            rows.append([slot, f"`{r['task']}`", name.upper(), f"{views.get('films', r['data']['n'])} films x "
+                         f"{len(views.get('shifts') or [0])} views", "; ".join(failed) or "passed"])
+    if not rows:
+        return ""
+    return "\n".join(["## Trained but not shipped", "",
+                      "These models were trained by this build, but neither int8 version (PTQ from the float model, "
+                      "or converted from the QAT model) kept the float model's decisions within the export policy "
+                      "(`cxr_edge/resources/export/`), so `cxr-edge export` wrote no model and the pack has "
+                      "none in that slot. Float and int8 on the validation split:", "",
+                      table(["slot", "task", "int8 from", "checked on", "over tolerance"], rows)]) + "\n"
 
 
 def orientation(b: Build) -> str:
@@ -567,7 +631,7 @@ def orientation(b: Build) -> str:
 
 
 def render(b: Build) -> str:
-    parts = [header(b), intended_use(b), training_data(b), test_metrics(b), export_check(b), calibration(b),
+    parts = [header(b), intended_use(b), training_data(b), test_metrics(b), export_check(b), refused(b), calibration(b),
              photos(b), real_photos(b), orientation(b), subgroups(b), sources(b), staged(b), probe(b), failure_modes(b),
              reproduce(b)]
     return "\n".join(p for p in parts if p).rstrip() + "\n"

@@ -45,12 +45,30 @@ def rows_of(prepared: Path) -> list[tuple]:
     return out
 
 
+def kept_rows(spec: str) -> list[tuple]:
+    """``TASK=CSV``: the rows of TASK in an earlier list (this file's own format)."""
+    task, sep, path = spec.partition("=")
+    if not sep or not task or not path:
+        raise SystemExit(f"--keep {spec!r}: expected TASK=CSV")
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        if tuple(next(reader, ())) != HEADER:
+            raise SystemExit(f"--keep {spec!r}: {path} is not a training-image list (header {HEADER})")
+        rows = [tuple(r) for r in reader if r and r[0] == task]
+    if not rows:
+        raise SystemExit(f"--keep {spec!r}: {path} lists no {task} images")
+    return rows
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("prepared", nargs="+", type=Path, help="prepared folders (cxr-edge data prepare)")
+    p.add_argument("prepared", nargs="*", type=Path, help="prepared folders (cxr-edge data prepare)")
     p.add_argument("--out", type=Path, required=True, help="CSV to write (atomically)")
+    p.add_argument("--keep", action="append", default=[], metavar="TASK=CSV",
+                   help="TASK's rows from an earlier list, for a model taken as it is from another pack")
     args = p.parse_args(argv)
-    rows = sorted(r for folder in args.prepared for r in rows_of(folder))
+    rows = sorted([r for folder in args.prepared for r in rows_of(folder)]
+                  + [r for spec in args.keep for r in kept_rows(spec)])
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(HEADER)

@@ -207,3 +207,22 @@ def test_choose_thresholds_softmax_one_vs_rest():
     assert list(thresholds) == list(spec.labels)
     for j, label in enumerate(spec.labels):
         assert thresholds[label] == cal.choose_threshold(y == j, p[:, j], "youden")[0]
+
+
+def test_a_separable_split_keeps_the_calibration_the_model_has():
+    """A gate that gets every val image right (a clean val set) would be 'calibrated' to T = 0.05: every
+    probability 0 or 1. The fit keeps the model's calibration instead, and says why."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(200, int), np.zeros(20, int)]
+    p = np.where(y == 1, rng.uniform(0.6, 0.99, y.size), rng.uniform(0.01, 0.4, y.size))   # every image right
+    t, b, warning = cal.fit_calibration(p, y, "sigmoid", bias=True, keep=(1.3, np.array([1.9])))
+    assert t == 1.3 and b.tolist() == [1.9]
+    assert "separates this split perfectly" in warning and "kept 1.3" in warning
+    # one image on the wrong side is enough to identify a temperature, which is then fitted
+    p[0] = 0.2
+    t, b, warning = cal.fit_calibration(p, y, "sigmoid", bias=True, keep=(1.3, np.array([1.9])))
+    assert warning is None and cal.T_MIN * 1.01 < t < cal.T_MAX and t != 1.3
+    # softmax, no offsets: the same rule
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    t, b, warning = cal.fit_calibration(probs, np.array([0, 1, 0, 1]), "softmax", bias=False, keep=(1.0, np.zeros(2)))
+    assert t == 1.0 and warning

@@ -4,6 +4,7 @@ import csv
 import hashlib
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -113,15 +114,143 @@ def test_training_image_list_matches_the_models_records(manifest):
     assert all(len(r["sha256"]) == 64 for r in rows)
 
 
-def test_release_zip_holds_the_pack_that_load_pack_reads(manifest, tmp_path):
-    """The permissive variant ships as a release .zip (release_zip): every file of the pack folder, read by
-    load_pack as the folder is."""
+def _build_script():
     spec = importlib.util.spec_from_file_location("build_default_pack", REPO / "release" / "build_default_pack.py")
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
+    return build
+
+
+def test_release_zip_holds_the_pack_that_load_pack_reads(manifest, tmp_path):
+    """The permissive variant ships as a release .zip (release_zip): every file of the pack folder, read by
+    load_pack as the folder is."""
+    build = _build_script()
     archive = build.release_zip(BUNDLED_PACK, tmp_path / "cxr-edge-default.zip")
     pack = load_pack(archive)
     assert pack.manifest == manifest and sorted(pack.models) == sorted(manifest["models"])
     folder = sorted(f.name for f in BUNDLED_PACK.iterdir() if f.is_file())
     with zipfile.ZipFile(archive) as zf:
         assert sorted(zf.namelist()) == folder
+
+
+def test_reuse_takes_the_bundled_model_as_it_is_with_its_record(manifest, tmp_path):
+    """--reuse nih14 (the permissive build's nih14): the very file, calibrated and guarded, in the new pack, with
+    the evaluations and data record the bundled card was made from; the step is recorded and not run twice."""
+    build = _build_script()
+    b = build.Build(tmp_path / "b", tmp_path / "runs", "permissive", set(), 1)
+    build_step = lambda: build.reuse_bundled(b, "nih14", "nih14", "cxr-edge-permissive")
+    b.call("nih14-reuse", build_step)
+    pack = load_pack(b.pack)
+    assert pack.name == "cxr-edge-permissive" and sorted(pack.models) == ["nih14"]
+    assert pack["nih14"].content == (BUNDLED_PACK / "nih14.tflite").read_bytes()
+    assert pack["nih14"].metadata.thresholds.keys() == load_pack(BUNDLED_PACK)["nih14"].metadata.thresholds.keys()
+    for f in ("eval/nih14-int8.json", "eval/nih14-float.json", "prepared/nih14.json"):
+        assert (b.dir / f).read_bytes() == (RECORD / f).read_bytes(), f
+    r = json.loads((b.dir / "build.json").read_text())
+    assert r["reused"]["nih14"]["sha256"] == manifest["models"]["nih14"]["sha256"]
+    assert r["reused"]["nih14"]["built_seconds"] > 0 and "nih14-reuse" in r["steps"]
+    b.call("nih14-reuse", lambda: pytest.fail("a finished step ran again"))
+
+
+@pytest.mark.parametrize("slot, recipe, why", [
+    ("gate", "gate", "not permissively licensed"),          # the default gate saw CC BY-NC-SA images
+    ("cxr4", "cxr3-permissive", "trained by recipe 'cxr4'"),  # another recipe's model never stands in
+])
+def test_reuse_refuses_a_model_the_variant_cannot_hold(manifest, tmp_path, slot, recipe, why):
+    build = _build_script()
+    b = build.Build(tmp_path / "b", tmp_path / "runs", "permissive", set(), 1)
+    with pytest.raises(SystemExit, match=why):
+        build.reuse_bundled(b, slot, recipe, "cxr-edge-permissive")
+    assert not b.pack.exists()
+
+
+def test_reuse_refuses_a_record_of_another_file(manifest, tmp_path, monkeypatch):
+    """The evaluations copied with a reused model must be of that file: a record of another nih14 is refused."""
+    build = _build_script()
+    record = tmp_path / "record"
+    shutil.copytree(RECORD, record)
+    ev = json.loads((record / "eval" / "nih14-int8.json").read_text())
+    ev["model"]["sha256"] = "0" * 64
+    (record / "eval" / "nih14-int8.json").write_text(json.dumps(ev))
+    monkeypatch.setattr(build, "RECORD_OF_BUNDLED", record)
+    b = build.Build(tmp_path / "b", tmp_path / "runs", "permissive", set(), 1)
+    with pytest.raises(SystemExit, match="evaluated another nih14 model"):
+        build.reuse_bundled(b, "nih14", "nih14", "cxr-edge-permissive")
+    assert not b.pack.exists()
+
+
+def test_training_image_list_keeps_a_reused_models_rows(tmp_path):
+    out = tmp_path / "images.csv"
+    subprocess.run([sys.executable, str(REPO / "release" / "training_images.py"), "--out", str(out), "--keep",
+                    f"nih14={RECORD / 'training_images.csv'}"], check=True, capture_output=True)
+    rows = list(csv.reader(open(out)))
+    record = [r for r in csv.reader(open(RECORD / "training_images.csv")) if r[0] == "nih14"]
+    assert rows[1:] == sorted(record) and len(record) > 1000
+    bad = subprocess.run([sys.executable, str(REPO / "release" / "training_images.py"), "--out", str(out),
+                          "--keep", "nih14"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "expected TASK=CSV" in bad.stderr
+
+
+def test_model_card_says_which_model_a_build_reused(manifest, tmp_path):
+    """A card of a build that took a model from the bundled pack says so, and names the command that built it."""
+    record = tmp_path / "record"
+    shutil.copytree(RECORD, record)
+    info = json.loads((record / "build.json").read_text())
+    info["command"] = ["release/build_default_pack.py", "--variant", "permissive", "--reuse", "nih14"]
+    info["reused"] = {"nih14": {"sha256": manifest["models"]["nih14"]["sha256"], "recipe": "nih14",
+                                "record": "release/default-pack", "built_seconds": 3390.7}}
+    (record / "build.json").write_text(json.dumps(info))
+    out = tmp_path / "MODEL_CARD.md"
+    subprocess.run([sys.executable, str(REPO / "release" / "model_card.py"), str(record), "--pack",
+                    str(BUNDLED_PACK), "--out", str(out)], check=True, capture_output=True)
+    card = out.read_text()
+    assert "release/build_default_pack.py --variant permissive --reuse nih14" in card
+    assert "The nih14 model was not trained by this build" in card and "took 57 minutes" in card
+
+
+def test_model_card_names_a_model_the_int8_check_refused(manifest, tmp_path):
+    """A build whose 3-class model failed its int8 check ships a pack without it; the card says so, with the
+    numbers, instead of describing a model that is not there."""
+    record, pack = tmp_path / "record", tmp_path / "pack"
+    shutil.copytree(RECORD, record)
+    pack.mkdir()
+    slim = {**manifest, "models": {k: v for k, v in manifest["models"].items() if k != "cxr4"}}
+    (pack / "manifest.json").write_text(json.dumps(slim))
+    report = {"task": "cxr3", "passed": False, "data": {"n": 204},
+              "check_views": {"films": 204, "shifts": [[0, 0], [0, 1], [0, -1], [1, 0], [-1, 0]]},
+              "candidates": {"qat": {"checks": [
+                  {"metric": "accuracy", "passed": False, "float": 0.8314, "int8": 0.8216, "drop": 0.0098,
+                   "allowed": 0.005},
+                  {"metric": "macro_f1", "passed": True, "float": 0.85, "int8": 0.84, "drop": 0.01, "allowed": 0.02},
+                  {"metric": "agreement", "passed": False, "value": 0.9461, "allowed_min": 0.9608}]}}}
+    (record / "eval" / "cxr4-export.json").write_text(json.dumps(report))
+    out = tmp_path / "MODEL_CARD.md"
+    subprocess.run([sys.executable, str(REPO / "release" / "model_card.py"), str(record), "--pack", str(pack),
+                    "--out", str(out)], check=True, capture_output=True)
+    card = out.read_text()
+    assert "## Trained but not shipped" in card
+    assert "| cxr4 | `cxr3` | QAT | 204 films x 5 views | accuracy 0.831 -> 0.822 (drop 0.010 > 0.005); " \
+           "agreement 0.946 < 0.961 |" in card
+    assert "two int8 MobileNetV2" in card and "4-class model (COVID-19" not in card.split("## Out of scope")[0]
+
+
+def test_permissive_pack_is_published_with_the_card_its_record_renders(tmp_path):
+    """release/permissive-pack/: the commercial-use pack as one .zip that load_pack reads, trained only on
+    permissively licensed images, and its model card, which re-renders from the committed record."""
+    folder = REPO / "release" / "permissive-pack"
+    pack = load_pack(folder / "cxr-edge-permissive.zip")
+    assert pack.name == "cxr-edge-permissive" and sorted(pack.models) == ["gate", "nih14"]
+    for slot, m in pack.models.items():
+        assert m.metadata.training["license"]["permissive_only"] is True, slot
+    assert "non-commercial" not in pack.manifest["license"]
+    unpacked = tmp_path / "pack"
+    unpacked.mkdir()
+    (unpacked / "manifest.json").write_text(json.dumps(pack.manifest))
+    out = tmp_path / "MODEL_CARD.md"
+    subprocess.run([sys.executable, str(REPO / "release" / "model_card.py"), str(folder), "--pack", str(unpacked),
+                    "--out", str(out)], check=True, capture_output=True)
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert out.read_text() == card
+    with zipfile.ZipFile(folder / "cxr-edge-permissive.zip") as zf:
+        assert zf.read("MODEL_CARD.md").decode() == card
+    assert "permissive (every training image allows commercial use)" in card and "## Trained but not shipped" in card

@@ -43,7 +43,9 @@ def calibrate(pack, data, split, rule, profile, make_default, keep_temperature, 
     The model runs on the split exactly as `cxr-edge predict` runs it. A
     temperature T is fitted to its outputs (T > 1 softens an over-confident
     model), for sigmoid heads together with a logit offset per label that
-    moves each label's probabilities to its base rate. Then a threshold per
+    moves each label's probabilities to its base rate (a split the model
+    gets entirely right cannot set a temperature: the model's is kept, with a
+    warning). Then a threshold per
     label is chosen by --rule on the calibrated probabilities and stored as a
     named profile. A pack can hold several
     profiles (e.g. screening and balanced); `cxr-edge predict --profile NAME`

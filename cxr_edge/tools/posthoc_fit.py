@@ -32,7 +32,7 @@ from ..errors import CxrEdgeError, DataError
 from ..runtime.posthoc import EPS, activate, check_activation, probs_to_logits
 from .metrics import binary_labels, as_task_arrays, binary_stats, class_indices, threshold_counts
 
-__all__ = ["B_MAX", "BIAS_RIDGE", "choose_threshold", "choose_thresholds", "fit_temperature",
+__all__ = ["B_MAX", "BIAS_RIDGE", "choose_threshold", "choose_thresholds", "fit_calibration", "fit_temperature",
            "fit_temperature_and_bias", "parse_rule", "remap_threshold", "RULES_HELP", "T_MAX", "T_MIN",
            "ThresholdRule"]
 
@@ -69,7 +69,8 @@ def _golden_section(f, lo: float, hi: float, tol: float) -> float:
     return (a + b) / 2.0
 
 
-def fit_temperature(probs, y_true, activation: str, eps: float = EPS, tol: float = 1e-5) -> float:
+def fit_temperature(probs, y_true, activation: str, eps: float = EPS, tol: float = 1e-5,
+                    warn_at_bound: bool = True) -> float:
     """The temperature T in [0.05, 20] minimizing the NLL of ``activation(logits / T)``.
 
     ``probs``: (N, L) sigmoid outputs with (N, L) 0/1 ``y_true`` (one T shared by
@@ -96,7 +97,7 @@ def fit_temperature(probs, y_true, activation: str, eps: float = EPS, tol: float
     log_t = _golden_section(lambda u: _nll(z, y, activation, math.exp(u)),
                             math.log(T_MIN), math.log(T_MAX), tol)
     temperature = math.exp(log_t)
-    if temperature < T_MIN * 1.01 or temperature > T_MAX / 1.01:
+    if warn_at_bound and (temperature < T_MIN * 1.01 or temperature > T_MAX / 1.01):
         logger.warning("fitted temperature %.4g is at the search bound [%g, %g]: the fit data may hold "
                        "one class only or the model may be degenerate", temperature, T_MIN, T_MAX)
     return temperature
@@ -123,7 +124,7 @@ def _fit_bias(z: np.ndarray, y: np.ndarray, ridge: float, iters: int = 50) -> np
 
 
 def fit_temperature_and_bias(probs, y_true, eps: float = EPS, ridge: float = BIAS_RIDGE,
-                             tol: float = 1e-5) -> tuple[float, np.ndarray]:
+                             tol: float = 1e-5, warn_at_bound: bool = True) -> tuple[float, np.ndarray]:
     """``(T, b)`` minimizing the NLL of ``sigmoid(logit(p) / T + b)`` over (N, L) sigmoid outputs.
 
     One temperature shared by all labels (the model's confidence) and one offset per label (its base
@@ -145,10 +146,33 @@ def fit_temperature_and_bias(probs, y_true, eps: float = EPS, ridge: float = BIA
         return float(np.mean(np.logaddexp(0.0, s + b) - y * (s + b)) + ridge * np.mean(b ** 2))
 
     temperature = math.exp(_golden_section(profile_nll, math.log(T_MIN), math.log(T_MAX), tol))
-    if temperature < T_MIN * 1.01 or temperature > T_MAX / 1.01:
+    if warn_at_bound and (temperature < T_MIN * 1.01 or temperature > T_MAX / 1.01):
         logger.warning("fitted temperature %.4g is at the search bound [%g, %g]: the fit data may hold "
                        "one class only or the model may be degenerate", temperature, T_MIN, T_MAX)
     return temperature, _fit_bias(z / temperature, y, ridge)
+
+
+def fit_calibration(probs, y_true, activation: str, *, bias: bool,
+                    keep: tuple[float, np.ndarray]) -> tuple[float, np.ndarray, str | None]:
+    """``(T, b, warning)``: the fitted temperature (and per-label offsets when ``bias``), or ``keep`` -- the
+    calibration the model has -- with a warning when the split cannot set one.
+
+    A split on which every image lies on the right side of the model's decision (a gate on a clean val set)
+    is separable: the NLL falls without end as T shrinks, so the fit runs into its lower bound and would make
+    every probability 0 or 1. That says nothing about how confident the model should be on harder images,
+    so the calibration is kept as it was, not sharpened.
+    """
+    if bias:
+        t, b = fit_temperature_and_bias(probs, y_true, warn_at_bound=False)
+    else:
+        t = fit_temperature(probs, y_true, activation, warn_at_bound=False)
+        b = np.zeros(np.shape(probs)[-1] if np.ndim(probs) > 1 else 1)
+    if t < T_MIN * 1.01:
+        return keep[0], np.asarray(keep[1], dtype=np.float64), (
+            f"the temperature was not fitted (kept {keep[0]:.3g}): the model separates this split perfectly, so "
+            f"the fit ran to its bound T = {T_MIN:g}, which would make every probability 0 or 1. Calibrate on a "
+            "split with images the model finds hard (more data, or photographed films), or keep it as it is")
+    return t, b, None
 
 
 def remap_threshold(t: float, old: tuple[float, float], new: tuple[float, float]) -> float:

@@ -44,7 +44,7 @@ from ..runtime.posthoc import POSTHOC_KEY, apply_calibration
 from .leakage import check_leakage, split_fingerprint
 from .metrics import jsonable, binary_stats, task_ece
 from .paths import portable_path
-from .posthoc_fit import (T_MAX, T_MIN, choose_thresholds, fit_temperature, fit_temperature_and_bias, parse_rule,
+from .posthoc_fit import (T_MAX, T_MIN, choose_thresholds, fit_calibration, parse_rule,
                           remap_threshold)
 from .split_runner import Progress, model_outputs, open_pack_model, select_pack_model
 
@@ -139,16 +139,16 @@ def calibrate_model(pack_path, prepared: Prepared, *, split: str, rule, profile:
     y = prepared.labels(split).astype(np.int64)
     t_old = model.temperature
     b_old = np.asarray(pm.metadata.bias_vector() or np.zeros(spec.num_labels), dtype=np.float64)
-    if not temperature:
-        t_new, b_new = t_old, b_old
-    elif fit_bias:
-        t_new, b_new = fit_temperature_and_bias(raw, y)
-    else:
-        t_new, b_new = fit_temperature(raw, y, spec.activation), np.zeros(spec.num_labels)
+    t_new, b_new, kept = t_old, b_old, None
+    if temperature:
+        t_new, b_new, kept = fit_calibration(raw, y, spec.activation, bias=fit_bias, keep=(t_old, b_old))
+        temperature = kept is None   # a separable split leaves the calibration as it was
     at_bound = temperature and not T_MIN * 1.01 < t_new < T_MAX / 1.01
     probs = apply_calibration(raw, t_new, spec.activation, b_new)
     thresholds = choose_thresholds(spec, y, probs, rule)
     stats, warnings = _label_stats(spec, y, probs, thresholds)
+    if kept:
+        warnings.append(kept)
     if at_bound:
         warnings.append(f"the fitted temperature {t_new:.3g} is at the search bound [{T_MIN:g}, {T_MAX:g}]: the "
                         "model's outputs barely depend on the image, or the split holds one class")
