@@ -310,6 +310,12 @@ def export_check(b: Build) -> str:
     return "\n".join(out) + "\n"
 
 
+def temperature_kept(meta: dict) -> bool:
+    """Calibrated (it has profiles) but without a fitted temperature: calibrate kept the model's own."""
+    posthoc = (meta.get("extras") or {}).get("posthoc_calibration")
+    return bool(meta["thresholds"]) and posthoc is not None and "temperature" not in posthoc
+
+
 def calibration(b: Build) -> str:
     out = ["## Calibration and operating thresholds", "",
            "`cxr-edge calibrate` fitted a temperature per model -- for the sigmoid models (gate, nih14) with a "
@@ -321,10 +327,16 @@ def calibration(b: Build) -> str:
            "the gate keeps its Youden threshold there: a gate held at a sensitivity target takes the highest "
            "threshold that reaches it, which rejects photographed films). Max-F1 was measured and not used: it "
            "follows the majority class, so it set the gate's threshold near 0 (325 CXRs against 22 non-CXRs in "
-           "val) and fitted rare NIH labels to their one or two val positives. The cxr4 answer is the argmax; its "
-           "thresholds flag classes one-vs-rest beside it (`predict` reports them as `positive`: under "
-           "`screening` Tuberculosis is flagged at its sensitivity-0.90 threshold even when another class is "
-           "the most likely). ECE below is on the test split (15 bins).", ""]
+           "val) and fitted rare NIH labels to their one or two val positives."
+           + (" The cxr4 answer is the argmax; its "
+              "thresholds flag classes one-vs-rest beside it (`predict` reports them as `positive`: under "
+              "`screening` Tuberculosis is flagged at its sensitivity-0.90 threshold even when another class is "
+              "the most likely)." if "cxr4" in b.models else "")
+           + "".join(f" The {slot} model's temperature was not fitted: it gets every image of its validation split "
+                     "right, so the fit would have run to its bound and shown every probability as 0 or 1; it keeps "
+                     f"T = {b.meta(slot)['temperature']:g} (`cxr-edge calibrate` warns when it does this)."
+                     for slot in SLOTS if slot in b.models and temperature_kept(b.meta(slot)))
+           + " ECE below is on the test split (15 bins).", ""]
     rows = []
     for slot in SLOTS:
         ev = b.eval.get((slot, "int8"))
