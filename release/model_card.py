@@ -562,12 +562,9 @@ def reproduce(b: Build) -> str:
         f"record (`{r['record']}/`); making it took {r['built_seconds'] / 60:.0f} minutes of step time there."
         for slot, r in sorted(reused.items()))
     spent = []   # steps that made a model this pack does not hold (refused by its int8 check)
-    for slot in SLOTS:
-        for f in (b.dir / "eval" / f"{slot}-export" / "report.json", b.dir / "eval" / f"{slot}-export.json"):
-            if slot not in b.models and f.is_file() and not json.loads(f.read_text()).get("passed"):
-                run = Path(json.loads(f.read_text()).get("run") or "").name
-                spent.append((run, sum(secs(v) for k, v in steps.items() if k.startswith(f"{run}-"))))
-                break
+    for report in refused_reports(b).values():
+        run = Path(report.get("run") or "").name
+        spent.append((run, sum(secs(v) for k, v in steps.items() if k.startswith(f"{run}-"))))
     taken += "".join(f" {t / 60:.0f} minutes of the step time went to `{run}`, which the int8 check refused (see "
                      "[Trained but not shipped](#trained-but-not-shipped))." for run, t in spent if t)
     return f"""## How every number here was made
@@ -583,22 +580,28 @@ and times are in the build folder's `build.json`; the JSON every table was rende
 """
 
 
-def refused(b: Build) -> str:
-    """Models the build trained whose int8 check failed: export wrote no model, so the pack has none in that slot.
-    From the export report (``eval/<slot>-export/report.json`` in a build folder, ``eval/<slot>-export.json`` in
-    its committed record)."""
-    rows = []
+def refused_reports(b: Build) -> dict[str, dict]:
+    """slot -> the failed export report of a model this build trained but the pack does not hold (from
+    ``eval/<slot>-export/report.json`` in a build folder, ``eval/<slot>-export.json`` in its committed record)."""
+    out = {}
     for slot in SLOTS:
         if slot in b.models:
             continue
         for f in (b.dir / "eval" / f"{slot}-export" / "report.json", b.dir / "eval" / f"{slot}-export.json"):
             if f.is_file():
-                r = json.loads(f.read_text())
+                report = json.loads(f.read_text())
+                if not report.get("passed"):
+                    out[slot] = report
                 break
-        else:
-            continue
-        if r.get("passed"):
-            continue
+    return out
+
+
+def refused(b: Build) -> str:
+    """Models the build trained whose int8 check failed: export wrote no model, so the pack has none in that slot.
+    From the export report (``eval/<slot>-export/report.json`` in a build folder, ``eval/<slot>-export.json`` in
+    its committed record)."""
+    rows = []
+    for slot, r in refused_reports(b).items():
         views = r.get("check_views") or {}
         for name, c in sorted((r.get("candidates") or {}).items()):
             failed = []

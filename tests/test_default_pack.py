@@ -126,6 +126,8 @@ def test_release_zip_holds_the_pack_that_load_pack_reads(manifest, tmp_path):
     load_pack as the folder is."""
     build = _build_script()
     archive = build.release_zip(BUNDLED_PACK, tmp_path / "cxr-edge-default.zip")
+    again = build.release_zip(BUNDLED_PACK, tmp_path / "again.zip")
+    assert again.read_bytes() == archive.read_bytes()   # the same pack, the same file: nothing new to ship
     pack = load_pack(archive)
     assert pack.manifest == manifest and sorted(pack.models) == sorted(manifest["models"])
     folder = sorted(f.name for f in BUNDLED_PACK.iterdir() if f.is_file())

@@ -121,11 +121,14 @@ def replace_pack_file(path, name: str, data: bytes) -> None:
 
 
 def zip_bytes(files: dict[str, bytes]) -> bytes:
-    """A pack's files as one uncompressed .zip."""
+    """A pack's files as one uncompressed .zip; the same files give the same bytes (a fixed entry date), so a
+    re-written pack that did not change is not a new file to ship or commit."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for fname, content in sorted(files.items()):
-            zf.writestr(fname, content)
+            info = zipfile.ZipInfo(fname, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, content)
     return buf.getvalue()
 
 
