@@ -260,7 +260,7 @@ def test_impossible_tolerance_fails_with_exit_3_and_writes_no_pack(setup, export
     # the int8 AUROC would have to beat float by 0.5: impossible by construction
     policy = write_policy(tmp_path / "impossible.json", s["manifest"],
                           check__tolerance={"accuracy": 0.005, "mean_auroc": -0.5, "agreement": 0.98},
-                          check__envelope="none", check__envelope_limit=None)
+                          check__envelope="none", check__envelope_limit=None, check__significance=None)
     res = invoke("export", s["run"], "--int8", "--from", "float", "--policy", policy, "--out", pack,
                  "--data-root", s["data_root"], "--report", tmp_path / "report")
     assert res.exit_code == 3, res.output
@@ -391,6 +391,7 @@ def test_tiny_recipe_train_qat_export_predict(shared_data, tmp_path):
     policy["calibration"].update(manifest=str(cal), min_size=10, recommended_size=30)
     policy["check"]["tolerance"] = {"accuracy": 1.0, "macro_f1": 1.0, "agreement": 0.0}
     policy["check"].pop("envelope_limit", None)      # a ceiling below "anything goes" would be refused
+    policy["check"].pop("significance", None)        # ... and chance needs that ceiling
     (tmp_path / "plumbing.json").write_text(json.dumps(policy))
     pack = tmp_path / "pack"
     res = invoke("export", run, "--int8", "--from", "auto", "--policy", tmp_path / "plumbing.json", "--out", pack,

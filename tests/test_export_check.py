@@ -171,3 +171,121 @@ def test_shipped_policies_cap_their_envelopes_and_a_stricter_limit_is_refused(tm
     (tmp_path / "p.json").write_text(json.dumps(policy))
     with pytest.raises(RecipeError, match="envelope_limit.*stricter"):
         load_policy(tmp_path / "p.json")
+
+
+# --------------------------------------------------------------------------- chance (check.significance)
+
+
+def _films(n=273, views=5, wrong=0.14, seed=0):
+    """Float outputs of ``n`` films x ``views`` stacked views (row i is film i % n), about ``wrong`` of them wrong."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 4, n)
+    p = np.full((n, 4), 0.1)
+    p[np.arange(n), label] = 0.7
+    missed = rng.random(n) < wrong
+    p[missed] = np.roll(p[missed], 1, axis=1)
+    return np.eye(4)[np.tile(label, views)], np.tile(p, (views, 1)), missed
+
+
+def _int8(p_float, films, worse, better, missed):
+    """int8 stand-in: wrong on ``worse`` films float gets right, right on ``better`` films float gets wrong."""
+    q = p_float.copy()
+    views = len(p_float) // films
+    rows = [f + v * films for f in np.flatnonzero(~missed)[:worse] for v in range(views)]
+    q[rows] = np.roll(q[rows], 1, axis=1)
+    rows = [f + v * films for f in np.flatnonzero(missed)[:better] for v in range(views)]
+    q[rows] = np.roll(q[rows], -1, axis=1)
+    return q
+
+
+def _policy_limits():
+    from cxr_edge.tasks import Int8Tolerance
+    from cxr_edge.training.export_check import Significance
+
+    return Int8Tolerance(accuracy=0.02, macro_f1=0.03, agreement=0.96), Significance(alpha=0.05, permutations=499)
+
+
+def test_a_loss_the_films_cannot_tell_from_chance_passes_and_says_so():
+    spec = get_task("cxr4")
+    y, p_float, missed = _films()
+    p_int8 = _int8(p_float, 273, worse=7, better=4, missed=missed)      # 11 films changed, 3 net: a 1.1-point drop
+    limit, sig = _policy_limits()
+    strict = compare(spec, y, p_float, p_int8, spec.tolerance, limit=limit)
+    assert not strict["passed"]                                          # the 0.5-point tolerance refuses it
+    chance = compare(spec, y, p_float, p_int8, spec.tolerance, limit=limit, films=273, significance=sig)
+    acc = {c["metric"]: c for c in chance["checks"]}["accuracy"]
+    assert acc["drop"] == pytest.approx(3 / 273)
+    assert acc["chance"] and acc["passed"] and 0.2 < acc["p_value"] < 0.4   # exact sign test: P(>=7 of 11) = 0.27
+    assert acc["films"] == 273 and chance["significance"]["alpha"] == 0.05
+
+
+def test_a_consistent_loss_is_not_chance_and_fails_with_its_p_value():
+    spec = get_task("cxr4")
+    y, p_float, missed = _films()
+    p_int8 = _int8(p_float, 273, worse=5, better=0, missed=missed)      # 5 films, every one worse: p = 1/32
+    limit, sig = _policy_limits()
+    result = compare(spec, y, p_float, p_int8, spec.tolerance, limit=limit, films=273, significance=sig)
+    acc = {c["metric"]: c for c in result["checks"]}["accuracy"]
+    assert not acc["passed"] and not acc["chance"] and acc["p_value"] < 0.05
+    assert any("not chance" in f and "273 films" in f for f in failures(result))
+
+
+def test_chance_never_passes_a_drop_beyond_the_limit():
+    spec = get_task("cxr4")
+    y, p_float, missed = _films(n=60, wrong=0.4, seed=3)
+    p_int8 = _int8(p_float, 60, worse=4, better=2, missed=missed)       # 2 films net of 60: a 3.3-point drop
+    limit, sig = _policy_limits()
+    result = compare(spec, y, p_float, p_int8, spec.tolerance, limit=limit, films=60, significance=sig)
+    acc = {c["metric"]: c for c in result["checks"]}["accuracy"]
+    assert acc["chance"] and not acc["passed"]                           # chance, but past the 2-point ceiling
+    assert any("beyond the limit 0.0200" in f for f in failures(result))
+
+
+def test_views_of_one_film_are_swapped_together():
+    """Five views of one film are one piece of evidence: the same films give the same p with 1 or 5 views."""
+    from cxr_edge.training.export_check import paired_permutation
+
+    spec = get_task("cxr4")
+    p = {}
+    for views in (1, 5):
+        y, p_float, missed = _films(views=views)
+        p_int8 = _int8(p_float, 273, worse=6, better=1, missed=missed)
+        p[views] = paired_permutation(spec, y, p_float, p_int8, 273, [("accuracy", None)], permutations=499)
+    assert p[1] == p[5]                                                  # not 5x the evidence
+    assert 0.03 < p[1][("accuracy", None)] < 0.1                         # exact: P(>=6 of 7) = 0.0625
+
+
+def test_significance_is_parsed_and_needs_a_limit(tmp_path):
+    from cxr_edge.errors import RecipeError
+    from cxr_edge.training.export_check import load_policy
+
+    root = Path(__file__).resolve().parents[1] / "cxr_edge" / "resources" / "export"
+    for task in ("gate", "cxr4", "nih14"):
+        assert load_policy(root / f"{task}.json").significance.alpha == 0.05
+    policy = json.loads((root / "cxr4.json").read_text())
+    for bad, message in (({"alpha": 0.5}, "0 < alpha < 0.5"), ({"alpha": "x"}, "significance"),
+                         ({"alfa": 0.05}, "must be an object with alpha")):
+        policy["check"]["significance"] = bad
+        (tmp_path / "p.json").write_text(json.dumps(policy))
+        with pytest.raises(RecipeError, match=message):
+            load_policy(tmp_path / "p.json")
+    policy["check"]["significance"] = {"alpha": 0.05}
+    del policy["check"]["envelope_limit"]
+    (tmp_path / "p.json").write_text(json.dumps(policy))
+    with pytest.raises(RecipeError, match="needs check.envelope_limit"):
+        load_policy(tmp_path / "p.json")
+
+
+def test_the_fast_softmax_permutation_scores_each_swap_as_the_check_does():
+    from cxr_edge.training.export_check import _softmax_drops, summarize
+
+    spec = get_task("cxr4")
+    y, p_float, missed = _films(n=50, views=3, wrong=0.3, seed=5)
+    p_int8 = _int8(p_float, 50, worse=6, better=3, missed=missed)
+    swaps = np.random.default_rng(0).random((5, 50)) < 0.5
+    fast = _softmax_drops(spec, y, p_float, p_int8, 50, swaps)
+    for i, swap in enumerate(swaps):
+        s = np.tile(swap, 3)[:, None]
+        a, b = summarize(spec, y, np.where(s, p_int8, p_float)), summarize(spec, y, np.where(s, p_float, p_int8))
+        assert fast[("accuracy", None)][i] == pytest.approx(a["accuracy"] - b["accuracy"])
+        assert fast[("macro_f1", None)][i] == pytest.approx(a["macro_f1"] - b["macro_f1"])

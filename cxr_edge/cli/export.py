@@ -42,7 +42,10 @@ def export(run_dir, int8, source, policy, out, calibration, data_root, split, va
     After conversion the Keras float model and the int8 model run on the same
     held-out images (the int8 one exactly as `cxr-edge predict` runs it) and
     are compared: nih14 mean and per-label AUROC, cxr4 accuracy and macro-F1,
-    gate accuracy and AUROC, and for every task the agreement rate. If the
+    gate accuracy and AUROC, and for every task the agreement rate. A drop
+    past the policy's tolerance that a paired permutation test over the
+    check films cannot tell from chance passes, up to the policy's limit
+    (check.significance; the report gives its p). If the
     int8 model loses more than the policy allows, export exits with code 3,
     names what failed and how to fix it, and writes no pack (an existing
     pack stays as it was). A report (JSON + Markdown) is written either way.

@@ -30,7 +30,8 @@ import numpy as np
 from ..errors import DataError
 
 __all__ = ["accuracy", "agreement", "as_task_arrays", "auroc", "average_precision", "binary_labels", "binary_stats",
-           "bootstrap_ci", "class_indices", "confusion_matrix", "expected_calibration_error", "jsonable", "macro_f1",
+           "bootstrap_ci", "class_indices", "confusion_matrix", "expected_calibration_error", "f1_from_confusion",
+           "jsonable", "macro_f1",
            "pr_curve", "reliability_curve", "resolve_thresholds", "roc_curve", "summary_fn", "task_ece",
            "task_metrics", "threshold_counts"]
 
@@ -231,7 +232,7 @@ def _accuracy_weighted(y_idx, pred_idx, weights) -> np.ndarray:
 accuracy.weighted = _accuracy_weighted
 
 
-def _f1_from_confusion(cm: np.ndarray) -> np.ndarray:
+def f1_from_confusion(cm: np.ndarray) -> np.ndarray:
     """Per-class F1 from (..., K, K) confusion counts: 2TP / (2TP + FP + FN), 0 when undefined."""
     tp = np.diagonal(cm, axis1=-2, axis2=-1)
     return _safe_div(2 * tp, cm.sum(axis=-1) + cm.sum(axis=-2))
@@ -243,7 +244,7 @@ def macro_f1(y_idx, pred_idx, n_classes: int) -> float:
     Same as scikit-learn's ``f1_score(..., labels=range(n_classes), average='macro',
     zero_division=0)``: a class that is neither present nor predicted scores 0.
     """
-    return float(_f1_from_confusion(confusion_matrix(y_idx, pred_idx, n_classes)).mean())
+    return float(f1_from_confusion(confusion_matrix(y_idx, pred_idx, n_classes)).mean())
 
 
 def _macro_f1_weighted(y_idx, pred_idx, n_classes: int, weights) -> np.ndarray:
@@ -251,7 +252,7 @@ def _macro_f1_weighted(y_idx, pred_idx, n_classes: int, weights) -> np.ndarray:
     onehot = np.zeros((cell.size, n_classes * n_classes))
     onehot[np.arange(cell.size), cell] = 1.0
     cms = (np.atleast_2d(weights) @ onehot).reshape(-1, n_classes, n_classes)
-    return _f1_from_confusion(cms).mean(axis=-1)
+    return f1_from_confusion(cms).mean(axis=-1)
 
 
 def binary_stats(y_true, score, threshold: float) -> dict:
@@ -551,7 +552,7 @@ def _per_label(spec, y, p, thr, aucs, n_bins) -> dict:
     out = {}
     if not spec.multilabel:
         cm = confusion_matrix(y.argmax(axis=1), p.argmax(axis=1), spec.num_labels)
-        f1 = _f1_from_confusion(cm)
+        f1 = f1_from_confusion(cm)
     for j, label in enumerate(spec.labels):
         entry = {"n_positive": int(y[:, j].sum()), "n_negative": int(y.shape[0] - y[:, j].sum()),
                  "auroc": aucs[j]["value"], "auroc_ci": aucs[j]["ci"],

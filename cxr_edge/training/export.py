@@ -151,7 +151,7 @@ def _tensor_quantization(info) -> dict:
 
 
 def _candidate(source: str, keras_model, representative, pol: ExportPolicy, spec: TaskSpec, x, y,
-               reference, envelope=None, shifts=((0, 0),)) -> Candidate:
+               reference, envelope=None, shifts=((0, 0),), films: int | None = None) -> Candidate:
     from .convert import convert, output_roles
 
     started = time.perf_counter()
@@ -162,7 +162,7 @@ def _candidate(source: str, keras_model, representative, pol: ExportPolicy, spec
     lm = device_model(content, spec, roles)
     probs, feats = device_outputs(lm, x)
     result = compare(spec, y, reference[0], probs, pol.tolerance, features=(reference[1], feats), envelope=envelope,
-                     limit=pol.envelope_limit)
+                     limit=pol.envelope_limit, films=films, significance=pol.significance)
     if len(shifts) > 1:
         result["by_view"] = by_view(spec, y, reference[0], probs, shifts)
     quant = {"mode": "int8", "io_dtype": pol.io_dtype, "source": source, "per_channel": pol.per_channel,
@@ -282,7 +282,8 @@ def _head_npz(model) -> tuple[bytes, dict]:
 
 def _metrics_record(best: Candidate, cands: dict, split: str, prepared, how: dict) -> dict:
     keep = ("n", "float", "int8", "delta", "delta_definition", "agreement", "agreement_kind", "agreement_per_label",
-            "max_abs_diff", "mean_abs_diff", "feature_correlation", "tolerance", "envelope", "checks", "passed")
+            "max_abs_diff", "mean_abs_diff", "feature_correlation", "tolerance", "envelope", "significance", "checks",
+            "passed")
     out = {k: best.result.get(k) for k in keep}
     out.update(split=split, source=best.source, data_sha256=prepared.data_sha256, pixels=how.get("pixels"),
                candidates={s: {"passed": c.passed, "agreement": c.result["agreement"],
@@ -420,11 +421,11 @@ def export_run(run_dir, *, out=None, int8: bool = True, source: str | None = Non
     cands: dict[str, Candidate] = {}
     for src in sources:
         if src == "ptq":
-            cands[src] = _candidate(src, float_two, cal_x, pol, spec, x, y, reference, envelope, shifts)
+            cands[src] = _candidate(src, float_two, cal_x, pol, spec, x, y, reference, envelope, shifts, films)
             cal_x = None
         else:
             qat_two = with_feature_output(run.qat_model())
-            cands[src] = _candidate(src, qat_two, None, pol, spec, x, y, reference, envelope, shifts)
+            cands[src] = _candidate(src, qat_two, None, pol, spec, x, y, reference, envelope, shifts, films)
             cands[src].qat_keras = _qat_keras_diagnostic(qat_two, spec, x, y, cands[src])
         report["sizes"][f"int8_{src}_bytes"] = len(cands[src].content)
     meta_base = {"training": _training_record(run, prepared)}

@@ -40,6 +40,18 @@ check set of 273 films then holds 1,365 paired decisions: a film whose decision 
 by how often int8 moves it across, not by which side one pixel grid happened to put it on. The films,
 the tolerances and the envelope are unchanged; ``"original"`` (the default) checks the films as they are.
 
+**Chance** (``check.significance: {"alpha": 0.05, "permutations": 1000}``). A check set of 273 films cannot
+tell a 3-film net loss from a coin: when int8 changes ~10 films' decisions and loses no accuracy at all, which
+way each change goes is chance, and a 0.5-point tolerance (1.4 films) then refuses such a model about a
+quarter of the time (``benchmarks/int8_check_chance.py``). With ``significance``, a drop beyond what is
+allowed fails only when a paired permutation test says the films can tell it from chance: float's and
+int8's outputs are swapped film by film (all views of a film together), the drop is recomputed for every
+swap, and p is the share of swaps whose drop is at least the measured one. A drop with p >= alpha is
+reported as within chance and passes -- but never past ``check.envelope_limit``, which ``significance``
+requires: beyond that ceiling a drop fails whatever the films say. Agreement is not a comparison of two
+scores and is checked as before. The test runs only for a check that failed its tolerance, is seeded
+(the same outputs give the same p), and its p, alpha and film count are in the report.
+
 numpy only (the metrics are :mod:`cxr_edge.tools.metrics`); no TensorFlow.
 """
 
@@ -53,13 +65,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RecipeError
-from ..tools.metrics import agreement, task_metrics
+from ..tools.metrics import agreement, f1_from_confusion, task_metrics
 from ..tasks import Int8Tolerance, TaskSpec, get_task
 
 __all__ = ["CHECK_SPLITS", "checked_keys", "compare", "default_policy_path", "DELTA_DEFINITION", "describe_failure",
            "ENVELOPES", "ExportPolicy", "failures", "likely_fixes", "load_policy", "one_pixel_envelope",
            "ONE_PIXEL_SHIFTS", "parse_policy", "POLICY_FORMAT", "POLICY_FORMAT_VERSION", "SCALARS", "shift_images",
-           "SOURCES", "summarize", "VARIANTS", "VIEWS", "check_views", "by_view"]
+           "SOURCES", "summarize", "VARIANTS", "VIEWS", "check_views", "by_view", "Significance", "paired_permutation"]
 
 POLICY_FORMAT = "cxr-edge-export-policy"
 POLICY_FORMAT_VERSION = 1
@@ -83,6 +95,18 @@ def checked_keys(spec: TaskSpec) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class Significance:
+    """``check.significance``: a drop beyond the tolerance fails only when it is not chance (p < alpha)."""
+
+    alpha: float = 0.05
+    permutations: int = 1000
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return {"alpha": self.alpha, "permutations": self.permutations, "seed": self.seed}
+
+
+@dataclass(frozen=True)
 class ExportPolicy:
     """A parsed export policy (paths resolved)."""
 
@@ -98,6 +122,7 @@ class ExportPolicy:
     envelope: str = "none"       # "one-pixel-shift": widen each tolerance to the float model's own 1-px noise
     envelope_limit: Int8Tolerance | None = None   # ... but never past these (None: no ceiling)
     views: str = "original"      # "one-pixel-shifts": check every film and its 4 one-pixel shifts, pooled
+    significance: Significance | None = None   # a drop past the tolerance fails only when not chance
     path: Path | None = None
     raw: dict = field(default_factory=dict, compare=False)
 
@@ -112,7 +137,8 @@ class ExportPolicy:
                 "min_calibration": self.min_calibration, "recommended_calibration": self.recommended_calibration,
                 "split": self.split, "tolerance": self.tolerance.to_dict(), "envelope": self.envelope,
                 "envelope_limit": self.envelope_limit.to_dict() if self.envelope_limit else None,
-                "views": self.views}
+                "views": self.views,
+                "significance": self.significance.to_dict() if self.significance else None}
 
 
 def _need(d: dict, key: str, where: str):
@@ -174,8 +200,30 @@ def parse_policy(data: dict, *, path: Path | None = None) -> ExportPolicy:
     if views not in VIEWS:
         raise RecipeError(f"{where}: check.views {views!r}; valid: {', '.join(VIEWS)} (one-pixel-shifts checks "
                           "every film and its four one-pixel-shifted copies, pooled)")
+    significance = _parse_significance(check, limit, where)
     return ExportPolicy(spec.name, tolerance, io_dtype, bool(quant.get("per_channel", True)), source,
-                        manifest, min_n, rec_n, split, envelope, limit, views, path, data)
+                        manifest, min_n, rec_n, split, envelope, limit, views, significance, path, data)
+
+
+def _parse_significance(check: dict, limit, where: str) -> Significance | None:
+    sig = check.get("significance")
+    if sig is None:
+        return None
+    if not isinstance(sig, dict) or set(sig) - {"alpha", "permutations", "seed"}:
+        raise RecipeError(f"{where}: check.significance must be an object with alpha (and optionally "
+                          f"permutations, seed), e.g. {{\"alpha\": 0.05}}; got {sig!r}")
+    if limit is None:
+        raise RecipeError(f"{where}: check.significance needs check.envelope_limit: the limit is the drop that "
+                          "fails whatever a test on the films says")
+    try:
+        alpha = float(_need(sig, "alpha", f"{where}: check.significance"))
+        perms, seed = int(sig.get("permutations", 1000)), int(sig.get("seed", 0))
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"{where}: check.significance: {exc}") from exc
+    if not (math.isfinite(alpha) and 0 < alpha < 0.5) or not 99 <= perms <= 100_000:
+        raise RecipeError(f"{where}: check.significance needs 0 < alpha < 0.5 and 99 <= permutations <= 100000 "
+                          f"(got alpha {alpha}, permutations {perms})")
+    return Significance(alpha, perms, seed)
 
 
 def _parse_tolerance(spec: TaskSpec, tol: dict, where: str, key: str = "check.tolerance") -> Int8Tolerance:
@@ -344,6 +392,76 @@ def _drop(a, b):
     return None if a is None or b is None else a - b
 
 
+def _metric_of(summary: dict, metric: str, label):
+    return summary["per_label_auroc"][label] if label is not None else summary[metric]
+
+
+def paired_permutation(spec: TaskSpec, y, probs_float, probs_int8, films: int, keys, *, permutations: int = 1000,
+                       seed: int = 0) -> dict:
+    """One-sided p of each ``(metric, label)`` drop float - int8 under "int8 and float are exchangeable".
+
+    The rows are ``views`` stacked copies of ``films`` films (row ``i`` is film ``i % films``). Every
+    permutation swaps float's and int8's outputs on a random half of the films -- all views of a film
+    together, since they are one film -- and recomputes the drop. p = (1 + swaps with a drop >= the
+    measured one) / (1 + permutations): the chance of a loss this large if quantization cost nothing.
+    Seeded: the same outputs give the same p.
+    """
+    a, b, y = np.asarray(probs_float), np.asarray(probs_int8), np.asarray(y)
+    if films < 1 or len(a) % films or len(a) != len(b):
+        raise ValueError(f"{len(a)} outputs are not whole views of {films} films")
+    views = len(a) // films
+    keys = list(keys)
+    fs, qs = summarize(spec, y, a), summarize(spec, y, b)
+    observed = {k: _metric_of(fs, *k) - _metric_of(qs, *k) for k in keys}
+    rng = np.random.default_rng(seed)
+    swaps = rng.random((permutations, films)) < 0.5
+    if not spec.multilabel and all(m in ("accuracy", "macro_f1") for m, _ in keys):
+        drops = _softmax_drops(spec, y, a, b, films, swaps)
+    else:
+        drops = {k: np.empty(permutations) for k in keys}
+        for i, swap in enumerate(swaps):
+            swap = np.tile(swap, views)[:, None]
+            pa, pb = summarize(spec, y, np.where(swap, b, a)), summarize(spec, y, np.where(swap, a, b))
+            for k in keys:
+                drops[k][i] = _metric_of(pa, *k) - _metric_of(pb, *k)
+    hits = {k: int(np.sum(drops[k] >= observed[k] - 1e-12)) for k in keys}
+    return {k: (1 + hits[k]) / (1 + permutations) for k in keys}
+
+
+def _softmax_drops(spec: TaskSpec, y, a, b, films: int, swaps: np.ndarray) -> dict:
+    """Accuracy and macro-F1 drops of every swap at once, from per-film confusion counts (softmax tasks)."""
+    k = spec.num_labels
+    truth = np.asarray(y).argmax(1)
+    film = np.arange(len(truth)) % films
+    counts = []
+    for probs in (a, b):
+        cells = np.zeros((films, k * k))
+        np.add.at(cells, (film, truth * k + np.asarray(probs).argmax(1)), 1.0)
+        counts.append(cells)
+    s = swaps.astype(np.float64)
+    cm_a = ((1 - s) @ counts[0] + s @ counts[1]).reshape(-1, k, k)
+    cm_b = (s @ counts[0] + (1 - s) @ counts[1]).reshape(-1, k, k)
+    n = len(truth)
+    acc = (np.trace(cm_a, axis1=1, axis2=2) - np.trace(cm_b, axis1=1, axis2=2)) / n
+    f1 = f1_from_confusion(cm_a).mean(axis=-1) - f1_from_confusion(cm_b).mean(axis=-1)
+    return {("accuracy", None): acc, ("macro_f1", None): f1}
+
+
+def _chance(spec, y, probs_float, probs_int8, checks, films, significance: Significance) -> None:
+    """Failed drop checks whose drop the films cannot tell from chance pass, up to their limit (in place)."""
+    failed = [c for c in checks if not c["passed"] and c["metric"] != "agreement" and c["drop"] is not None]
+    if not failed:
+        return
+    p = paired_permutation(spec, y, probs_float, probs_int8, films, [(c["metric"], c["label"]) for c in failed],
+                           permutations=significance.permutations, seed=significance.seed)
+    for c in failed:
+        cap = max(c["limit"], c["tolerance"]) if c.get("limit") is not None else c["tolerance"]
+        c.update(p_value=p[(c["metric"], c["label"])], alpha=significance.alpha, films=films,
+                 permutations=significance.permutations, cap=cap)
+        c["chance"] = c["p_value"] >= significance.alpha
+        c["passed"] = c["chance"] and c["drop"] <= cap + 1e-12
+
+
 def _check(metric, label, flt, q, tolerance, envelope=None, limit=None) -> dict:
     drop = None if flt is None or q is None else flt - q
     allowed = tolerance if envelope is None or envelope <= 0 else max(tolerance, envelope)
@@ -355,13 +473,16 @@ def _check(metric, label, flt, q, tolerance, envelope=None, limit=None) -> dict:
 
 
 def compare(spec: TaskSpec, y, probs_float, probs_int8, tolerance: Int8Tolerance, *, features=None,
-            envelope: dict | None = None, limit: Int8Tolerance | None = None) -> dict:
+            envelope: dict | None = None, limit: Int8Tolerance | None = None, films: int | None = None,
+            significance: Significance | None = None) -> dict:
     """Measure the int8 model against the float model on the same images and apply ``tolerance``.
 
     ``features``: optional ``(float, int8)`` pooled feature arrays; their correlation says whether
     drift starts in the backbone (low) or only at the head (high). ``envelope``: the float model's own
     one-pixel-shift noise (:func:`one_pixel_envelope`); each check then allows the larger of the two, but
-    never more than ``limit`` (the policy's ``envelope_limit``). JSON-ready result.
+    never more than ``limit`` (the policy's ``envelope_limit``). ``significance`` with ``films`` (the rows
+    are whole views of that many films): a drop past its allowance that a paired permutation test cannot tell
+    from chance passes, up to ``limit`` (:func:`paired_permutation`). JSON-ready result.
     """
     flt, q = summarize(spec, y, probs_float), summarize(spec, y, probs_int8)
     env_drop = (envelope or {}).get("drop", {})
@@ -393,12 +514,15 @@ def compare(spec: TaskSpec, y, probs_float, probs_int8, tolerance: Int8Tolerance
             checks.append(_check(metric, None, flt[metric], q[metric], getattr(tolerance, key),
                                  env_drop.get(metric) if envelope else None,
                                  getattr(limit, key) if limit else None))
+    if significance is not None:
+        _chance(spec, y, probs_float, probs_int8, checks, films or len(np.asarray(probs_float)), significance)
     return {"n": int(len(np.asarray(probs_float))), "float": flt, "int8": q, "delta": delta,
             "delta_definition": DELTA_DEFINITION, "agreement": agree["agreement"], "agreement_kind": agree["kind"],
             "agreement_per_label": agree.get("per_label"), "max_abs_diff": agree["max_abs_diff"],
             "mean_abs_diff": agree["mean_abs_diff"], "feature_correlation": _feature_correlation(features),
             "float_margin": _margins(spec, probs_float, probs_int8),
             "tolerance": tolerance.to_dict(), "envelope": envelope, "checks": checks,
+            "significance": significance.to_dict() if significance else None,
             "passed": all(c["passed"] for c in checks)}
 
 
@@ -416,8 +540,14 @@ def describe_failure(check: dict) -> str:
            + (f", at most {check['limit']:.4f}" if check.get("limit") is not None else "") + ")"
            if check.get("envelope") is not None and check["envelope"] > check.get("tolerance", check["allowed"])
            else "")
+    chance = ""
+    if check.get("p_value") is not None:
+        chance = (f"; beyond the limit {check['cap']:.4f} it fails whatever the films say (p = "
+                  f"{check['p_value']:.3f})" if check["chance"] else
+                  f"; not chance: a paired permutation test over the {check['films']} films gives p = "
+                  f"{check['p_value']:.3f} < {check['alpha']:g}")
     return (f"{name} {change} (float {check['float']:.4f} -> int8 {check['int8']:.4f}{extra}); "
-            f"allowed drop {check['allowed']:.4f}{env}")
+            f"allowed drop {check['allowed']:.4f}{env}{chance}")
 
 
 def failures(result: dict) -> list[str]:

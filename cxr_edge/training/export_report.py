@@ -51,6 +51,18 @@ def _allowed(c: dict | None) -> str:
     return _f(c["allowed"])
 
 
+def _verdict(c: dict | None) -> str:
+    """ok / FAILED, with the permutation test's p when a drop past its allowance was tested for chance."""
+    if not c:
+        return ""
+    if c.get("p_value") is None:
+        return "ok" if c["passed"] else "FAILED"
+    if c["passed"]:
+        return f"ok: within chance (p {c['p_value']:.2f} over {c['films']} films)"
+    why = f"beyond the limit {_f(c['cap'])}" if c["chance"] else f"not chance (p {c['p_value']:.3f})"
+    return f"FAILED: {why}"
+
+
 def _allowed_min(c: dict | None) -> str:
     if not c:
         return ""
@@ -69,10 +81,10 @@ def _metric_rows(result: dict) -> list[list[str]]:
             continue
         c = checks.get((key, None))
         rows.append([key, _f(result["float"][key]), _f(result["int8"][key]), _signed(result["delta"].get(key)),
-                     _allowed(c), ("ok" if c["passed"] else "FAILED") if c else ""])
+                     _allowed(c), _verdict(c)])
     c = checks.get(("agreement", None))
     rows.append([f"agreement ({result['agreement_kind']})", "", _f(result["agreement"]), "",
-                 _allowed_min(c), ("ok" if c["passed"] else "FAILED") if c else ""])
+                 _allowed_min(c), _verdict(c)])
     rows.append(["max |p_float - p_int8|", "", _f(result["max_abs_diff"]), "", "", ""])
     rows.append(["mean |p_float - p_int8|", "", _f(result["mean_abs_diff"]), "", "", ""])
     rows.append(["pooled-feature correlation", "", _f(result.get("feature_correlation")), "", "", ""])
@@ -94,7 +106,7 @@ def _label_rows(result: dict) -> list[list[str]]:
         c = checks.get(("auroc", label))
         rows.append([label, str(result["float"]["n_positive"].get(label, "")), _f(value),
                      _f(result["int8"]["per_label_auroc"][label]), _signed(result["delta"]["per_label_auroc"][label]),
-                     _allowed(c), ("ok" if c["passed"] else "FAILED") if c else "",
+                     _allowed(c), _verdict(c),
                      _f(agree.get(label))])
     return rows
 
