@@ -51,6 +51,21 @@ def test_metadata_roundtrip_and_replacement(tiny_pack):
         meta2.threshold_profile("nope")
 
 
+def test_re_embedding_the_same_metadata_gives_the_same_bytes(tiny_pack, monkeypatch):
+    """A pack rewrite (calibrate, ood fit, export of another slot) must not change an untouched model's file: the
+    sha256 its evaluation record names stays its own. The embedded zip carries no clock time."""
+    import time as _time
+
+    data = (tiny_pack / "gate.tflite").read_bytes()
+    meta, files = md.read(data)
+    first = md.embed(data, meta, files)
+    monkeypatch.setattr(_time, "time", lambda: 2_000_000_000.0)        # years later
+    monkeypatch.setattr(_time, "localtime", lambda *a: _time.struct_time((2033, 5, 18, 3, 33, 20, 2, 138, 0)))
+    assert md.embed(first, meta, files) == first
+    meta.temperature = 1.3
+    assert md.embed(first, meta, files) != first                          # a real change still shows
+
+
 def test_a_flipped_byte_is_refused_naming_the_file(pack):
     target = pack / "cxr4.tflite"
     data = bytearray(target.read_bytes())

@@ -221,16 +221,23 @@ def split_model(data: bytes) -> tuple[bytes, zipfile.ZipFile | None]:
     return data[: int(match.group(1))], archive
 
 
+def _member(name: str) -> zipfile.ZipInfo:
+    """A member with a fixed date: the same model and metadata give the same bytes (and sha256) every time."""
+    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+
+
 def embed(model: bytes, metadata: ModelMetadata, files: dict[str, bytes] | None = None) -> bytes:
-    """Return the model with ``metadata`` (and extra binary members) appended; replaces any earlier metadata."""
+    """Return the model with ``metadata`` (and extra binary members) appended; replaces any earlier metadata.
+    Deterministic: re-embedding unchanged metadata into a model gives the same bytes."""
     bare, _ = split_model(model)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(METADATA_MEMBER, json.dumps(metadata.to_dict(), indent=2, sort_keys=True))
+        zf.writestr(_member(METADATA_MEMBER), json.dumps(metadata.to_dict(), indent=2, sort_keys=True),
+                    compress_type=zipfile.ZIP_DEFLATED)
         for name, content in (files or {}).items():
             if name == METADATA_MEMBER:
                 raise ValueError(f"{METADATA_MEMBER} is reserved")
-            zf.writestr(name, content)
+            zf.writestr(_member(name), content, compress_type=zipfile.ZIP_DEFLATED)
         zf.comment = b"cxr-edge model_bytes=%d" % len(bare)
     return bare + buf.getvalue()
 
