@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -223,6 +224,16 @@ def run(args) -> None:
         b.step("calibrate-screening-gate", cx + ["calibrate", str(b.pack), *data_of["gate"], "--rule", "youden",
                                                  "--profile", "screening", "--keep-temperature"] + threads)
     ev = b.dir / "eval"
+    for slot, name in reused:   # a reused model whose record evaluated another file than the pack now holds
+        if evaluated_file(ev / f"{slot}-int8.json") != file_sha256(b.pack / f"{slot}.tflite"):
+            b.info["reused"][slot]["evaluated_again"] = True
+            recipe = dict(VARIANTS[args.variant])[slot]
+            data = Path(load_recipe(REPO / recipe).data.dir)
+            b.step(f"{slot}-prepare", cx + ["train", recipe, "--prepare-only"])
+            same_data(data, b.info["reused"][slot]["data_sha256"], slot)
+            b.step(f"{slot}-eval-int8", cx + ["evaluate", str(b.pack), "--data", str(data), "--split", "test",
+                                              "--photos", "moderate", "--report", str(ev / f"{slot}-int8"),
+                                              "--json"] + threads, stdout=ev / f"{slot}-int8.json")
     for slot, recipe, name, data, calib in models:
         b.step(f"{slot}-eval-int8", cx + ["evaluate", str(b.pack), "--data", str(data), "--split", "test",
                                           "--photos", "moderate", "--report", str(ev / f"{slot}-int8"),
@@ -232,6 +243,9 @@ def run(args) -> None:
     b.step("staged-vs-head-only", [sys.executable, str(REPO / "benchmarks" / "staged_vs_head_only.py"),
                                    *[str(b.runs / m[2]) for m in models], "--splits", "val,test",
                                    "--json", str(ev / "staged_vs_head_only.json")])
+    if reused:   # the reused models' rows, from the record their card was made from
+        b.call("staged-vs-head-only-reused",
+               lambda: keep_staged_rows(ev / "staged_vs_head_only.json", [name for _, name in reused]))
     for slot, recipe, name, data, calib in models:   # the bar the 4-class model must clear (issue 15)
         if slot == "cxr4":
             b.step("linear-probe", [sys.executable, str(REPO / "benchmarks" / "linear_probe.py"), str(b.pack),
@@ -275,7 +289,11 @@ def argv_shown(args) -> list[str]:
 
 
 def reuse_bundled(b: Build, slot: str, recipe_name: str, pack_name: str) -> None:
-    """Put the bundled pack's ``slot`` model into the build's pack as it is, with its record (see --reuse)."""
+    """Put the bundled pack's ``slot`` model into the build's pack as it is, with its record (see --reuse).
+
+    When the record's int8 evaluation is of another file than the bundled model (the bundled gate got its
+    orientation head after its evaluation), that evaluation is not copied: the build evaluates the model
+    again (``reevaluate``)."""
     from cxr_edge.errors import PackError
     from cxr_edge.runtime.pack import load_pack, sha256_bytes
     from cxr_edge.training.export import write_into_pack
@@ -300,9 +318,11 @@ def reuse_bundled(b: Build, slot: str, recipe_name: str, pack_name: str) -> None
         if not f.is_file():
             raise SystemExit(f"--reuse {slot}: {f} is missing: the bundled model's record is incomplete")
         found[kind] = (f, json.loads(f.read_text()))
-    if found["int8"][1]["model"].get("sha256") != digest:
-        raise SystemExit(f"--reuse {slot}: {found['int8'][0]} evaluated another {slot} model than the bundled one "
-                         f"(sha256 {digest[:12]}); rebuild the default pack's record first")
+    reevaluate = found["int8"][1]["model"].get("sha256") != digest
+    if reevaluate:
+        print(f"[note] --reuse {slot}: {found['int8'][0].name} evaluated another file than the bundled {slot} "
+              f"(sha256 {digest[:12]}); the build evaluates it again", flush=True)
+        del found["int8"]
     if found["prepared"][1].get("data_sha256") != training.get("data_sha256"):
         raise SystemExit(f"--reuse {slot}: {found['prepared'][0]} records other data than the bundled {slot} "
                          "model was trained on")
@@ -311,11 +331,46 @@ def reuse_bundled(b: Build, slot: str, recipe_name: str, pack_name: str) -> None
     write_into_pack(b.pack, slot, model.content, model.metadata, name=pack_name)
     built = json.loads((RECORD_OF_BUNDLED / "build.json").read_text()).get("steps", {})
     b.info.setdefault("reused", {})[slot] = {
-        "from": str(BUNDLED.relative_to(REPO)), "sha256": digest, "record": str(RECORD_OF_BUNDLED.relative_to(REPO)),
-        "recipe": recipe_name, "data_sha256": training.get("data_sha256"),
+        "from": str(BUNDLED.relative_to(REPO)), "sha256": digest, "record": shown(RECORD_OF_BUNDLED),
+        "recipe": recipe_name, "data_sha256": training.get("data_sha256"), "evaluated_again": reevaluate,
         # what making it cost in the bundled pack's build (its train, QAT, export and OOD steps)
         "built_seconds": round(sum(Build.step_seconds(st) for name, st in built.items()
                                    if name.startswith(f"{recipe_name}-")), 1)}
+
+
+def evaluated_file(path: Path) -> str | None:
+    """The sha256 of the model file an ``evaluate --json`` record evaluated (None: no record)."""
+    return json.loads(path.read_text())["model"].get("sha256") if path.is_file() else None
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def keep_staged_rows(path: Path, names: list[str]) -> None:
+    """Add the bundled record's staged-vs-head-only rows of the reused runs ``names`` to this build's."""
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    have = {Path(r["run"]).name for r in rows}
+    bundled = RECORD_OF_BUNDLED / "eval" / "staged_vs_head_only.json"
+    kept = [r for r in (json.loads(bundled.read_text()) if bundled.is_file() else [])
+            if Path(r["run"]).name in names and Path(r["run"]).name not in have]
+    order = {n: i for i, n in enumerate(("gate", "cxr4", "nih14"))}   # as the default build writes them
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(sorted(rows + kept, key=lambda r: order.get(Path(r["run"]).name, 9)), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def same_data(data: Path, data_sha256: str | None, slot: str) -> None:
+    """Refuse to evaluate a reused model on other data than it was trained and split on."""
+    found = json.loads((data / "prepared.json").read_text()).get("data_sha256")
+    if found != data_sha256:
+        raise SystemExit(f"--reuse {slot}: {data} holds other data (data_sha256 {str(found)[:12]}) than the bundled "
+                         f"{slot} model was trained on ({str(data_sha256)[:12]}); its test split would not be its own")
+
+
+def shown(path: Path) -> str:
+    """A path as the record shows it: relative to the repository when it is inside it."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def real_photos_folder() -> Path | None:

@@ -274,6 +274,16 @@ def per_label(b: Build) -> str:
     return "\n".join(out)
 
 
+def check_verdict(cand: dict) -> str:
+    """passed / FAILED, naming a drop past its tolerance that passed as chance (``check.significance``)."""
+    chance = [c for c in cand.get("checks") or [] if c.get("p_value") is not None and c["passed"]]
+    verdict = "passed" if cand.get("passed") else "FAILED"
+    if chance:
+        verdict += " (" + "; ".join(f"{c['metric']} drop {c['drop']:.4f} past its {c['allowed']:.4f}, within "
+                                    f"chance: p {c['p_value']:.2f} over {c['films']} films" for c in chance) + ")"
+    return verdict
+
+
 def export_check(b: Build) -> str:
     out = ["## int8 against float (the export check)", "",
            "`cxr-edge export --int8` converted each model twice, by post-training quantization (PTQ, with the "
@@ -290,7 +300,11 @@ def export_check(b: Build) -> str:
                                if isinstance(v, (int, float)))
             rows.append([slot, name.upper(), "kept" if name == b.meta(slot)["quantization"].get("source") else "",
                          deltas, num(cand.get("agreement"), 4), num(cand.get("mean_abs_diff"), 4),
-                         mb(cand["bytes"]), "passed" if cand.get("passed") else "FAILED"])
+                         mb(cand["bytes"]), check_verdict(cand)])
+    if any("within chance" in r[-1] for r in rows):
+        out[-2] = out[-2][:-1] + (", except a drop that a paired permutation test over the check films cannot tell "
+                                  "from chance (p >= 0.05), and never one past the policy's limit "
+                                  "(`check.significance`, see `cxr_edge/resources/export/README.md`).")
     out.append(table(["model", "int8 from", "", "Δ int8 − float (val)", "decision agreement", "mean |Δp|",
                       "size", "check"], rows))
     views = []
@@ -558,8 +572,11 @@ def reproduce(b: Build) -> str:
     reused = b.build.get("reused") or {}
     taken = "".join(
         f" The {slot} model was not trained by this build: it is the bundled default pack's (`--reuse {slot}`; "
-        f"sha256 `{r['sha256'][:12]}`, recipe `{r['recipe']}`), with the evaluations and image list of that pack's "
-        f"record (`{r['record']}/`); making it took {r['built_seconds'] / 60:.0f} minutes of step time there."
+        f"sha256 `{r['sha256'][:12]}`, recipe `{r['recipe']}`), with the "
+        + ("float evaluation and image list of that pack's record (`{}/`) and its int8 evaluation run again on the "
+           "file in this pack".format(r["record"]) if r.get("evaluated_again") else
+           f"evaluations and image list of that pack's record (`{r['record']}/`)")
+        + f"; making it took {r['built_seconds'] / 60:.0f} minutes of step time there."
         for slot, r in sorted(reused.items()))
     spent = []   # steps that made a model this pack does not hold (refused by its int8 check)
     for report in refused_reports(b).values():
