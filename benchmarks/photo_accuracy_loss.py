@@ -112,6 +112,13 @@ def ablation_variants(film: np.ndarray, severity: float, seed, model_input, kind
     return out
 
 
+def answer_rows(model, inputs: dict, rows, preds: dict) -> None:
+    """One model run over every row's input of one film; each row's top class appended to ``preds[row]``."""
+    raw = model.infer(normalize(np.stack([inputs[r] for r in rows]), model.spec))[0]
+    for row, p in zip(rows, model.probabilities(raw).argmax(1)):
+        preds[row].append(int(p))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pack", default="cxr_edge/packs/default",
@@ -153,9 +160,7 @@ def main():
         inputs = make(film, severity, lambda: photo_seed(args.seed, sha, i), model_input)
         backgrounds.append(inputs.pop("background"))
         inputs["digital"] = model_input(table["path"][i])
-        raw = model.infer(normalize(np.stack([inputs[r] for r in rows]), spec))[0]
-        for row, p in zip(rows, model.probabilities(raw).argmax(1)):
-            preds[row].append(int(p))
+        answer_rows(model, inputs, rows, preds)
         if n % 20 == 0:
             print(f"{n + 1}/{len(idx)}", file=sys.stderr, flush=True)
     y = prep.labels(args.split)[idx].argmax(1)
