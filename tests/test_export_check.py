@@ -264,7 +264,9 @@ def test_significance_is_parsed_and_needs_a_limit(tmp_path):
         assert load_policy(root / f"{task}.json").significance.alpha == 0.05
     policy = json.loads((root / "cxr4.json").read_text())
     for bad, message in (({"alpha": 0.5}, "0 < alpha < 0.5"), ({"alpha": "x"}, "significance"),
-                         ({"alfa": 0.05}, "must be an object with alpha")):
+                         ({"alfa": 0.05}, "must be an object with alpha"),
+                         ({"alpha": 0.05, "permutations": float("inf")}, "significance"),
+                         ({"alpha": float("nan")}, "0 < alpha < 0.5")):
         policy["check"]["significance"] = bad
         (tmp_path / "p.json").write_text(json.dumps(policy))
         with pytest.raises(RecipeError, match=message):
@@ -289,3 +291,29 @@ def test_the_fast_softmax_permutation_scores_each_swap_as_the_check_does():
         a, b = summarize(spec, y, np.where(s, p_int8, p_float)), summarize(spec, y, np.where(s, p_float, p_int8))
         assert fast[("accuracy", None)][i] == pytest.approx(a["accuracy"] - b["accuracy"])
         assert fast[("macro_f1", None)][i] == pytest.approx(a["macro_f1"] - b["macro_f1"])
+
+
+def test_permutations_are_bounded_and_drawn_in_blocks_with_the_same_p(tmp_path):
+    """The p of 2,500 permutations drawn a block at a time is the p of the same seeded stream drawn at once; a policy
+    asking for more than the bound is refused before anything runs."""
+    from cxr_edge.errors import RecipeError
+    from cxr_edge.training import export_check
+    from cxr_edge.training.export_check import load_policy, paired_permutation
+
+    spec = get_task("cxr4")
+    y, p_float, missed = _films(n=80, views=2, wrong=0.3, seed=7)
+    p_int8 = _int8(p_float, 80, worse=5, better=2, missed=missed)
+    keys = [("accuracy", None), ("macro_f1", None)]
+    blocks = paired_permutation(spec, y, p_float, p_int8, 80, keys, permutations=2500, seed=3)
+    one = export_check.PERMUTATION_BLOCK
+    try:
+        export_check.PERMUTATION_BLOCK = 10_000
+        at_once = paired_permutation(spec, y, p_float, p_int8, 80, keys, permutations=2500, seed=3)
+    finally:
+        export_check.PERMUTATION_BLOCK = one
+    assert blocks == at_once
+    policy = json.loads((Path(__file__).resolve().parents[1] / "cxr_edge" / "resources" / "export" / "cxr4.json").read_text())
+    policy["check"]["significance"] = {"alpha": 0.05, "permutations": 10_000_000}
+    (tmp_path / "p.json").write_text(json.dumps(policy))
+    with pytest.raises(RecipeError, match="permutations <= 10000"):
+        load_policy(tmp_path / "p.json")

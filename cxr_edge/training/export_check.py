@@ -82,6 +82,8 @@ VIEWS = ("original", "one-pixel-shifts")   # what the check runs on: the films, 
 ONE_PIXEL_SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))   # (down, right) in pixels
 VARIANTS = ("float16", "dynamic", "float32")
 SCALARS = ("accuracy", "auroc", "mean_auroc", "macro_f1")   # the summary numbers with a delta
+MAX_PERMUTATIONS = 10_000    # p to 1e-4: plenty for any alpha; each costs a metric pass over the check outputs
+PERMUTATION_BLOCK = 1000      # swaps drawn and scored a block at a time (memory: block x films)
 DELTA_DEFINITION = "int8 - float (negative: int8 is lower); checks compare the drop float - int8"
 
 
@@ -218,10 +220,11 @@ def _parse_significance(check: dict, limit, where: str) -> Significance | None:
     try:
         alpha = float(_need(sig, "alpha", f"{where}: check.significance"))
         perms, seed = int(sig.get("permutations", 1000)), int(sig.get("seed", 0))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise RecipeError(f"{where}: check.significance: {exc}") from exc
-    if not (math.isfinite(alpha) and 0 < alpha < 0.5) or not 99 <= perms <= 100_000:
-        raise RecipeError(f"{where}: check.significance needs 0 < alpha < 0.5 and 99 <= permutations <= 100000 "
+    if not (math.isfinite(alpha) and 0 < alpha < 0.5) or not 99 <= perms <= MAX_PERMUTATIONS:
+        raise RecipeError(f"{where}: check.significance needs 0 < alpha < 0.5 and 99 <= permutations <= "
+                          f"{MAX_PERMUTATIONS} "
                           f"(got alpha {alpha}, permutations {perms})")
     return Significance(alpha, perms, seed)
 
@@ -414,17 +417,21 @@ def paired_permutation(spec: TaskSpec, y, probs_float, probs_int8, films: int, k
     fs, qs = summarize(spec, y, a), summarize(spec, y, b)
     observed = {k: _metric_of(fs, *k) - _metric_of(qs, *k) for k in keys}
     rng = np.random.default_rng(seed)
-    swaps = rng.random((permutations, films)) < 0.5
-    if not spec.multilabel and all(m in ("accuracy", "macro_f1") for m, _ in keys):
-        drops = _softmax_drops(spec, y, a, b, films, swaps)
-    else:
-        drops = {k: np.empty(permutations) for k in keys}
-        for i, swap in enumerate(swaps):
-            swap = np.tile(swap, views)[:, None]
-            pa, pb = summarize(spec, y, np.where(swap, b, a)), summarize(spec, y, np.where(swap, a, b))
-            for k in keys:
-                drops[k][i] = _metric_of(pa, *k) - _metric_of(pb, *k)
-    hits = {k: int(np.sum(drops[k] >= observed[k] - 1e-12)) for k in keys}
+    fast = not spec.multilabel and all(m in ("accuracy", "macro_f1") for m, _ in keys)
+    hits = dict.fromkeys(keys, 0)
+    for start in range(0, permutations, PERMUTATION_BLOCK):   # bounded memory: one block of swaps at a time
+        swaps = rng.random((min(PERMUTATION_BLOCK, permutations - start), films)) < 0.5
+        if fast:
+            drops = _softmax_drops(spec, y, a, b, films, swaps)
+        else:
+            drops = {k: np.empty(len(swaps)) for k in keys}
+            for i, swap in enumerate(swaps):
+                swap = np.tile(swap, views)[:, None]
+                pa, pb = summarize(spec, y, np.where(swap, b, a)), summarize(spec, y, np.where(swap, a, b))
+                for k in keys:
+                    drops[k][i] = _metric_of(pa, *k) - _metric_of(pb, *k)
+        for k in keys:
+            hits[k] += int(np.sum(drops[k] >= observed[k] - 1e-12))
     return {k: (1 + hits[k]) / (1 + permutations) for k in keys}
 
 
