@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -344,7 +343,9 @@ def evaluated_file(path: Path) -> str | None:
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    from cxr_edge.runtime.pack import sha256_bytes
+
+    return sha256_bytes(path.read_bytes())
 
 
 def keep_staged_rows(path: Path, names: list[str]) -> None:
@@ -354,10 +355,11 @@ def keep_staged_rows(path: Path, names: list[str]) -> None:
     bundled = RECORD_OF_BUNDLED / "eval" / "staged_vs_head_only.json"
     kept = [r for r in (json.loads(bundled.read_text()) if bundled.is_file() else [])
             if Path(r["run"]).name in names and Path(r["run"]).name not in have]
+    from cxr_edge.runtime.atomic import write_atomic
+
     order = {n: i for i, n in enumerate(("gate", "cxr4", "nih14"))}   # as the default build writes them
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(sorted(rows + kept, key=lambda r: order.get(Path(r["run"]).name, 9)), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(sorted(rows + kept, key=lambda r: order.get(Path(r["run"]).name, 9)), indent=2)
+                 + "\n")
 
 
 def same_data(data: Path, data_sha256: str | None, slot: str) -> None:

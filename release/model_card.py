@@ -285,11 +285,6 @@ def check_verdict(cand: dict) -> str:
 
 
 def export_check(b: Build) -> str:
-    out = ["## int8 against float (the export check)", "",
-           "`cxr-edge export --int8` converted each model twice, by post-training quantization (PTQ, with the "
-           "300-image calibration set in `cxr_edge/resources/calibration_data/`) and from the quantization-aware fine-tuned model "
-           "(QAT), compared both with the float model on the validation split through the device path, and "
-           "kept the one closer to float. Over tolerance (`cxr_edge/resources/export/<task>.json`) nothing would have shipped.", ""]
     rows = []
     for slot in SLOTS:
         if slot not in b.models:
@@ -301,10 +296,14 @@ def export_check(b: Build) -> str:
             rows.append([slot, name.upper(), "kept" if name == b.meta(slot)["quantization"].get("source") else "",
                          deltas, num(cand.get("agreement"), 4), num(cand.get("mean_abs_diff"), 4),
                          mb(cand["bytes"]), check_verdict(cand)])
-    if any("within chance" in r[-1] for r in rows):
-        out[-2] = out[-2][:-1] + (", except a drop that a paired permutation test over the check films cannot tell "
-                                  "from chance (p >= 0.05), and never one past the policy's limit "
-                                  "(`check.significance`, see `cxr_edge/resources/export/README.md`).")
+    chance = (", except a drop that a paired permutation test over the check films cannot tell from chance "
+              "(p >= 0.05), and never one past the policy's limit (`check.significance`, see "
+              "`cxr_edge/resources/export/README.md`)" if any("within chance" in r[-1] for r in rows) else "")
+    out = ["## int8 against float (the export check)", "",
+           "`cxr-edge export --int8` converted each model twice, by post-training quantization (PTQ, with the "
+           "300-image calibration set in `cxr_edge/resources/calibration_data/`) and from the quantization-aware fine-tuned model "
+           "(QAT), compared both with the float model on the validation split through the device path, and "
+           f"kept the one closer to float. Over tolerance (`cxr_edge/resources/export/<task>.json`) nothing would have shipped{chance}.", ""]
     out.append(table(["model", "int8 from", "", "Δ int8 − float (val)", "decision agreement", "mean |Δp|",
                       "size", "check"], rows))
     views = []
