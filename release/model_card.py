@@ -148,8 +148,9 @@ def intended_use(b: Build) -> str:
                      "it answers whether an image is a chest X-ray and the NIH findings.")
                   if permissive else
                   "* Commercial use of this pack (see the licence above); build the permissive variant for that\n"
-                  "  (`release/build_default_pack.py --variant permissive`: gate, 3 classes without Tuberculosis, "
-                  "nih14).")
+                  "  (`release/build_default_pack.py --variant permissive`, trained only on permissively licensed "
+                  "images;\n  the published one, `release/permissive-pack/`, lists in its card which of its models "
+                  "passed their checks).")
     task = b.models.get("cxr4", {}).get("task")
     classes = {"cxr4": "a 4-class model (COVID-19 / Normal / Pneumonia /\n  Tuberculosis) and ",
                "cxr3": "a 3-class model (COVID-19 / Normal / Pneumonia) and\n  "}.get(task, "")
