@@ -121,6 +121,13 @@ class Build:
             print(f"[FAIL] {name} exited {proc.returncode} after {seconds:.0f} s; see {log}", flush=True)
             tail = log.read_text(errors="replace").splitlines()[-25:]
             print("\n".join("       " + line for line in tail), flush=True)
+            if name.endswith("-export") and proc.returncode == 3:   # cxr-edge export: the int8 check refused
+                slot = name[:-len("-export")]
+                print(f"       The int8 check refused this {slot} model: nothing was installed and the bundled pack "
+                      f"is as it was. Training is not bit-for-bit reproducible across machines, so a retrained "
+                      f"model can miss the check the bundled one passed. To finish the rebuild with the bundled "
+                      f"{slot}, run the same command again with --reuse {slot} (benchmarks/RESULTS.md, 'A rebuild from "
+                      f"scratch today').", flush=True)
             sys.exit(proc.returncode or 1)
         done.write_text(f"{seconds}\n")
         print(f"[ ok ] {name} in {seconds:.0f} s", flush=True)

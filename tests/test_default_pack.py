@@ -191,6 +191,25 @@ def test_reuse_evaluates_again_a_model_whose_record_is_of_another_file(manifest,
     assert load_pack(b.pack)["nih14"].content == (BUNDLED_PACK / "nih14.tflite").read_bytes()
 
 
+def test_a_refused_export_stops_the_build_and_says_how_to_finish_it(tmp_path, capsys):
+    """cxr-edge export exits 3 when the int8 check refuses (a retrained cxr4 did on 2026-12-07): the build stops at
+    that step, does not mark it done, and says the bundled pack is untouched and how to finish with --reuse."""
+    build = _build_script()
+    b = build.Build(tmp_path / "b", tmp_path / "runs", "default", set(), 1)
+    refuse = [sys.executable, "-c", "import sys; print('int8 check FAILED: agreement 0.9626 < 0.9744'); sys.exit(3)"]
+    with pytest.raises(SystemExit) as stop:
+        b.step("cxr4-export", refuse)
+    assert stop.value.code == 3
+    out = capsys.readouterr().out
+    assert "agreement 0.9626 < 0.9744" in out                      # the export's own reason, from its log
+    assert "bundled pack is as it was" in out and "--reuse cxr4" in out
+    assert not (b.dir / "steps" / "cxr4-export.done").exists()
+    assert json.loads((b.dir / "build.json").read_text())["steps"]["cxr4-export"]["returncode"] == 3
+    with pytest.raises(SystemExit):
+        b.step("cxr4-train", [sys.executable, "-c", "import sys; sys.exit(1)"])
+    assert "--reuse" not in capsys.readouterr().out                # only a refused int8 check gets that advice
+
+
 def test_training_image_list_keeps_a_reused_models_rows(tmp_path):
     out = tmp_path / "images.csv"
     subprocess.run([sys.executable, str(REPO / "release" / "training_images.py"), "--out", str(out), "--keep",
