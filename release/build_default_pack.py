@@ -90,8 +90,10 @@ class Build:
         self.info = json.loads(self.record.read_text()) if self.record.is_file() else {"steps": {}}
         self.info.update(variant=variant, runs=str(runs), pack=str(self.pack))
 
-    def step(self, name: str, argv: list[str], *, stdout: Path | None = None, redo: bool = False) -> None:
+    def step(self, name: str, argv: list[str], *, stdout: Path | None = None, redo: bool = False,
+             advice: dict[int, str] | None = None) -> None:
         """Run one command unless it already finished; its output goes to logs/<name>.log (or ``stdout``)."""
+        advice = advice or {}   # exit code -> what to do, printed after the log's tail when the step fails
         done = self.dir / "steps" / f"{name}.done"
         if done.is_file() and name not in self.redo and not redo:
             print(f"[skip] {name} (done)", flush=True)
@@ -121,13 +123,8 @@ class Build:
             print(f"[FAIL] {name} exited {proc.returncode} after {seconds:.0f} s; see {log}", flush=True)
             tail = log.read_text(errors="replace").splitlines()[-25:]
             print("\n".join("       " + line for line in tail), flush=True)
-            if name.endswith("-export") and proc.returncode == 3:   # cxr-edge export: the int8 check refused
-                slot = name[:-len("-export")]
-                print(f"       The int8 check refused this {slot} model: nothing was installed and the bundled pack "
-                      f"is as it was. Training is not bit-for-bit reproducible across machines, so a retrained "
-                      f"model can miss the check the bundled one passed. To finish the rebuild with the bundled "
-                      f"{slot}, run the same command again with --reuse {slot} (benchmarks/RESULTS.md, 'A rebuild from "
-                      f"scratch today').", flush=True)
+            if proc.returncode in advice:
+                print("       " + advice[proc.returncode], flush=True)
             sys.exit(proc.returncode or 1)
         done.write_text(f"{seconds}\n")
         print(f"[ ok ] {name} in {seconds:.0f} s", flush=True)
@@ -204,7 +201,8 @@ def run(args) -> None:
         b.step(f"{name}-qat", cx + ["qat", str(run_dir), "--resume"])
         b.step(f"{name}-export", cx + ["export", str(run_dir), "--int8", "--out", str(b.pack), "--calibration",
                                        str(calib), "--report", str(b.dir / "eval" / f"{slot}-export"),
-                                       "--name", f"cxr-edge-{args.variant}"])
+                                       "--name", f"cxr-edge-{args.variant}"],
+               advice={3: refused_advice(slot, name)})
         b.step(f"{name}-ood", cx + ["ood", "fit", str(b.pack), "--data", str(data)] + threads)
     # The orientation check reads the gate's features; the films it learns from are the 4-class set's (any
     # prepared chest X-rays serve; the test split is never used).
@@ -292,6 +290,14 @@ def argv_shown(args) -> list[str]:
     for slot in args.reuse:
         out += ["--reuse", slot]
     return out + (["--install"] if args.install else [])
+
+
+def refused_advice(slot: str, recipe_name: str) -> str:
+    """What to do when ``cxr-edge export`` exits 3 (the int8 check refused the model): said after its reason."""
+    return (f"The int8 check refused this {slot} model: nothing was installed and the bundled pack is as it was. "
+            f"Training is not bit-for-bit reproducible across machines, so a retrained model can miss the check the "
+            f"bundled one passed. To finish the rebuild with the bundled {slot} (if recipe {recipe_name!r} made it), "
+            f"run the same command again with --reuse {slot} (benchmarks/RESULTS.md, 'A rebuild from scratch today').")
 
 
 def reuse_bundled(b: Build, slot: str, recipe_name: str, pack_name: str) -> None:

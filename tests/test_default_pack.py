@@ -198,7 +198,7 @@ def test_a_refused_export_stops_the_build_and_says_how_to_finish_it(tmp_path, ca
     b = build.Build(tmp_path / "b", tmp_path / "runs", "default", set(), 1)
     refuse = [sys.executable, "-c", "import sys; print('int8 check FAILED: agreement 0.9626 < 0.9744'); sys.exit(3)"]
     with pytest.raises(SystemExit) as stop:
-        b.step("cxr4-export", refuse)
+        b.step("cxr4-export", refuse, advice={3: build.refused_advice("cxr4", "cxr4")})   # as main() calls it
     assert stop.value.code == 3
     out = capsys.readouterr().out
     assert "agreement 0.9626 < 0.9744" in out                      # the export's own reason, from its log
@@ -208,6 +208,10 @@ def test_a_refused_export_stops_the_build_and_says_how_to_finish_it(tmp_path, ca
     with pytest.raises(SystemExit):
         b.step("cxr4-train", [sys.executable, "-c", "import sys; sys.exit(1)"])
     assert "--reuse" not in capsys.readouterr().out                # only a refused int8 check gets that advice
+    with pytest.raises(SystemExit):                                 # the advice names the slot, not the recipe
+        b.step("cxr3-permissive-export", refuse, advice={3: build.refused_advice("cxr4", "cxr3-permissive")})
+    out = capsys.readouterr().out
+    assert "--reuse cxr4" in out and "recipe 'cxr3-permissive'" in out and "--reuse cxr3" not in out
 
 
 def test_training_image_list_keeps_a_reused_models_rows(tmp_path):
