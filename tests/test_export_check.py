@@ -255,6 +255,96 @@ def test_views_of_one_film_are_swapped_together():
     assert 0.03 < p[1][("accuracy", None)] < 0.1                         # exact: P(>=6 of 7) = 0.0625
 
 
+def _shifted_films(n=273, shift_flips=6, int8_flips=6, seed=0):
+    """Float outputs of ``n`` films x 5 views where the views of ``shift_flips`` near-boundary films change the
+    float model's decision (each in one shifted view), and int8 outputs that change ``int8_flips`` other films'
+    decisions in one view each: a shift and int8 disturbing the same number of decisions."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 4, n)
+    p = np.full((n, 4), 0.1)
+    p[np.arange(n), label] = 0.7
+    p_float = np.tile(p, (5, 1))
+    films = rng.permutation(n)
+    for i, f in enumerate(films[:shift_flips]):
+        row = f + (1 + i % 4) * n
+        p_float[row] = np.roll(p_float[row], 1)
+    p_int8 = p_float.copy()
+    for i, f in enumerate(films[shift_flips:shift_flips + int8_flips]):
+        row = f + (i % 5) * n
+        p_int8[row] = np.roll(p_int8[row], 1)
+    return np.eye(4)[np.tile(label, 5)], p_float, p_int8
+
+
+def _agreement_check(result):
+    return next(c for c in result["checks"] if c["metric"] == "agreement")
+
+
+def test_int8_changing_no_more_decisions_than_a_shift_passes_the_agreement_check_as_chance():
+    from cxr_edge.training.export_check import one_pixel_envelope
+
+    spec = get_task("cxr4")
+    y, p_float, p_int8 = _shifted_films(shift_flips=24, int8_flips=24)
+    n = 273
+    env = one_pixel_envelope(spec, y[:n], None, p_float[:n], None,
+                             shifted={s: p_float[(i + 1) * n:(i + 2) * n] for i, s in enumerate(ONE_PIXEL_SHIFTS)})
+    assert env["agreement"] == pytest.approx(267 / 273)                  # each shift changes 6 films: 0.978
+    limit, sig = _policy_limits()
+    # int8 changes 24 of 1365 decisions (0.982), as many as the shifts (24 of 1092): passes without any test
+    assert _agreement_check(compare(spec, y, p_float, p_int8, spec.tolerance, envelope=env, limit=limit))["passed"]
+    # 36 int8 changes: 0.974, below the worst shift's 0.978 -- refused without the test ...
+    y, p_float, p_int8 = _shifted_films(shift_flips=24, int8_flips=36)
+    strict = _agreement_check(compare(spec, y, p_float, p_int8, spec.tolerance, envelope=env, limit=limit))
+    assert not strict["passed"] and strict["allowed_min"] == pytest.approx(267 / 273)
+    # ... and within chance with it: 2.6% of int8's decisions changed against 2.2% of a shift's, 36 films and 24
+    check = _agreement_check(compare(spec, y, p_float, p_int8, spec.tolerance, envelope=env, limit=limit,
+                                     films=n, significance=sig))
+    assert check["passed"] and check["chance"] and 0.1 < check["p_value"] < 0.5
+    assert check["int8_changes"] == pytest.approx(36 / 1365) and check["shift_changes"] == pytest.approx(24 / 1092)
+
+
+def test_int8_changing_many_more_decisions_than_a_shift_fails_as_not_chance():
+    spec = get_task("cxr4")
+    y, p_float, p_int8 = _shifted_films(shift_flips=4, int8_flips=40)   # 40 films against 1 in a view: 0.971
+    limit, sig = _policy_limits()
+    result = compare(spec, y, p_float, p_int8, spec.tolerance, limit=limit, films=273, significance=sig)
+    check = _agreement_check(result)
+    assert check["value"] > 0.96 and not check["passed"] and not check["chance"] and check["p_value"] < 0.01
+    assert any("not chance: int8 changes 2.9% of decisions, a one-pixel shift 0.4%" in f and "273 films" in f
+               for f in failures(result))
+
+
+def test_the_agreement_floor_holds_whatever_the_test_says():
+    spec = get_task("cxr4")
+    y, p_float, p_int8 = _shifted_films(n=60, shift_flips=40, int8_flips=20)   # many shift changes: chance
+    limit, sig = _policy_limits()
+    result = compare(spec, y, p_float, p_int8, spec.tolerance, limit=limit, films=60, significance=sig)
+    check = _agreement_check(result)
+    assert check["value"] < 0.96 and check["chance"] and not check["passed"]
+    assert any("below the floor 0.9600" in f for f in failures(result))
+
+
+def test_the_agreement_test_needs_the_shifted_views():
+    from cxr_edge.training.export_check import agreement_permutation
+
+    spec = get_task("cxr4")
+    y, p_float, p_int8 = _shifted_films(shift_flips=0, int8_flips=40)   # 8 changes in the unshifted view: 0.971
+    limit, sig = _policy_limits()
+    one_view = compare(spec, y[:273], p_float[:273], p_int8[:273], spec.tolerance, limit=limit, films=273,
+                       significance=sig)
+    assert not _agreement_check(one_view)["passed"] and "p_value" not in _agreement_check(one_view)
+    with pytest.raises(ValueError, match="shifted views"):
+        agreement_permutation(spec, p_float[:273], p_int8[:273], 273)
+    # sigmoid tasks compare every label decision at 0.5; the same outputs give the same p (seeded)
+    nih = get_task("nih14")
+    rng = np.random.default_rng(1)
+    pf = np.tile(rng.random((50, nih.num_labels)), (5, 1))
+    pq = pf.copy()
+    pq[:10, 0] = 1 - pq[:10, 0]
+    first = agreement_permutation(nih, pf, pq, 50, permutations=199)
+    assert first == agreement_permutation(nih, pf, pq, 50, permutations=199) and first["p_value"] < 0.05
+    assert first["shift_changes"] == 0 and first["int8_changes"] > 0
+
+
 def test_significance_is_parsed_and_needs_a_limit(tmp_path):
     from cxr_edge.errors import RecipeError
     from cxr_edge.training.export_check import load_policy

@@ -71,7 +71,7 @@ from ..tasks import Int8Tolerance, TaskSpec, get_task
 __all__ = ["CHECK_SPLITS", "checked_keys", "compare", "default_policy_path", "DELTA_DEFINITION", "describe_failure",
            "ENVELOPES", "ExportPolicy", "failures", "likely_fixes", "load_policy", "one_pixel_envelope",
            "ONE_PIXEL_SHIFTS", "parse_policy", "POLICY_FORMAT", "POLICY_FORMAT_VERSION", "SCALARS", "shift_images",
-           "SOURCES", "summarize", "VARIANTS", "VIEWS", "check_views", "by_view", "Significance", "paired_permutation"]
+           "SOURCES", "summarize", "VARIANTS", "VIEWS", "check_views", "by_view", "Significance", "paired_permutation", "agreement_permutation"]
 
 POLICY_FORMAT = "cxr-edge-export-policy"
 POLICY_FORMAT_VERSION = 1
@@ -435,6 +435,52 @@ def paired_permutation(spec: TaskSpec, y, probs_float, probs_int8, films: int, k
     return {k: (1 + hits[k]) / (1 + permutations) for k in keys}
 
 
+def _decisions(spec: TaskSpec, probs) -> np.ndarray:
+    """(N, D) decisions as the agreement check compares them: the argmax (softmax) or every label at 0.5."""
+    from ..tools.metrics import resolve_thresholds
+
+    p = np.asarray(probs, np.float64)
+    p = p.reshape(len(p), -1)
+    if not spec.multilabel:
+        return p.argmax(axis=1)[:, None]
+    return p >= resolve_thresholds(spec, None)
+
+
+def agreement_permutation(spec: TaskSpec, probs_float, probs_int8, films: int, *, permutations: int = 1000,
+                          seed: int = 0) -> dict:
+    """One-sided p of "int8 changes no more decisions than moving the film by one pixel changes the float model's".
+
+    The rows are whole views of ``films`` films stacked view by view, the first block the films as they are
+    and each further block one one-pixel shift (:func:`check_views`' order). Per film ``i``:
+    ``d_i`` = the share of its decisions int8 changes (every view, int8 against float on the same view) minus the
+    share a shift changes (float on each shifted view against float on the film as it is). If int8 disturbs the
+    decisions no more than a shift does, the ``d_i`` centre at or below zero; every permutation flips the sign of
+    ``d_i`` on a random half of the films (a film's views stay together: they are one film) and p = (1 + flips
+    whose mean is >= the measured mean) / (1 + permutations). Seeded: the same outputs give the same p. Needs at
+    least one shifted view (``ValueError`` otherwise). JSON-ready result: ``p_value``, the two shares, ``films``.
+    """
+    a, b = _decisions(spec, probs_float), _decisions(spec, probs_int8)
+    if films < 1 or len(a) % films or len(a) != len(b):
+        raise ValueError(f"{len(a)} outputs are not whole views of {films} films")
+    views = len(a) // films
+    if views < 2:
+        raise ValueError("the agreement test needs the shifted views (check.views = one-pixel-shifts)")
+    a = a.reshape(views, films, -1)
+    b = b.reshape(views, films, -1)
+    int8_share = (a != b).mean(axis=(0, 2))                      # per film, over views and decisions
+    shift_share = (a[1:] != a[:1]).mean(axis=(0, 2))             # per film, over the shifts and decisions
+    d = int8_share - shift_share
+    observed = float(d.mean())
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, permutations, PERMUTATION_BLOCK):
+        signs = np.where(rng.random((min(PERMUTATION_BLOCK, permutations - start), films)) < 0.5, -1.0, 1.0)
+        hits += int(np.sum(signs @ d / films >= observed - 1e-12))
+    return {"p_value": (1 + hits) / (1 + permutations), "int8_changes": float(int8_share.mean()),
+            "shift_changes": float(shift_share.mean()), "films": int(films), "views": int(views),
+            "permutations": int(permutations)}
+
+
 def _softmax_drops(spec: TaskSpec, y, a, b, films: int, swaps: np.ndarray) -> dict:
     """Accuracy and macro-F1 drops of every swap at once, from per-film confusion counts (softmax tasks)."""
     k = spec.num_labels
@@ -455,7 +501,12 @@ def _softmax_drops(spec: TaskSpec, y, a, b, films: int, swaps: np.ndarray) -> di
 
 
 def _chance(spec, y, probs_float, probs_int8, checks, films, significance: Significance) -> None:
-    """Failed drop checks whose drop the films cannot tell from chance pass, up to their limit (in place)."""
+    """Failed checks that the films cannot tell from chance pass, up to their limit (in place).
+
+    A drop: the paired permutation test of float's and int8's outputs (:func:`paired_permutation`). Agreement
+    below its bar: the sign-flip test of int8's changed decisions against the one-pixel shifts' own
+    (:func:`agreement_permutation`), when the check ran on the shifted views; never below the floor."""
+    _agreement_chance(spec, probs_float, probs_int8, checks, films, significance)
     failed = [c for c in checks if not c["passed"] and c["metric"] != "agreement" and c["drop"] is not None]
     if not failed:
         return
@@ -467,6 +518,18 @@ def _chance(spec, y, probs_float, probs_int8, checks, films, significance: Signi
                  permutations=significance.permutations, cap=cap)
         c["chance"] = c["p_value"] >= significance.alpha
         c["passed"] = c["chance"] and c["drop"] <= cap + 1e-12
+
+
+def _agreement_chance(spec, probs_float, probs_int8, checks, films, significance: Significance) -> None:
+    c = next((c for c in checks if c["metric"] == "agreement" and not c["passed"] and c["value"] is not None), None)
+    if c is None or films < 1 or len(np.asarray(probs_float)) < 2 * films:
+        return   # passed, or no shifted views to measure a shift's own changes on
+    r = agreement_permutation(spec, probs_float, probs_int8, films, permutations=significance.permutations,
+                              seed=significance.seed)
+    c.update(p_value=r["p_value"], alpha=significance.alpha, films=films, permutations=significance.permutations,
+             cap=c["limit"], int8_changes=r["int8_changes"], shift_changes=r["shift_changes"])
+    c["chance"] = c["p_value"] >= significance.alpha
+    c["passed"] = c["chance"] and (c["limit"] is None or c["value"] >= c["limit"] - 1e-12)
 
 
 def _check(metric, label, flt, q, tolerance, envelope=None, limit=None) -> dict:
@@ -538,8 +601,14 @@ def describe_failure(check: dict) -> str:
     if check["metric"] == "agreement":
         env = (f"; the float model agrees with itself on {check['envelope']:.4f} under a one-pixel shift"
                if check.get("envelope") is not None else "")
+        chance = ""
+        if check.get("p_value") is not None:
+            chance = (f"; below the floor {check['cap']:.4f} it fails whatever the films say" if check["chance"] else
+                      f"; not chance: int8 changes {100 * check['int8_changes']:.1f}% of decisions, a one-pixel "
+                      f"shift {100 * check['shift_changes']:.1f}%, and a sign-flip test over the {check['films']} "
+                      f"films gives p = {check['p_value']:.3f} < {check['alpha']:g}")
         return (f"agreement {check['value']:.4f} is below the required {check['allowed_min']:.4f} "
-                f"(float and int8 decide differently on {100 * (1 - check['value']):.1f}% of decisions{env})")
+                f"(float and int8 decide differently on {100 * (1 - check['value']):.1f}% of decisions{env}){chance}")
     name = check["metric"] + (f"[{check['label']}]" if check["label"] else "")
     extra = f", {check['n_positive']} positive image(s)" if check.get("n_positive") is not None else ""
     change = f"dropped by {check['drop']:.4f}" if check["drop"] > 0 else f"changed by {-check['drop']:+.4f}"

@@ -59,7 +59,8 @@ def _verdict(c: dict | None) -> str:
         return "ok" if c["passed"] else "FAILED"
     if c["passed"]:
         return f"ok: within chance (p {c['p_value']:.2f} over {c['films']} films)"
-    why = f"beyond the limit {_f(c['cap'])}" if c["chance"] else f"not chance (p {c['p_value']:.3f})"
+    beyond = "below the floor" if c["metric"] == "agreement" else "beyond the limit"
+    why = f"{beyond} {_f(c['cap'])}" if c["chance"] else f"not chance (p {c['p_value']:.3f})"
     return f"FAILED: {why}"
 
 
