@@ -237,3 +237,15 @@ def test_hidden_all_models_runs_the_classifiers_on_an_image_the_gate_rejects(run
     assert gated["status"] == "rejected" and gated["cxr4"] is None
     assert forced["gate"]["accepted"] is False and forced["cxr4"] and forced["nih14"]
     assert "--all-models" not in run("predict", "--help").output
+
+
+def test_info_says_which_int8_check_passed_only_as_chance():
+    from cxr_edge.cli.info import _check_lines
+
+    checks = [{"metric": "agreement", "label": None, "value": 0.9626, "allowed_min": 0.9744, "tolerance": 0.98,
+               "passed": True, "p_value": 0.31, "films": 273, "chance": True},
+              {"metric": "accuracy", "label": None, "drop": 0.001, "allowed": 0.005, "passed": True}]
+    lines = _check_lines({"checks": checks})
+    assert any("chance" in ln and "agreement passed past its bar as chance (p 0.31 over 273 films" in ln
+               for ln in lines)
+    assert not any("accuracy passed past" in ln for ln in lines)      # a check within its allowance is not chance

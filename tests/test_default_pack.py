@@ -311,3 +311,19 @@ def test_a_build_that_reused_models_keeps_their_staged_rows(tmp_path):
     assert rows[0] == bundled["gate"] and rows[2] == bundled["nih14"]
     build.keep_staged_rows(path, ["gate", "nih14"])                      # run again: nothing doubled
     assert len(json.loads(path.read_text())) == 3
+
+
+def test_model_card_says_which_check_passed_as_chance():
+    """A model whose agreement (or a drop) passed only as chance says so in the card, with both change rates."""
+    spec = importlib.util.spec_from_file_location("model_card_under_test", REPO / "release" / "model_card.py")
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    agreement = {"metric": "agreement", "label": None, "value": 0.9626, "allowed_min": 0.9744, "passed": True,
+                 "p_value": 0.31, "films": 273, "chance": True, "int8_changes": 0.0374, "shift_changes": 0.018}
+    drop = {"metric": "accuracy", "label": None, "drop": 0.0103, "allowed": 0.005, "passed": True, "p_value": 0.106,
+            "films": 273, "chance": True}
+    verdict = card.check_verdict({"passed": True, "checks": [agreement, drop]})
+    assert verdict.startswith("passed (agreement 0.9626 below its 0.9744, within chance: int8 changed 3.7% of "
+                              "decisions, a one-pixel shift 1.8%, p 0.31 over 273 films")
+    assert "accuracy drop 0.0103 past its 0.0050, within chance: p 0.11 over 273 films" in verdict
+    assert card.check_verdict({"passed": False, "checks": [dict(agreement, passed=False, chance=False)]}) == "FAILED"

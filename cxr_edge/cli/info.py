@@ -142,8 +142,12 @@ def _check_lines(metrics: dict) -> list[str]:
                    "the images move by one pixel; tolerances widened to it where it is larger"
                    + (" (never past " + ", ".join(f"{k} {v:.4g}" for k, v in limits.items()) + ")" if limits else ""))
     for c in checks:
+        name = f"{c['metric']}{'[' + c['label'] + ']' if c.get('label') else ''}"
         if not c.get("passed", True):
-            out.append(f"    FAILED         {c['metric']}{'[' + c['label'] + ']' if c.get('label') else ''}")
+            out.append(f"    FAILED         {name}")
+        elif c.get("p_value") is not None:
+            out.append(f"    chance         {name} passed past its bar as chance (p {c['p_value']:.2f} over "
+                       f"{c['films']} films; check.significance)")
     cands = metrics.get("candidates") or {}
     if len(cands) > 1 or (cands and metrics.get("source")):
         out.append("    candidates     " + "; ".join(
