@@ -22,6 +22,12 @@ them (``--films`` x 5 views, 4 classes) and applies, with the shipped cxr4 polic
 
 Printed: the mean agreements and the share of trials each rule refuses, by k. Seeded: the same arguments print
 the same table. The margin distribution is an assumption; ``--margins halfnormal`` repeats it with another shape.
+
+``--task nih14`` simulates the 14-label check instead (sigmoid outputs, every label decided at 0.5; default 135
+films and a shift changing 3.4% of decisions, margins of mean 1.5 logits so that about a quarter of the decisions
+sit within 0.1 of the boundary, as in nih14's export reports): a shift or int8 moves all 14 logits of a film view
+together in part (``--correlation``, default 0.5, of the noise shared by the labels), so a film's decisions are
+not independent -- what the sign-flip test, which flips a film's decisions together, has to get right.
 """
 
 from __future__ import annotations
@@ -41,15 +47,26 @@ from cxr_edge.training.export_check import (ONE_PIXEL_SHIFTS, compare, default_p
 VIEWS = 1 + len(ONE_PIXEL_SHIFTS)
 
 
-def margins(rng, n: int, shape: str) -> np.ndarray:
-    return rng.exponential(3.0, n) if shape == "exponential" else np.abs(rng.normal(0.0, 3.0, n))
+def margins(rng, n: int, shape: str, scale: float = 3.0, labels: int = 1) -> np.ndarray:
+    """(n, labels) decision margins in logits; with several labels, each decided either way."""
+    size = (n, labels)
+    m = rng.exponential(scale, size) if shape == "exponential" else np.abs(rng.normal(0.0, scale, size))
+    return m if labels == 1 else m * rng.choice((-1.0, 1.0), size)
 
 
-def flip_rate(m, sigma_view, sigma_int8, rng, pairs: str) -> float:
+def noise(rng, shape, correlation: float) -> np.ndarray:
+    """Gaussian noise over (..., labels): ``correlation`` of its variance shared by a film view's labels."""
+    if shape[-1] == 1 or correlation <= 0:
+        return rng.normal(size=shape)
+    common = rng.normal(size=(*shape[:-1], 1))
+    return np.sqrt(correlation) * common + np.sqrt(1 - correlation) * rng.normal(size=shape)
+
+
+def flip_rate(m, sigma_view, sigma_int8, rng, pairs: str, correlation: float = 0.0) -> float:
     """Monte Carlo share of changed decisions: two views of a film ("shift"), or a view and its int8 ("int8")."""
-    z = rng.normal(size=(2, len(m)))
-    view = m + sigma_view * z[0]
-    other = m + sigma_view * z[1] if pairs == "shift" else view + sigma_int8 * z[1]
+    view = m + sigma_view * noise(rng, m.shape, correlation)
+    other = (m + sigma_view * noise(rng, m.shape, correlation) if pairs == "shift"
+             else view + sigma_int8 * noise(rng, m.shape, correlation))
     return float(np.mean((view > 0) != (other > 0)))
 
 
@@ -62,11 +79,14 @@ def solve(target: float, rate) -> float:
     return (lo + hi) / 2
 
 
-def outputs(m, sigma_view, sigma_int8, rng):
-    """(float, int8) softmax outputs, views stacked view by view: (VIEWS * films, 4)."""
-    films = len(m)
-    view = m[None, :] + sigma_view * rng.normal(size=(VIEWS, films))
-    q = view + sigma_int8 * rng.normal(size=(VIEWS, films))
+def outputs(m, sigma_view, sigma_int8, rng, correlation: float = 0.0):
+    """(float, int8) outputs, views stacked view by view: softmax (VIEWS * films, 4) for one margin per film,
+    sigmoid (VIEWS * films, labels) for several."""
+    films, labels = m.shape
+    view = m[None] + sigma_view * noise(rng, (VIEWS, films, labels), correlation)
+    q = view + sigma_int8 * noise(rng, (VIEWS, films, labels), correlation)
+    if labels > 1:
+        return 1 / (1 + np.exp(-view.reshape(-1, labels))), 1 / (1 + np.exp(-q.reshape(-1, labels)))
 
     def probs(gap):
         logits = np.full((gap.size, 4), -5.0)
@@ -78,21 +98,30 @@ def outputs(m, sigma_view, sigma_int8, rng):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--films", type=int, default=273)
-    ap.add_argument("--shift-rate", type=float, default=0.02, help="share of decisions a one-pixel shift changes")
+    ap.add_argument("--task", choices=("cxr4", "nih14"), default="cxr4")
+    ap.add_argument("--films", type=int, help="check films (default: cxr4 273, nih14 135)")
+    ap.add_argument("--shift-rate", type=float, help="share of decisions a one-pixel shift changes (default: cxr4 "
+                    "0.02, nih14 0.034)")
+    ap.add_argument("--correlation", type=float, default=0.5, help="nih14: share of the noise a film view's labels share")
     ap.add_argument("--ratios", default="1,1.25,1.5,2,3", help="int8's changes as multiples of a shift's")
     ap.add_argument("--margins", choices=("exponential", "halfnormal"), default="exponential")
     ap.add_argument("--trials", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    spec = get_task("cxr4")
+    spec = get_task(args.task)
+    multi = spec.multilabel
+    labels, scale = (spec.num_labels, 1.5) if multi else (1, 3.0)
+    corr = args.correlation if multi else 0.0
+    args.films = args.films or (135 if multi else 273)
+    args.shift_rate = args.shift_rate or (0.034 if multi else 0.02)
     pol = load_policy(default_policy_path(spec))
     sig = pol.significance
-    big = margins(np.random.default_rng(12345), 200_000, args.margins)
-    sigma_view = solve(args.shift_rate, lambda s: flip_rate(big, s, 0, np.random.default_rng(1), "shift"))
-    print(f"# The agreement check against chance: {args.films} films x {VIEWS} views, a shift changes "
-          f"{args.shift_rate:.1%} of decisions, {args.margins} margins, {args.trials} trials per row "
-          f"(seed {args.seed})\n")
+    big = margins(np.random.default_rng(12345), 200_000 // labels, args.margins, scale, labels)
+    sigma_view = solve(args.shift_rate, lambda s: flip_rate(big, s, 0, np.random.default_rng(1), "shift", corr))
+    print(f"# The agreement check against chance ({spec.name}): {args.films} films x {VIEWS} views"
+          + (f" x {labels} labels (noise correlation {corr:g})" if multi else "")
+          + f", a shift changes {args.shift_rate:.1%} of decisions, {args.margins} margins, {args.trials} trials "
+          f"per row (seed {args.seed})\n")
     print(f"Policy {pol.path.name}: agreement tolerance {pol.tolerance.agreement}, floor "
           f"{min(pol.envelope_limit.agreement, pol.tolerance.agreement)}, test alpha {sig.alpha}, "
           f"{sig.permutations} sign flips.\n")
@@ -101,13 +130,14 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|")
     for k in (float(v) for v in args.ratios.split(",")):
         sigma_int8 = solve(k * args.shift_rate,
-                           lambda s: flip_rate(big, sigma_view, s, np.random.default_rng(2), "int8"))
+                           lambda s: flip_rate(big, sigma_view, s, np.random.default_rng(2), "int8", corr))
         rng = np.random.default_rng([args.seed, int(k * 100)])
         agree, bars, today, tested = [], [], 0, 0
         for _ in range(args.trials):
-            m = margins(rng, args.films, args.margins)
-            pf, pq = outputs(m, sigma_view, sigma_int8, rng)
-            y = np.eye(4)[np.zeros(VIEWS * args.films, int)]
+            m = margins(rng, args.films, args.margins, scale, labels)
+            pf, pq = outputs(m, sigma_view, sigma_int8, rng, corr)
+            y = (np.tile(rng.random((args.films, labels)) < 0.3, (VIEWS, 1)).astype(float) if multi
+                 else np.eye(4)[np.zeros(VIEWS * args.films, int)])
             n = args.films
             env = one_pixel_envelope(spec, y[:n], None, pf[:n], None,
                                      shifted={s: pf[(i + 1) * n:(i + 2) * n] for i, s in enumerate(ONE_PIXEL_SHIFTS)})
