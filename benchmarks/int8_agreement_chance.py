@@ -1,7 +1,7 @@
 """How often the agreement check refuses an int8 model that disturbs decisions no more than a one-pixel shift does,
 and how often it catches one that disturbs them more.
 
-Run (workstation, numpy only; about a minute):
+Run (workstation, numpy only; about a minute, `--task nih14` about two):
 
     python benchmarks/int8_agreement_chance.py [--films 273] [--shift-rate 0.02] [--trials 400]
 

@@ -305,9 +305,12 @@ def export_check(b: Build) -> str:
             rows.append([slot, name.upper(), "kept" if name == b.meta(slot)["quantization"].get("source") else "",
                          deltas, num(cand.get("agreement"), 4), num(cand.get("mean_abs_diff"), 4),
                          mb(cand["bytes"]), check_verdict(cand)])
-    chance = (", except a drop (or an agreement below its bar) that a permutation test over the check films "
-              "cannot tell from chance (p >= 0.05), and never one past the policy's limit (`check.significance`, "
-              "see `cxr_edge/resources/export/README.md`)" if any("within chance" in r[-1] for r in rows) else "")
+    agreement_chance = any("agreement " in r[-1] and "within chance" in r[-1] for r in rows)
+    chance = ((", except a drop (or an agreement below its bar) that a permutation test over the check films "
+               "cannot tell from chance" if agreement_chance else
+               ", except a drop that a paired permutation test over the check films cannot tell from chance")
+              + " (p >= 0.05), and never one past the policy's limit (`check.significance`, see "
+              "`cxr_edge/resources/export/README.md`)" if any("within chance" in r[-1] for r in rows) else "")
     out = ["## int8 against float (the export check)", "",
            "`cxr-edge export --int8` converted each model twice, by post-training quantization (PTQ, with the "
            "300-image calibration set in `cxr_edge/resources/calibration_data/`) and from the quantization-aware fine-tuned model "
@@ -634,7 +637,12 @@ def refused(b: Build) -> str:
                 if chk.get("passed"):
                     continue
                 if chk["metric"] == "agreement":
-                    failed.append(f"agreement {num(chk['value'])} < {num(chk['allowed_min'])}")
+                    why = ""
+                    if chk.get("p_value") is not None:
+                        why = (f", below the floor {num(chk['cap'])}" if chk.get("chance") else
+                               f", not chance: int8 changed {100 * chk['int8_changes']:.1f}% of decisions, a "
+                               f"one-pixel shift {100 * chk['shift_changes']:.1f}%, p {chk['p_value']:.3f}")
+                    failed.append(f"agreement {num(chk['value'])} < {num(chk['allowed_min'])}{why}")
                 else:
                     failed.append(f"{chk['metric']} {num(chk['float'])} -> {num(chk['int8'])} "
                                   f"(drop {num(chk['drop'])} > {num(chk['allowed'])})")

@@ -257,7 +257,10 @@ def test_model_card_names_a_model_the_int8_check_refused(manifest, tmp_path):
                   {"metric": "accuracy", "passed": False, "float": 0.8314, "int8": 0.8216, "drop": 0.0098,
                    "allowed": 0.005},
                   {"metric": "macro_f1", "passed": True, "float": 0.85, "int8": 0.84, "drop": 0.01, "allowed": 0.02},
-                  {"metric": "agreement", "passed": False, "value": 0.9461, "allowed_min": 0.9608}]}}}
+                  {"metric": "agreement", "passed": False, "value": 0.9461, "allowed_min": 0.9608}]},
+                  "ptq": {"checks": [
+                  {"metric": "agreement", "passed": False, "value": 0.9656, "allowed_min": 0.9744, "p_value": 0.027,
+                   "chance": False, "cap": 0.96, "int8_changes": 0.0344, "shift_changes": 0.0191}]}}}
     (record / "eval" / "cxr4-export.json").write_text(json.dumps(report))
     out = tmp_path / "MODEL_CARD.md"
     subprocess.run([sys.executable, str(REPO / "release" / "model_card.py"), str(record), "--pack", str(pack),
@@ -266,6 +269,8 @@ def test_model_card_names_a_model_the_int8_check_refused(manifest, tmp_path):
     assert "## Trained but not shipped" in card
     assert "| cxr4 | `cxr3` | QAT | 204 films x 5 views | accuracy 0.831 -> 0.822 (drop 0.010 > 0.005); " \
            "agreement 0.946 < 0.961 |" in card
+    assert "| cxr4 | `cxr3` | PTQ | 204 films x 5 views | agreement 0.966 < 0.974, not chance: int8 changed 3.4% of " \
+           "decisions, a one-pixel shift 1.9%, p 0.027 |" in card
     assert "two int8 MobileNetV2" in card and "4-class model (COVID-19" not in card.split("## Out of scope")[0]
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cxr_edge.tasks import get_task
+from cxr_edge.tools.metrics import agreement
 from cxr_edge.training.export_check import (ONE_PIXEL_SHIFTS, by_view, check_views, compare, failures,
                                            one_pixel_envelope, shift_images)
 
@@ -341,8 +342,26 @@ def test_the_agreement_test_needs_the_shifted_views():
     pq = pf.copy()
     pq[:10, 0] = 1 - pq[:10, 0]
     first = agreement_permutation(nih, pf, pq, 50, permutations=199)
-    assert first == agreement_permutation(nih, pf, pq, 50, permutations=199) and first["p_value"] < 0.05
-    assert first["shift_changes"] == 0 and first["int8_changes"] > 0
+    assert first["p_value"] < 0.05 and first["shift_changes"] == 0
+    assert 1 - first["int8_changes"] == pytest.approx(agreement(nih, pf, pq)["agreement"])   # decided at 0.5
+    # the gate: one sigmoid output, 7 films changed and no shift changes anything
+    gate = get_task("gate")
+    g = np.tile(rng.random(60), 5)
+    gq = g.copy()
+    gq[:7] = 1 - gq[:7]
+    r = agreement_permutation(gate, g, gq, 60, permutations=999)
+    assert r["int8_changes"] == pytest.approx(1 - agreement(gate, g, gq)["agreement"])
+    assert r["p_value"] == pytest.approx(1 / 128, abs=0.01)               # exact sign test: 7 films, all one way
+
+
+def test_the_agreement_test_never_passes_below_the_policy_without_a_limit():
+    from cxr_edge.training.export_check import Significance
+
+    spec = get_task("cxr4")
+    y, p_float, p_int8 = _shifted_films(n=60, shift_flips=40, int8_flips=20)   # chance, at agreement 0.933
+    sig = Significance(alpha=0.05, permutations=199)
+    check = _agreement_check(compare(spec, y, p_float, p_int8, spec.tolerance, films=60, significance=sig))
+    assert check["chance"] and not check["passed"] and check["cap"] == spec.tolerance.agreement
 
 
 def test_significance_is_parsed_and_needs_a_limit(tmp_path):

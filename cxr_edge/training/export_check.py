@@ -48,9 +48,11 @@ allowed fails only when a paired permutation test says the films can tell it fro
 int8's outputs are swapped film by film (all views of a film together), the drop is recomputed for every
 swap, and p is the share of swaps whose drop is at least the measured one. A drop with p >= alpha is
 reported as within chance and passes -- but never past ``check.envelope_limit``, which ``significance``
-requires: beyond that ceiling a drop fails whatever the films say. Agreement is not a comparison of two
-scores and is checked as before. The test runs only for a check that failed its tolerance, is seeded
-(the same outputs give the same p), and its p, alpha and film count are in the report.
+requires: beyond that ceiling a drop fails whatever the films say. An agreement below its bar fails only
+when a sign-flip test over the films says int8 changes more decisions than the float model's own one-pixel
+shifts do (:func:`agreement_permutation`; it needs ``views = "one-pixel-shifts"``), and always below the
+floor (the limit's agreement). The tests run only for a check that failed its allowance, are seeded
+(the same outputs give the same p), and their p, alpha and film count are in the report.
 
 numpy only (the metrics are :mod:`cxr_edge.tools.metrics`); no TensorFlow.
 """
@@ -522,14 +524,16 @@ def _chance(spec, y, probs_float, probs_int8, checks, films, significance: Signi
 
 def _agreement_chance(spec, probs_float, probs_int8, checks, films, significance: Significance) -> None:
     c = next((c for c in checks if c["metric"] == "agreement" and not c["passed"] and c["value"] is not None), None)
-    if c is None or films < 1 or len(np.asarray(probs_float)) < 2 * films:
-        return   # passed, or no shifted views to measure a shift's own changes on
+    rows = len(np.asarray(probs_float))
+    if c is None or films < 1 or rows < 2 * films or rows % films:
+        return   # passed, or no whole shifted views to measure a shift's own changes on
     r = agreement_permutation(spec, probs_float, probs_int8, films, permutations=significance.permutations,
                               seed=significance.seed)
+    floor = c["limit"] if c["limit"] is not None else c["tolerance"]   # no limit: nothing passes below the policy
     c.update(p_value=r["p_value"], alpha=significance.alpha, films=films, permutations=significance.permutations,
-             cap=c["limit"], int8_changes=r["int8_changes"], shift_changes=r["shift_changes"])
+             cap=floor, int8_changes=r["int8_changes"], shift_changes=r["shift_changes"])
     c["chance"] = c["p_value"] >= significance.alpha
-    c["passed"] = c["chance"] and (c["limit"] is None or c["value"] >= c["limit"] - 1e-12)
+    c["passed"] = c["chance"] and c["value"] >= floor - 1e-12
 
 
 def _check(metric, label, flt, q, tolerance, envelope=None, limit=None) -> dict:
@@ -552,7 +556,10 @@ def compare(spec: TaskSpec, y, probs_float, probs_int8, tolerance: Int8Tolerance
     one-pixel-shift noise (:func:`one_pixel_envelope`); each check then allows the larger of the two, but
     never more than ``limit`` (the policy's ``envelope_limit``). ``significance`` with ``films`` (the rows
     are whole views of that many films): a drop past its allowance that a paired permutation test cannot tell
-    from chance passes, up to ``limit`` (:func:`paired_permutation`). JSON-ready result.
+    from chance passes, up to ``limit`` (:func:`paired_permutation`), and an agreement below its bar that int8
+    reaches by changing no more decisions than a one-pixel shift does, as far as the films can tell, passes
+    down to the limit's floor (:func:`agreement_permutation`; the rows must hold the shifted views). JSON-ready
+    result.
     """
     flt, q = summarize(spec, y, probs_float), summarize(spec, y, probs_int8)
     env_drop = (envelope or {}).get("drop", {})
