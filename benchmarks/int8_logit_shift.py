@@ -9,7 +9,8 @@ For each int8 candidate export would build (``ptq``: from float.h5, calibrated o
 
 * the mean change of every output's logit (int8 - float) on the calibration set (training images: never the
   check split), and the median absolute change;
-* the agreement with float on the export check's films and views (val, as they are and moved by one pixel),
+* the agreement with float on the export check's films and views (val, as they are and moved by one pixel;
+  ``--split test``: the test films, which the check never sees),
   as it is and with that mean change subtracted from int8's logits (softmax: centred first) -- bias correction
   (Nagel et al. 2019; Finkelstein et al. 2019) done on the head, estimated without looking at the check films;
 * with ``--recalibrate`` (QAT only): the QAT model's activation ranges set again from the calibration set's
@@ -46,17 +47,26 @@ def _probs(lg, multilabel: bool):
     return e / e.sum(1, keepdims=True)
 
 
+def _keras_outputs(model, x, batch: int = 32):
+    """The probabilities of a two-output (probs, features) tf-keras model, in batches, as export runs it."""
+    return (np.concatenate([np.asarray(model(x[i:i + batch], training=False)[0], np.float64)
+                            for i in range(0, len(x), batch)]),)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
     ap.add_argument("--source", default="qat,ptq")
     ap.add_argument("--recalibrate", action="store_true", help="also: QAT ranges re-set on the calibration images")
+    ap.add_argument("--split", choices=("val", "test"), help="the films to measure agreement on (default: the "
+                    "export policy's check split; test: films neither the check nor any selection saw)")
     args = ap.parse_args()
 
     from cxr_edge.tools.metrics import agreement
+    from cxr_edge.tools.ptq_set import load_calibration_set, resolve_data_root
+    from cxr_edge.tools.split_runner import cache_usable, digital_batches
     from cxr_edge.training.convert import convert, output_roles
-    from cxr_edge.training.export import _calibration, _held_out, _keras_outputs, _policy
-    from cxr_edge.training.export_check import check_views
+    from cxr_edge.training.export_check import check_views, default_policy_path, load_policy
     from cxr_edge.training.int8_outputs import device_model, device_outputs
     from cxr_edge.training.model import with_feature_output
     from cxr_edge.training.runs import load_run
@@ -64,16 +74,19 @@ def main() -> None:
     run = load_run(args.run)
     spec = run.task
     multi = spec.multilabel
-    pol = _policy(spec, None, {"source": None, "split": None, "calibration": None})
-    _, cal = _calibration(pol, spec, None, [])
-    x, _, _ = _held_out(run.prepared(), pol.split, spec, [])
+    pol = load_policy(default_policy_path(spec))      # the shipped policy, as export uses it without --policy
+    cal = load_calibration_set(pol.calibration).inputs(spec, resolve_data_root(None, pol.calibration))
+    split = args.split or pol.split
+    prepared = run.prepared()
+    use_cache, _ = cache_usable(prepared, split, spec, [])    # the pixel path export's check uses
+    x = np.concatenate(list(digital_batches(prepared, split, spec, use_cache)))
     xv = np.concatenate([v for _, v in check_views(x, pol.views)])
     float_two = with_feature_output(run.float_model())
     pf_cal, pf_val = _keras_outputs(float_two, cal)[0], _keras_outputs(float_two, xv)[0]
     print(f"# int8 logit shift: {run.path} ({spec.name}); calibration set {len(cal)} images, check "
-          f"{len(x)} {pol.split} films x {len(xv) // len(x)} views\n")
+          f"{len(x)} {split} films x {len(xv) // len(x)} views\n")
     print("| candidate | mean logit change per output (calibration set) | median abs change | agreement "
-          "(calibration set) as is -> corrected | agreement (check) as is -> corrected |")
+          f"(calibration set) as is -> corrected | agreement ({split}) as is -> corrected |")
     print("|---|---|---|---|---|")
     cases = [s for s in args.source.split(",") if s]
     if args.recalibrate:

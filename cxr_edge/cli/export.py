@@ -44,8 +44,11 @@ def export(run_dir, int8, source, policy, out, calibration, data_root, split, va
     are compared: nih14 mean and per-label AUROC, cxr4 accuracy and macro-F1,
     gate accuracy and AUROC, and for every task the agreement rate. A drop
     past the policy's tolerance that a paired permutation test over the
-    check films cannot tell from chance passes, up to the policy's limit
-    (check.significance; the report gives its p). If the
+    check films cannot tell from chance passes, up to the policy's limit,
+    and so does an agreement below its bar when int8 changes no more
+    decisions than moving the films by one pixel does, as far as a
+    sign-flip test over the films can tell, down to the policy's floor
+    (check.significance; the report gives each p). If the
     int8 model loses more than the policy allows, export exits with code 3,
     names what failed and how to fix it, and writes no pack (an existing
     pack stays as it was). A report (JSON + Markdown) is written either way.
