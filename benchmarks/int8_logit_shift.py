@@ -47,12 +47,6 @@ def _probs(lg, multilabel: bool):
     return e / e.sum(1, keepdims=True)
 
 
-def _keras_outputs(model, x, batch: int = 32):
-    """The probabilities of a two-output (probs, features) tf-keras model, in batches, as export runs it."""
-    return (np.concatenate([np.asarray(model(x[i:i + batch], training=False)[0], np.float64)
-                            for i in range(0, len(x), batch)]),)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
@@ -64,8 +58,8 @@ def main() -> None:
 
     from cxr_edge.tools.metrics import agreement
     from cxr_edge.tools.ptq_set import load_calibration_set, resolve_data_root
-    from cxr_edge.tools.split_runner import cache_usable, digital_batches
     from cxr_edge.training.convert import convert, output_roles
+    from cxr_edge.training.export import held_out, keras_outputs
     from cxr_edge.training.export_check import check_views, default_policy_path, load_policy
     from cxr_edge.training.int8_outputs import device_model, device_outputs
     from cxr_edge.training.model import with_feature_output
@@ -77,12 +71,10 @@ def main() -> None:
     pol = load_policy(default_policy_path(spec))      # the shipped policy, as export uses it without --policy
     cal = load_calibration_set(pol.calibration).inputs(spec, resolve_data_root(None, pol.calibration))
     split = args.split or pol.split
-    prepared = run.prepared()
-    use_cache, _ = cache_usable(prepared, split, spec, [])    # the pixel path export's check uses
-    x = np.concatenate(list(digital_batches(prepared, split, spec, use_cache)))
+    x, _, _ = held_out(run.prepared(), split, spec, [])     # the films and pixel path export's check uses
     xv = np.concatenate([v for _, v in check_views(x, pol.views)])
     float_two = with_feature_output(run.float_model())
-    pf_cal, pf_val = _keras_outputs(float_two, cal)[0], _keras_outputs(float_two, xv)[0]
+    pf_cal, pf_val = keras_outputs(float_two, cal)[0], keras_outputs(float_two, xv)[0]
     print(f"# int8 logit shift: {run.path} ({spec.name}); calibration set {len(cal)} images, check "
           f"{len(x)} {split} films x {len(xv) // len(x)} views\n")
     print("| candidate | mean logit change per output (calibration set) | median abs change | agreement "

@@ -28,19 +28,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _keras_probs(model, x, batch: int = 32) -> np.ndarray:
-    return np.concatenate([np.asarray(model(x[i:i + batch], training=False)[0], np.float64)
-                           for i in range(0, len(x), batch)])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
     args = ap.parse_args()
 
     from cxr_edge.tools.metrics import agreement
-    from cxr_edge.tools.split_runner import cache_usable, digital_batches
     from cxr_edge.training.convert import convert, output_roles
+    from cxr_edge.training.export import held_out, keras_outputs
     from cxr_edge.training.export_check import check_views, default_policy_path, load_policy
     from cxr_edge.training.int8_outputs import device_model, device_outputs
     from cxr_edge.training.model import with_feature_output
@@ -51,14 +46,12 @@ def main() -> None:
     run = load_run(args.run)
     spec = run.task
     pol = load_policy(default_policy_path(spec))
-    prepared = run.prepared()
-    use_cache, _ = cache_usable(prepared, pol.split, spec, [])
-    x = np.concatenate(list(digital_batches(prepared, pol.split, spec, use_cache)))
+    x, _, _ = held_out(run.prepared(), pol.split, spec, [])
     views = check_views(x, pol.views)
     xv = np.concatenate([v for _, v in views])
     films = len(x)
     float_two, qat_two = with_feature_output(run.float_model()), with_feature_output(run.qat_model())
-    pf, pq = _keras_probs(float_two, xv), _keras_probs(qat_two, xv)
+    pf, pq = keras_outputs(float_two, xv)[0], keras_outputs(qat_two, xv)[0]
 
     def agree(a, b) -> float:
         return float(agreement(spec, a, b)["agreement"])

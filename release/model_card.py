@@ -294,23 +294,24 @@ def _chance_note(c: dict) -> str:
 
 
 def export_check(b: Build) -> str:
-    rows = []
+    rows, chance_checks = [], []
     for slot in SLOTS:
         if slot not in b.models:
             continue
         mt = b.meta(slot)["metrics"]
         for name, cand in (mt.get("candidates") or {}).items():
+            chance_checks += [c for c in cand.get("checks") or [] if c.get("p_value") is not None and c["passed"]]
             deltas = ", ".join(f"{k} {v:+.4f}" for k, v in (cand.get("delta") or {}).items()
                                if isinstance(v, (int, float)))
             rows.append([slot, name.upper(), "kept" if name == b.meta(slot)["quantization"].get("source") else "",
                          deltas, num(cand.get("agreement"), 4), num(cand.get("mean_abs_diff"), 4),
                          mb(cand["bytes"]), check_verdict(cand)])
-    agreement_chance = any("agreement " in r[-1] and "within chance" in r[-1] for r in rows)
+    agreement_chance = any(c["metric"] == "agreement" for c in chance_checks)
     chance = ((", except a drop (or an agreement below its bar) that a permutation test over the check films "
                "cannot tell from chance" if agreement_chance else
                ", except a drop that a paired permutation test over the check films cannot tell from chance")
               + " (p >= 0.05), and never one past the policy's limit (`check.significance`, see "
-              "`cxr_edge/resources/export/README.md`)" if any("within chance" in r[-1] for r in rows) else "")
+              "`cxr_edge/resources/export/README.md`)" if chance_checks else "")
     out = ["## int8 against float (the export check)", "",
            "`cxr-edge export --int8` converted each model twice, by post-training quantization (PTQ, with the "
            "300-image calibration set in `cxr_edge/resources/calibration_data/`) and from the quantization-aware fine-tuned model "

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["accuracy", "agreement", "as_task_arrays", "auroc", "average_precision", "binary_labels", "binary_stats",
+__all__ = ["accuracy", "agreement", "as_task_arrays", "decisions", "auroc", "average_precision", "binary_labels", "binary_stats",
            "bootstrap_ci", "class_indices", "confusion_matrix", "expected_calibration_error", "f1_from_confusion",
            "jsonable", "macro_f1",
            "pr_curve", "reliability_curve", "resolve_thresholds", "roc_curve", "summary_fn", "task_ece",
@@ -641,6 +641,16 @@ def task_metrics(spec, y_true, probs, thresholds=None, groups=None, n_resamples:
     return jsonable(out)
 
 
+def decisions(spec, probs, thresholds=None) -> np.ndarray:
+    """(N, D) decisions as :func:`agreement` compares them: the argmax as (N, 1) (softmax), or every label's
+    ``probs >= threshold`` as (N, L) (sigmoid; the default thresholds unless ``thresholds``)."""
+    p = _scores(probs, "probs")
+    p = p.reshape(len(p), -1)
+    if spec.multilabel:
+        return p >= resolve_thresholds(spec, thresholds)
+    return p.argmax(axis=1)[:, None]
+
+
 def agreement(spec, probs_a, probs_b, thresholds=None) -> dict:
     """How closely two models' outputs agree (export compares float with int8).
 
@@ -658,13 +668,12 @@ def agreement(spec, probs_a, probs_b, thresholds=None) -> dict:
     diff = np.abs(a - b)
     out = {"n_samples": a.shape[0], "max_abs_diff": diff.max(initial=0.0),
            "mean_abs_diff": diff.mean() if diff.size else math.nan}
+    same = decisions(spec, a, thresholds) == decisions(spec, b, thresholds)
     if spec.multilabel:
-        thr = resolve_thresholds(spec, thresholds)
-        same = (a >= thr) == (b >= thr)
         out.update(kind="decision", agreement=same.mean() if same.size else math.nan,
                    per_label=dict(zip(spec.labels, same.mean(axis=0))))
     else:
-        out.update(kind="top1", agreement=np.mean(a.argmax(axis=1) == b.argmax(axis=1)) if a.size else math.nan)
+        out.update(kind="top1", agreement=same.mean() if a.size else math.nan)
     return jsonable(out)
 
 

@@ -43,8 +43,8 @@ from .export_check import (VARIANTS, ExportPolicy, by_view, check_views, compare
 from .int8_outputs import device_model, device_outputs
 from .runs import FLOAT_MODEL, QAT_MODEL, load_run
 
-__all__ = ["Candidate", "export_run", "HEAD_FILE", "KERAS_BATCH", "REPORT_DIR", "REPORT_JSON", "REPORT_MD",
-           "write_into_pack"]
+__all__ = ["Candidate", "export_run", "HEAD_FILE", "held_out", "keras_outputs", "KERAS_BATCH", "REPORT_DIR",
+           "REPORT_JSON", "REPORT_MD", "write_into_pack"]
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,9 @@ def _calibration(pol: ExportPolicy, spec: TaskSpec, data_root, notes: list) -> t
     return cs, cs.inputs(spec, root)
 
 
-def _held_out(prepared, split: str, spec: TaskSpec, notes: list) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Model inputs (N, S, S, C), labels (N, L) and how the pixels were obtained, in table order."""
+def held_out(prepared, split: str, spec: TaskSpec, notes: list) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The check's films: model inputs (N, S, S, C), labels (N, L) and how the pixels were obtained, in table
+    order (never the train split)."""
     from ..tools.split_runner import cache_usable, digital_batches  # the pixel path evaluate (and predict) use
 
     if split == "train":
@@ -131,7 +132,7 @@ def _held_out(prepared, split: str, spec: TaskSpec, notes: list) -> tuple[np.nda
     return x, prepared.labels(split), how
 
 
-def _keras_outputs(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def keras_outputs(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """(probs (N, L), pooled features or None) of a tf-keras model, in batches."""
     probs, feats = [], []
     for start in range(0, len(x), KERAS_BATCH):
@@ -177,7 +178,7 @@ def _qat_keras_diagnostic(qat_two, spec, x, y, int8_probs_source: Candidate) -> 
     """How the QAT Keras model itself scores, and how its int8 conversion agrees with it."""
     from ..tools.metrics import agreement
 
-    probs, _ = _keras_outputs(qat_two, x)
+    probs, _ = keras_outputs(qat_two, x)
     lm = device_model(int8_probs_source.content, spec, int8_probs_source.roles)
     q, _ = device_outputs(lm, x)
     agree = agreement(spec, probs, q)
@@ -388,18 +389,18 @@ def export_run(run_dir, *, out=None, int8: bool = True, source: str | None = Non
         if overlap:
             notes.append(f"{overlap} calibration image(s) are in the {pol.split} split the check runs on: the PTQ "
                          "check is slightly optimistic")
-    x, y, how = _held_out(prepared, pol.split, spec, notes)
+    x, y, how = held_out(prepared, pol.split, spec, notes)
     report["data"] = {"prepared": str(prepared.path), "data_sha256": prepared.data_sha256, "n": len(x), **how}
     float_model = run.float_model()
     float_two = with_feature_output(float_model)
     films = len(x)
     views = check_views(x, pol.views if int8 else "original")
-    outputs = {shift: _keras_outputs(float_two, xs) for shift, xs in views}
+    outputs = {shift: keras_outputs(float_two, xs) for shift, xs in views}
     reference = outputs[(0, 0)]
     report["float"] = summarize(spec, y, reference[0])
     envelope = None
     if int8 and pol.envelope == "one-pixel-shift":
-        envelope = one_pixel_envelope(spec, y, x, reference[0], lambda xs: _keras_outputs(float_two, xs)[0],
+        envelope = one_pixel_envelope(spec, y, x, reference[0], lambda xs: keras_outputs(float_two, xs)[0],
                                       shifted={s: o[0] for s, o in outputs.items() if s != (0, 0)})
         report["envelope"] = envelope
         log.info("one-pixel envelope of the float model: self-agreement %.4f, drops %s", envelope["agreement"],

@@ -67,13 +67,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RecipeError
-from ..tools.metrics import agreement, f1_from_confusion, task_metrics
+from ..tools.metrics import agreement, decisions, f1_from_confusion, task_metrics
 from ..tasks import Int8Tolerance, TaskSpec, get_task
 
 __all__ = ["CHECK_SPLITS", "checked_keys", "compare", "default_policy_path", "DELTA_DEFINITION", "describe_failure",
            "ENVELOPES", "ExportPolicy", "failures", "likely_fixes", "load_policy", "one_pixel_envelope",
            "ONE_PIXEL_SHIFTS", "parse_policy", "POLICY_FORMAT", "POLICY_FORMAT_VERSION", "SCALARS", "shift_images",
-           "SOURCES", "summarize", "VARIANTS", "VIEWS", "check_views", "by_view", "Significance", "paired_permutation", "agreement_permutation"]
+           "SOURCES", "summarize", "VARIANTS", "VIEWS", "check_views", "by_view", "Significance", "paired_permutation",
+           "agreement_permutation"]
 
 POLICY_FORMAT = "cxr-edge-export-policy"
 POLICY_FORMAT_VERSION = 1
@@ -437,17 +438,6 @@ def paired_permutation(spec: TaskSpec, y, probs_float, probs_int8, films: int, k
     return {k: (1 + hits[k]) / (1 + permutations) for k in keys}
 
 
-def _decisions(spec: TaskSpec, probs) -> np.ndarray:
-    """(N, D) decisions as the agreement check compares them: the argmax (softmax) or every label at 0.5."""
-    from ..tools.metrics import resolve_thresholds
-
-    p = np.asarray(probs, np.float64)
-    p = p.reshape(len(p), -1)
-    if not spec.multilabel:
-        return p.argmax(axis=1)[:, None]
-    return p >= resolve_thresholds(spec, None)
-
-
 def agreement_permutation(spec: TaskSpec, probs_float, probs_int8, films: int, *, permutations: int = 1000,
                           seed: int = 0) -> dict:
     """One-sided p of "int8 changes no more decisions than moving the film by one pixel changes the float model's".
@@ -461,7 +451,7 @@ def agreement_permutation(spec: TaskSpec, probs_float, probs_int8, films: int, *
     whose mean is >= the measured mean) / (1 + permutations). Seeded: the same outputs give the same p. Needs at
     least one shifted view (``ValueError`` otherwise). JSON-ready result: ``p_value``, the two shares, ``films``.
     """
-    a, b = _decisions(spec, probs_float), _decisions(spec, probs_int8)
+    a, b = decisions(spec, probs_float), decisions(spec, probs_int8)
     if films < 1 or len(a) % films or len(a) != len(b):
         raise ValueError(f"{len(a)} outputs are not whole views of {films} films")
     views = len(a) // films
