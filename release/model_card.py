@@ -108,7 +108,9 @@ def header(b: Build) -> str:
         md = b.meta(slot)
         q = md["quantization"]
         rows.append([slot, f"`{md['task']}`", ", ".join(md["labels"]), f"{md['input']['size']} px grey",
-                     mb(b.models[slot]["bytes"]), f"int8 ({q.get('source', '?')})", num(md["temperature"], 2),
+                     mb(b.models[slot]["bytes"]),
+                     f"int8 ({q.get('source', '?')}{', bias-corrected' if q.get('bias_correction') else ''})",
+                     num(md["temperature"], 2),
                      ", ".join(sorted(md["thresholds"])) + f" (default {md['default_profile']})"])
     return f"""# Model card: {m['name']} (cxr-edge {m['toolkit_version']})
 
@@ -319,6 +321,13 @@ def export_check(b: Build) -> str:
            f"kept the one closer to float. Over tolerance (`cxr_edge/resources/export/<task>.json`) nothing would have shipped{chance}.", ""]
     out.append(table(["model", "int8 from", "", "Δ int8 − float (val)", "decision agreement", "mean |Δp|",
                       "size", "check"], rows))
+    corrected = [(slot, b.meta(slot)["quantization"]["bias_correction"]) for slot in SLOTS
+                 if slot in b.models and b.meta(slot)["quantization"].get("bias_correction")]
+    if corrected:
+        out += ["", "Bias correction: before PTQ, the mean shift that rounding the weights to int8 adds was measured "
+                "on calibration images and taken out of the BatchNorm means (`quantization.bias_correction`, see "
+                "`cxr_edge/resources/export/README.md`); the check compares with the uncorrected float model. "
+                + "; ".join(f"{slot}: {r['layers']} layers on {r['images']} images" for slot, r in corrected) + "."]
     views = []
     for slot in SLOTS:
         if slot in b.models:

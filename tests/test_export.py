@@ -96,10 +96,12 @@ def gate_run(prepared, weights: Path, run: Path) -> Path:
 
 
 def write_policy(path: Path, manifest: Path, **changes) -> Path:
-    """The shipped gate policy with this module's calibration set (60 images: min 20 here) and changes
+    """The shipped gate policy with this module's calibration set (60 images: min 20 here), without bias correction
+    (this module's plain PTQ baseline; test_bias_corrected_ptq_... turns it on), and changes
     (``section__field=value``; ``None`` drops the field)."""
     policy = json.loads((REPO / "cxr_edge" / "resources" / "export" / "gate.json").read_text())
     policy["calibration"].update(manifest=str(manifest), min_size=20)
+    policy["quantization"]["bias_correction"] = False
     for key, value in changes.items():
         section, _, field = key.partition("__")
         if value is None:
@@ -331,6 +333,45 @@ def test_policy_parsing():
     bad["check"]["tolerance"]["typo"] = 1
     with pytest.raises(RecipeError, match="unknown tolerance"):
         parse_policy(bad)
+    for value, images in (({"images": 128}, 128), (False, 0), (None, 0)):
+        changed = json.loads(json.dumps(gate))
+        changed["quantization"]["bias_correction"] = value
+        policy = parse_policy(changed)
+        assert policy.bias_correction == images
+        assert policy.to_dict()["bias_correction"] == ({"images": images} if images else None)
+    for value in ({"images": 0}, {"images": True}, {"images": "128"}, True, 128, {}):
+        bad = json.loads(json.dumps(gate))
+        bad["quantization"]["bias_correction"] = value
+        with pytest.raises(RecipeError, match="bias_correction must be"):
+            parse_policy(bad)
+
+
+@pytest.mark.slow
+def test_bias_corrected_ptq_is_checked_against_the_uncorrected_float_and_recorded(setup, exported, tmp_path):
+    """quantization.bias_correction as the shipped policies set it: the PTQ candidate comes from the corrected float
+    model, on every one of the 60 calibration images; the check's float reference is the run's own float model
+    (the same float numbers as the module's uncorrected export), and the record is in the report and the shipped
+    model's metadata."""
+    s = setup
+    shipped = json.loads((REPO / "cxr_edge" / "resources" / "export" / "gate.json").read_text())
+    policy = write_policy(tmp_path / "policy.json", s["manifest"],
+                          quantization__bias_correction=shipped["quantization"]["bias_correction"])
+    res = invoke("export", s["run"], "--int8", "--from", "float", "--policy", policy, "--out", tmp_path / "pack",
+                 "--data-root", s["data_root"], "--report", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    record = report["bias_correction"]
+    assert record["images"] == 60 and record["layers"] == 52 and record["largest_shifts"]
+    assert report["policy"]["bias_correction"] == {"images": 128}
+    assert report["float"] == exported["report"]["float"]
+    assert "bias_correction" not in exported["report"]
+    assert exported["report"]["policy"]["bias_correction"] is None
+    meta = load_pack(tmp_path / "pack")["gate"].metadata
+    assert meta.quantization["source"] == "ptq" and meta.quantization["bias_correction"] == record
+    assert "bias_correction" not in load_pack(exported["pack"])["gate"].metadata.quantization
+    monkeypatch_env = {"CXR_EDGE_CONFIG": str(tmp_path / "none.json")}
+    out = CliRunner(env=monkeypatch_env).invoke(main, ["info", str(tmp_path / "pack")], catch_exceptions=False).output
+    assert "quantization int8 (ptq, bias-corrected on 60 images), I/O uint8" in out, out
 
 
 # --------------------------------------------------------------------------- QAT and auto

@@ -52,7 +52,10 @@ def format_description(desc: dict, origin: str = "") -> str:
                   f"  labels       {', '.join(m['labels'])} ({m['activation']})",
                   f"  input        {inp['size']}x{inp['size']}x{inp['channels']}, x = pixel*{inp['scale']:.6g}"
                   f"{inp['offset']:+g}, {inp['resize']}" + (", CLAHE" if inp.get("clahe") else ""),
-                  f"  quantization {q.get('mode', '?')} ({q.get('source', '?')}), I/O {q.get('io_dtype', '?')}",
+                  f"  quantization {q.get('mode', '?')} ({q.get('source', '?')}"
+                  + (f", bias-corrected on {q['bias_correction'].get('images', '?')} images"
+                     if isinstance(q.get("bias_correction"), dict) else "")
+                  + f"), I/O {q.get('io_dtype', '?')}",
                   f"  temperature  {m.get('temperature', 1.0):g}   profiles: "
                   + ", ".join(f"{p}{' (default)' if p == m.get('default_profile') else ''}" for p in m["thresholds"])]
         if m.get("bias"):

@@ -152,7 +152,8 @@ def _tensor_quantization(info) -> dict:
 
 
 def _candidate(source: str, keras_model, representative, pol: ExportPolicy, spec: TaskSpec, x, y,
-               reference, envelope=None, shifts=((0, 0),), films: int | None = None) -> Candidate:
+               reference, envelope=None, shifts=((0, 0),), films: int | None = None,
+               bias_correction: dict | None = None) -> Candidate:
     from .convert import convert, output_roles
 
     started = time.perf_counter()
@@ -169,6 +170,8 @@ def _candidate(source: str, keras_model, representative, pol: ExportPolicy, spec
     quant = {"mode": "int8", "io_dtype": pol.io_dtype, "source": source, "per_channel": pol.per_channel,
              "input": _tensor_quantization(lm.model.inputs[0]),
              "outputs": {role: _tensor_quantization(lm.model.outputs[i]) for role, i in roles.items()}}
+    if bias_correction is not None:
+        quant["bias_correction"] = bias_correction
     log.info("%s int8: %d bytes in %.1f s; agreement %.4f, check %s", source, len(content), seconds,
              result["agreement"] or float("nan"), "passed" if result["passed"] else "FAILED")
     return Candidate(source, content, roles, seconds, result, quant, _head_npz(keras_model))
@@ -422,7 +425,17 @@ def export_run(run_dir, *, out=None, int8: bool = True, source: str | None = Non
     cands: dict[str, Candidate] = {}
     for src in sources:
         if src == "ptq":
-            cands[src] = _candidate(src, float_two, cal_x, pol, spec, x, y, reference, envelope, shifts, films)
+            ptq_two, correction = float_two, None
+            if pol.bias_correction:   # the float model with the int8 weight rounding's mean shift taken out
+                from .bias_correction import bias_correction_images, correct_bias
+
+                corrected, correction = correct_bias(
+                    float_model, cal_x[bias_correction_images(len(cal_x), pol.bias_correction)])
+                ptq_two = with_feature_output(corrected)
+                report["bias_correction"] = correction
+            cands[src] = _candidate(src, ptq_two, cal_x, pol, spec, x, y, reference, envelope, shifts, films,
+                                    bias_correction=correction)
+            del ptq_two
             cal_x = None
         else:
             qat_two = with_feature_output(run.qat_model())

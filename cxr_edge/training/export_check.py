@@ -128,6 +128,7 @@ class ExportPolicy:
     envelope_limit: Int8Tolerance | None = None   # ... but never past these (None: no ceiling)
     views: str = "original"      # "one-pixel-shifts": check every film and its 4 one-pixel shifts, pooled
     significance: Significance | None = None   # a drop past the tolerance fails only when not chance
+    bias_correction: int = 0     # PTQ: calibration images the weight-rounding bias is measured on (0 = off)
     path: Path | None = None
     raw: dict = field(default_factory=dict, compare=False)
 
@@ -143,7 +144,8 @@ class ExportPolicy:
                 "split": self.split, "tolerance": self.tolerance.to_dict(), "envelope": self.envelope,
                 "envelope_limit": self.envelope_limit.to_dict() if self.envelope_limit else None,
                 "views": self.views,
-                "significance": self.significance.to_dict() if self.significance else None}
+                "significance": self.significance.to_dict() if self.significance else None,
+                "bias_correction": {"images": self.bias_correction} if self.bias_correction else None}
 
 
 def _need(d: dict, key: str, where: str):
@@ -169,6 +171,7 @@ def parse_policy(data: dict, *, path: Path | None = None) -> ExportPolicy:
     source = quant.get("from", "auto")
     if source not in SOURCES:
         raise RecipeError(f"{where}: quantization.from {source!r}; valid: {', '.join(SOURCES)}")
+    bias_correction = _parse_bias_correction(quant.get("bias_correction"), where)
     cal = data.get("calibration", {})
     manifest = cal.get("manifest")
     if manifest:
@@ -207,7 +210,20 @@ def parse_policy(data: dict, *, path: Path | None = None) -> ExportPolicy:
                           "every film and its four one-pixel-shifted copies, pooled)")
     significance = _parse_significance(check, limit, where)
     return ExportPolicy(spec.name, tolerance, io_dtype, bool(quant.get("per_channel", True)), source,
-                        manifest, min_n, rec_n, split, envelope, limit, views, significance, path, data)
+                        manifest, min_n, rec_n, split, envelope, limit, views, significance, bias_correction, path,
+                        data)
+
+
+def _parse_bias_correction(value, where: str) -> int:
+    """``quantization.bias_correction``: ``{"images": N}`` (N calibration images) -> N; absent/null/false -> 0."""
+    if value is None or value is False:
+        return 0
+    images = value.get("images") if isinstance(value, dict) else None
+    if isinstance(images, bool) or not isinstance(images, int) or not 1 <= images <= 10000:
+        raise RecipeError(f"{where}: quantization.bias_correction must be {{\"images\": N}} with N in 1..10000 "
+                          f"calibration images the weight-rounding bias is measured on (128 in the shipped "
+                          f"policies), or false; got {value!r}")
+    return images
 
 
 def _parse_significance(check: dict, limit, where: str) -> Significance | None:
