@@ -66,7 +66,8 @@ def main(argv=None):
         xv = np.concatenate([v for _, v in views])
         n = len(x)
         pf = keras_outputs(model, xv)[0]
-        worst = min(float(agreement(spec, pf[i * n:(i + 1) * n], pf[:n])["agreement"]) for i in range(1, len(views)))
+        worst = min((float(agreement(spec, pf[i * n:(i + 1) * n], pf[:n])["agreement"])
+                     for i in range(1, len(views))), default=float("nan"))
         cells = [float(agreement(spec, keras_outputs(m, xv)[0], pf)["agreement"])
                  for m in (rounded, corrected_rounded)]
         cells += [float(agreement(spec, r.many(xv), pf)["agreement"]) for r in runners.values()]

@@ -2,7 +2,7 @@
 
 Run (workstation; ~1 minute per variant for cxr4 at 224 px on 2 cores):
 
-    TF_USE_LEGACY_KERAS=1 python benchmarks/int8_weights_only.py RUN_DIR [--split val] [--source float]
+    TF_USE_LEGACY_KERAS=1 python benchmarks/int8_weights_only.py RUN_DIR [--split val] [--groups all weights,...]
 
 ``benchmarks/int16_activations.py`` found that 16-bit activations keep hardly more of the float model's decisions
 than 8-bit ones, so the weights are the suspect. Here the activations stay float32 (Keras) and the weights of one
@@ -11,9 +11,7 @@ scale per output channel (per depthwise channel for depthwise kernels). Per-chan
 BatchNormalization is folded in equals rounding the folded kernel (a per-channel scale moves with it), so this is
 the int8 model's weight error without its activation error. Printed: the decision agreement of each variant with
 the unchanged model on the export check's films and views (``check_views`` of the shipped policy), beside the
-float model's own agreement under a one-pixel shift (the check's bar). ``--source qat`` starts from the QAT
-model's float weights instead (its fake-quant wrappers are dropped: the trained float weights of qat.h5 are
-copied into the float architecture).
+float model's own agreement under a one-pixel shift (the check's bar).
 """
 
 from __future__ import annotations
@@ -65,7 +63,8 @@ def main(argv=None):
     shifts = [float(agreement(spec, pf[i * n:(i + 1) * n], pf[:n])["agreement"]) for i in range(1, len(views))]
     print(f"# {run.path} ({spec.name}): float weights rounded to int8 per channel, activations float; "
           f"{n} {split} films x {len(views)} views\n")
-    print(f"the check's bar, float under a one-pixel shift: worst {min(shifts):.4f}, mean {np.mean(shifts):.4f}\n")
+    if shifts:
+        print(f"the check's bar, float under a one-pixel shift: worst {min(shifts):.4f}, mean {np.mean(shifts):.4f}\n")
     print("| weights rounded | layers | agreement with float |")
     print("|---|---:|---:|")
     for group in [g for g in args.groups.split(",") if g]:

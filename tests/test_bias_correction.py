@@ -58,29 +58,74 @@ def test_round_kernel_is_symmetric_per_channel_narrow_range():
         bias_correction_images(0, 8)
 
 
+def _stored(interp, shape):
+    """Every int8 tensor of ``shape`` in the converted model, dequantized with its per-channel scales."""
+    out = []
+    for t in interp.get_tensor_details():
+        if t["dtype"] == np.int8 and tuple(t["shape"]) == shape:
+            scales = t["quantization_parameters"]["scales"]
+            axis = t["quantization_parameters"]["quantized_dimension"]
+            shape_b = [1] * len(shape)
+            shape_b[axis] = len(scales)
+            out.append(interp.get_tensor(t["index"]).astype(np.float64) * scales.reshape(shape_b))
+    return out
+
+
+def _folded(model, conv, bn):
+    gamma, _, _, var = model.get_layer(bn).get_weights()
+    layer = model.get_layer(conv)
+    factor = gamma / np.sqrt(var + model.get_layer(bn).epsilon)
+    w = layer.get_weights()[0]
+    return w * (factor[None, None, :, None] if kernel_axis(layer) == 2 else factor)
+
+
 @pytest.mark.slow
 def test_round_kernel_gives_the_converters_int8_weights(model_and_images):
-    """The folded depthwise kernel rounded by round_kernel equals what the TFLite converter stores."""
+    """The folded kernels rounded by round_kernel equal what the TFLite converter stores: a depthwise, a 1x1
+    projection (Conv2D) and the Dense head."""
     from cxr_edge.training.convert import convert
     from cxr_edge.training.tf_env import load
 
     tf, _ = load()
     model, images = model_and_images
-    content = convert(model, "int8", representative=images)
-    interp = tf.lite.Interpreter(model_content=content)
+    interp = tf.lite.Interpreter(model_content=convert(model, "int8", representative=images))
     interp.allocate_tensors()
-    dw = model.get_layer("block_3_depthwise")
-    bn = model.get_layer("block_3_depthwise_BN")
-    gamma, _, _, var = bn.get_weights()
-    folded = dw.get_weights()[0] * (gamma / np.sqrt(var + bn.epsilon))[None, None, :, None]   # (3, 3, C, 1)
-    expected = round_kernel(folded, 2).transpose(3, 0, 1, 2)                                 # (1, 3, 3, C)
-    matches = []
-    for t in interp.get_tensor_details():
-        if t["dtype"] == np.int8 and tuple(t["shape"]) == expected.shape:
-            q = t["quantization_parameters"]
-            stored = interp.get_tensor(t["index"]).astype(np.float64) * q["scales"][None, None, None, :]
-            matches.append(np.abs(stored - expected).max() / np.abs(expected).max())
-    assert matches and min(matches) < 1e-5, matches
+    dw = round_kernel(_folded(model, "block_3_depthwise", "block_3_depthwise_BN"), 2).transpose(3, 0, 1, 2)
+    project = round_kernel(_folded(model, "block_5_project", "block_5_project_BN"), -1).transpose(3, 0, 1, 2)
+    head = model.get_layer("head")
+    dense = round_kernel(head.get_weights()[0], kernel_axis(head)).T                     # TFLite: (out, in)
+    for name, expected in (("depthwise", dw), ("project", project), ("head", dense)):
+        stored = _stored(interp, expected.shape)
+        errors = [np.abs(got - expected).max() / np.abs(expected).max() for got in stored]
+        assert errors and min(errors) < 1e-5, (name, errors)
+
+
+@pytest.mark.slow
+def test_only_a_batchnorm_fed_by_its_convolution_alone_is_corrected():
+    """A conv whose output another layer also reads keeps its BN mean (the other reader would keep the shift);
+    a Sequential model has no functional graph to read: nothing is corrected, and the record says so."""
+    from cxr_edge.training.tf_env import load
+
+    _, keras = load()
+    keras.utils.set_random_seed(1)
+    x = keras.Input((16, 16, 3))
+    shared = keras.layers.Conv2D(8, 3, use_bias=False, name="shared")(x)
+    alone = keras.layers.Conv2D(8, 3, use_bias=False, name="alone")(x)
+    y = keras.layers.Add()([keras.layers.BatchNormalization(name="shared_bn")(shared), shared,
+                            keras.layers.BatchNormalization(name="alone_bn")(alone)])
+    model = keras.Model(x, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(y)))
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    corrected, record = correct_bias(model, images)
+    assert record["layers"] == 1 and set(record["largest_shifts"]) == {"alone"}
+    assert np.array_equal(corrected.get_layer("shared_bn").moving_mean.numpy(),
+                          model.get_layer("shared_bn").moving_mean.numpy())
+    assert not np.array_equal(corrected.get_layer("alone_bn").moving_mean.numpy(),
+                              model.get_layer("alone_bn").moving_mean.numpy())
+    seq = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3, use_bias=False),
+                            keras.layers.BatchNormalization()])
+    assert correct_bias(seq, images)[1]["layers"] == 0
+    with pytest.raises(ValueError, match="NaN"):
+        correct_bias(model, np.full((2, 16, 16, 3), np.nan, np.float32))
 
 
 @pytest.mark.slow

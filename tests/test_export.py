@@ -339,11 +339,16 @@ def test_policy_parsing():
         policy = parse_policy(changed)
         assert policy.bias_correction == images
         assert policy.to_dict()["bias_correction"] == ({"images": images} if images else None)
-    for value in ({"images": 0}, {"images": True}, {"images": "128"}, True, 128, {}):
+    for value in ({"images": 0}, {"images": 8}, {"images": True}, {"images": "128"}, True, 128, {},
+                  {"images": 128, "imgs": 5}):
         bad = json.loads(json.dumps(gate))
         bad["quantization"]["bias_correction"] = value
         with pytest.raises(RecipeError, match="bias_correction must be"):
             parse_policy(bad)
+    bad = json.loads(json.dumps(gate))
+    bad["quantization"].update(bias_correction={"images": 128}, per_channel=False)
+    with pytest.raises(RecipeError, match="per_channel true"):
+        parse_policy(bad)
 
 
 @pytest.mark.slow
@@ -363,6 +368,7 @@ def test_bias_corrected_ptq_is_checked_against_the_uncorrected_float_and_recorde
     record = report["bias_correction"]
     assert record["images"] == 60 and record["layers"] == 52 and record["largest_shifts"]
     assert report["policy"]["bias_correction"] == {"images": 128}
+    assert "bias correction | PTQ from the float model" in (tmp_path / "report" / "report.md").read_text()
     assert report["float"] == exported["report"]["float"]
     assert "bias_correction" not in exported["report"]
     assert exported["report"]["policy"]["bias_correction"] is None

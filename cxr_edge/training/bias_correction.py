@@ -50,10 +50,13 @@ def bias_correction_images(n: int, k: int) -> np.ndarray:
 
 
 def kernel_axis(layer) -> int | None:
-    """The axis the converter gives one scale per (depthwise: the channel axis; Conv2D/Dense: the last), or None."""
+    """The axis the converter gives one scale per (depthwise: the channel axis; Conv2D/Dense: the last), or None
+    for a layer whose int8 rounding this module does not model (transposed convolutions, depth multipliers > 1)."""
     _, keras = load()
     if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return 2
+        return 2 if int(getattr(layer, "depth_multiplier", 1)) == 1 else None
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        return None
     if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
         return -1
     return None
@@ -75,15 +78,31 @@ def rounded_copy(model):
 
 
 def _batchnorm_after(model) -> dict[str, object]:
-    """{layer name: the BatchNormalization whose only input is that layer's output}."""
+    """{layer name: the BatchNormalization that is the only consumer of that layer's only output}: where a mean
+    shift can be taken out exactly. A layer used twice, read by another layer too, or followed by a BN that does not
+    normalize the last axis is left out (its rounding is still applied when the later layers are measured)."""
     _, keras = load()
-    after = {}
+    consumers: dict[str, list[str]] = {}
+    single_input: dict[str, str] = {}
     for entry in model.get_config()["layers"]:
-        layer = model.get_layer(entry["name"])
         nodes = entry.get("inbound_nodes") or []
-        if not isinstance(layer, keras.layers.BatchNormalization) or len(nodes) != 1 or len(nodes[0]) != 1:
+        if not isinstance(nodes, list):          # not the tf-keras 2 functional format: nothing is corrected
+            return {}
+        inputs = [inbound[0] for node in nodes if isinstance(node, list) for inbound in node
+                  if isinstance(inbound, list) and inbound]
+        for name in inputs:
+            consumers.setdefault(name, []).append(entry["name"])
+        if len(nodes) == 1 and len(inputs) == 1:
+            single_input[entry["name"]] = inputs[0]
+    after = {}
+    for name, producer in single_input.items():
+        bn = model.get_layer(name)
+        if not isinstance(bn, keras.layers.BatchNormalization) or consumers.get(producer) != [name]:
             continue
-        after[nodes[0][0][0]] = layer
+        axis = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
+        rank = len(bn.input.shape)
+        if [a % rank for a in axis] == [rank - 1]:
+            after[producer] = bn
     return after
 
 
@@ -103,7 +122,10 @@ def _channel_means(model, layer_name: str, images: np.ndarray, batch: int) -> np
 def _all_channel_means(model, names: list[str], images: np.ndarray, batch: int) -> dict[str, np.ndarray]:
     """``{name: mean per output channel}`` for every layer in ``names``, in one pass (reduced in the graph)."""
     tf, keras = load()
-    outs = [tf.reduce_mean(tf.cast(model.get_layer(n).output, tf.float64), axis=[1, 2]) for n in names]
+    outs = []
+    for n in names:
+        out = tf.cast(model.get_layer(n).output, tf.float64)
+        outs.append(tf.reduce_mean(out, axis=list(range(1, len(out.shape) - 1))) if len(out.shape) > 2 else out)
     probe = keras.Model(model.input, outs)
     total, count = None, 0
     for start in range(0, len(images), batch):
@@ -123,12 +145,26 @@ def correct_bias(model, images: np.ndarray, *, batch: int = 32):
     _, keras = load()
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or len(images) == 0:
-        raise ValueError(f"bias correction needs a batch of model inputs (N, S, S, C), got shape {images.shape}")
+        raise ValueError(f"bias correction needs a batch of preprocessed model inputs (N, S, S, C), got shape "
+                         f"{images.shape}: pass calibration images as export's PTQ uses them")
+    if not np.isfinite(images).all():
+        raise ValueError("bias correction images hold NaN or infinite values: rebuild the calibration set "
+                         "(cxr-edge calibration build) or check the preprocessing")
+    low_precision = sorted({str(lay.compute_dtype) for lay in model.layers if kernel_axis(lay) is not None}
+                           - {"float32"})
+    if low_precision:
+        raise ValueError(f"bias correction needs a float32 model (its shifts are smaller than {low_precision} "
+                         f"noise); export the float32 twin the trainer saves (float.h5)")
     started = time.perf_counter()
     work = keras.models.clone_model(model)
     work.set_weights(model.get_weights())
     following = _batchnorm_after(work)
     corrected_layers = [lay.name for lay in work.layers if kernel_axis(lay) is not None and lay.name in following]
+    if not corrected_layers:
+        log.warning("bias correction: no convolution here is followed by a BatchNormalization it alone feeds "
+                    "(a Sequential, nested or BN-free model): nothing is corrected")
+    log.info("bias correction: the int8 weight rounding's mean shift, %d layers one after another on %d images",
+             len(corrected_layers), len(images))
     references = _all_channel_means(model, corrected_layers, images, batch) if corrected_layers else {}
     shifts, relative = {}, []
     for layer in work.layers:
@@ -143,6 +179,9 @@ def correct_bias(model, images: np.ndarray, *, batch: int = 32):
             continue
         reference = references[layer.name]
         shift = _channel_means(work, layer.name, images, batch) - reference
+        if not np.isfinite(shift).all():
+            raise ValueError(f"bias correction: the mean shift of {layer.name} is not finite (the float model's "
+                             f"outputs overflow on these images); export without quantization.bias_correction")
         bn.moving_mean.assign((bn.moving_mean.numpy() + shift).astype(bn.moving_mean.dtype.as_numpy_dtype))
         shifts[layer.name] = float(np.abs(shift).mean())
         relative.append(float(np.abs(shift).mean() / max(np.abs(reference).mean(), 1e-12)))

@@ -431,8 +431,17 @@ def export_run(run_dir, *, out=None, int8: bool = True, source: str | None = Non
 
                 corrected, correction = correct_bias(
                     float_model, cal_x[bias_correction_images(len(cal_x), pol.bias_correction)])
-                ptq_two = with_feature_output(corrected)
-                report["bias_correction"] = correction
+                if correction["layers"]:
+                    ptq_two = with_feature_output(corrected)
+                    report["bias_correction"] = correction
+                    if correction["images"] < pol.bias_correction:
+                        notes.append(f"bias correction measured on all {correction['images']} calibration images, "
+                                     f"fewer than the policy's {pol.bias_correction}")
+                else:
+                    notes.append("bias correction found no convolution followed by a BatchNormalization it alone "
+                                 "feeds: the PTQ candidate is the float model as it is")
+                    correction = None
+                del corrected
             cands[src] = _candidate(src, ptq_two, cal_x, pol, spec, x, y, reference, envelope, shifts, films,
                                     bias_correction=correction)
             del ptq_two

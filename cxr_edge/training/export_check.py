@@ -172,6 +172,10 @@ def parse_policy(data: dict, *, path: Path | None = None) -> ExportPolicy:
     if source not in SOURCES:
         raise RecipeError(f"{where}: quantization.from {source!r}; valid: {', '.join(SOURCES)}")
     bias_correction = _parse_bias_correction(quant.get("bias_correction"), where)
+    if bias_correction and not quant.get("per_channel", True):
+        raise RecipeError(f"{where}: quantization.bias_correction models per-channel weight rounding; with "
+                          f"per_channel false the converter rounds per tensor. Set per_channel true (recommended) "
+                          f"or bias_correction false")
     cal = data.get("calibration", {})
     manifest = cal.get("manifest")
     if manifest:
@@ -219,8 +223,9 @@ def _parse_bias_correction(value, where: str) -> int:
     if value is None or value is False:
         return 0
     images = value.get("images") if isinstance(value, dict) else None
-    if isinstance(images, bool) or not isinstance(images, int) or not 1 <= images <= 10000:
-        raise RecipeError(f"{where}: quantization.bias_correction must be {{\"images\": N}} with N in 1..10000 "
+    if (isinstance(value, dict) and set(value) - {"images"}) or isinstance(images, bool) \
+            or not isinstance(images, int) or not 16 <= images <= 10000:
+        raise RecipeError(f"{where}: quantization.bias_correction must be {{\"images\": N}} with N in 16..10000 "
                           f"calibration images the weight-rounding bias is measured on (128 in the shipped "
                           f"policies), or false; got {value!r}")
     return images

@@ -190,6 +190,12 @@ def markdown(report: dict) -> str:
         rows.append(["calibration set", f"{cal['manifest']}: {cal['n']} images from {cal['split']}, sha256 "
                                         f"{cal['sha256'][:16]}…, {cal['overlap_with_check_split']} in the check "
                                         "split"])
+    bc = report.get("bias_correction")
+    if bc:
+        rows.append(["bias correction", f"PTQ from the float model with the int8 weight rounding's mean shift taken "
+                                        f"out: {bc['layers']} layers on {bc['images']} calibration images, "
+                                        f"{bc['seconds']} s (largest mean shifts: "
+                                        + ", ".join(f"{k} {v:.3g}" for k, v in bc["largest_shifts"].items()) + ")"])
     page.table(["", ""], rows)
     page.heading("Sizes", 2)
     sizes = report["sizes"]
