@@ -429,8 +429,12 @@ def export_run(run_dir, *, out=None, int8: bool = True, source: str | None = Non
             if pol.bias_correction:   # the float model with the int8 weight rounding's mean shift taken out
                 from .bias_correction import bias_correction_images, correct_bias
 
-                corrected, correction = correct_bias(
-                    float_model, cal_x[bias_correction_images(len(cal_x), pol.bias_correction)])
+                try:
+                    corrected, correction = correct_bias(
+                        float_model, cal_x[bias_correction_images(len(cal_x), pol.bias_correction)])
+                except ValueError as exc:   # NaN images, a float16 model, an overflowing shift: one CLI line
+                    raise DataError(f"{exc} (or set quantization.bias_correction to false in a copy of the "
+                                    f"policy, --policy)") from exc
                 if correction["layers"]:
                     ptq_two = with_feature_output(corrected)
                     report["bias_correction"] = correction
