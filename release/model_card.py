@@ -351,6 +351,23 @@ def temperature_kept(meta: dict) -> bool:
     return bool(meta["thresholds"]) and posthoc is not None and "temperature" not in posthoc
 
 
+def gate_rule(b: Build) -> str:
+    """How the gate's thresholds were chosen (read from its calibration record: rule, photos), closing the
+    sentence :func:`calibration` opens about the classifiers' profiles."""
+    rec = None
+    if "gate" in b.models:
+        rec = ((b.meta("gate").get("extras") or {}).get("posthoc_calibration") or {}).get("profiles", {}).get("balanced")
+    photos = (rec or {}).get("data", {}).get("photos")
+    if not photos:   # the gate at Youden's J on the digital val images (packs built before 2026-12-07)
+        return ("; the gate keeps its Youden threshold there: a gate held at a sensitivity target takes the highest "
+                "threshold that reaches it, which rejects photographed films).")
+    return (f"). The gate's threshold (both profiles) is chosen by `{rec.get('rule', '?')}` on its validation images "
+            f"each shown twice, digital and as a simulated {photos['severity']} phone photo straightened as "
+            "`predict` straightens it (`cxr-edge calibrate --photos`): the highest threshold that still accepts that "
+            "share of the chest X-rays and their photos. The 22 val non-CXRs alone cannot place it: every rule finds "
+            "them perfectly separated and puts the threshold anywhere in a wide gap.")
+
+
 def calibration(b: Build) -> str:
     out = ["## Calibration and operating thresholds", "",
            "`cxr-edge calibrate` fitted a temperature per model -- for the sigmoid models (gate, nih14) with a "
@@ -358,9 +375,8 @@ def calibration(b: Build) -> str:
            "positive weights up to 30 over-states every finding, which one temperature cannot undo -- and chose "
            "per-label thresholds on the "
            "validation split: profile `balanced` (the default) by Youden's J (sensitivity + specificity − 1), "
-           "and `screening` by sensitivity ≥ 0.90 for the classifiers (`cxr-edge predict --profile screening`; "
-           "the gate keeps its Youden threshold there: a gate held at a sensitivity target takes the highest "
-           "threshold that reaches it, which rejects photographed films). Max-F1 was measured and not used: it "
+           "and `screening` by sensitivity ≥ 0.90 for the classifiers (`cxr-edge predict --profile screening`"
+           + gate_rule(b) + " Max-F1 was measured and not used: it "
            "follows the majority class, so it set the gate's threshold near 0 (325 CXRs against 22 non-CXRs in "
            "val) and fitted rare NIH labels to their one or two val positives."
            + (" The cxr4 answer is the argmax; its "

@@ -83,6 +83,27 @@ def test_profiles_are_written_and_predict_applies_them(cli, tiny_pack, nih_48, s
     assert "ECE" in text and "sensitivity" in text and "Pneumonia" in text and "dry run: nothing written" in text
 
 
+def test_photos_join_the_images_the_thresholds_are_chosen_on(cli, tiny_pack, nih_48, tmp_path):
+    pack = shutil.copytree(tiny_pack, tmp_path / "pack")
+    n = nih_48.info["counts"]["val"]["images"]
+    res = cli("calibrate", pack, "--data", nih_48.path, "--rule", "sensitivity:0.9", "--profile", "photos",
+              "--photos", "moderate", "--json")
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout)["models"]["nih14"]
+    assert m["data"]["n"] == n and m["data"]["photos"]["n"] == n and m["data"]["photos"]["severity"] == "moderate"
+    for label, s in m["thresholds"].items():   # every image counted twice: digital and photographed
+        assert s["n_positive"] + s["n_negative"] == 2 * n, label
+        assert s["n_positive"] == 0 or s["sensitivity"] >= 0.9, label
+    record = load_pack(pack)["nih14"].metadata.extras["posthoc_calibration"]["profiles"]["photos"]
+    assert record["data"]["photos"]["seed"] == 0 and record["data"]["photos"]["rectified"] is True
+    text = cli("calibrate", pack, "--data", nih_48.path, "--photos", "moderate", "--dry-run").output
+    assert f"{n} images + {n} simulated moderate photos of them" in text
+    before = {p.name: p.read_bytes() for p in pack.iterdir()}
+    res = cli("calibrate", pack, "--data", nih_48.path, "--photos", "blurry")
+    assert res.exit_code == 2 and "--photos 'blurry'" in res.output and "Traceback" not in res.output, res.output
+    assert {p.name: p.read_bytes() for p in pack.iterdir()} == before
+
+
 def test_refitting_the_calibration_keeps_other_profiles_decisions(nih_48, tiny_pack, tmp_path, cxr):
     rng = np.random.default_rng(0)
     raw = rng.uniform(0.001, 0.999, (500, 3))

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import shutil
 import subprocess
+import types
 import sys
 import zipfile
 from pathlib import Path
@@ -332,3 +333,20 @@ def test_model_card_says_which_check_passed_as_chance():
                               "decisions, a one-pixel shift 1.8%, p 0.31 over 273 films")
     assert "accuracy drop 0.0103 past its 0.0050, within chance: p 0.11 over 273 films" in verdict
     assert card.check_verdict({"passed": False, "checks": [dict(agreement, passed=False, chance=False)]}) == "FAILED"
+
+
+def test_model_card_says_how_the_gate_threshold_was_chosen():
+    """A gate calibrated on photos (calibrate --photos) is described from its record; the bundled one's wording stays."""
+    spec = importlib.util.spec_from_file_location("model_card_under_test", REPO / "release" / "model_card.py")
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+
+    def build(profile):
+        meta = {"extras": {"posthoc_calibration": {"profiles": {"balanced": profile}}}}
+        return types.SimpleNamespace(models={"gate": {}}, meta=lambda slot: meta)
+
+    photos = build({"rule": "sensitivity:0.99", "data": {"photos": {"severity": "moderate", "n": 347}}})
+    text = card.gate_rule(photos)
+    assert "chosen by `sensitivity:0.99`" in text and "simulated moderate phone photo" in text
+    assert "Youden" not in text
+    assert "keeps its Youden threshold" in card.gate_rule(build({"rule": "youden", "data": {}}))

@@ -30,13 +30,17 @@ _path = click.Path(path_type=str)
               help="With the temperature, fit a logit offset per label (default: on for sigmoid heads -- gate, "
                    "nih14 -- where training's positive weights inflate every probability; softmax heads get a "
                    "temperature only).")
+@click.option("--photos", "photos", default=None, metavar="SEVERITY",
+              help="Also fit on simulated phone photos of the same images, straightened as predict straightens "
+                   "them (evaluate --photos' photos): mild, moderate, severe or 0..1. Use it for the gate: its "
+                   "few digital val non-CXRs alone leave the threshold anywhere in a wide gap.")
 @click.option("--dry-run", is_flag=True, help="Compute and print everything, write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
 @click.option("--allow-test-split", is_flag=True,
               help="Calibrate on the test split anyway (only if it will never be used to report results).")
 @click.option("--allow-train-split", is_flag=True, help="Calibrate on images the model trained on anyway.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 64), help="Interpreter threads.")
-def calibrate(pack, data, split, rule, profile, make_default, keep_temperature, bias, dry_run, as_json,
+def calibrate(pack, data, split, rule, profile, make_default, keep_temperature, bias, photos, dry_run, as_json,
               allow_test_split, allow_train_split, threads):
     """Fit a temperature and choose per-label thresholds for PACK on a prepared split.
 
@@ -63,6 +67,7 @@ def calibrate(pack, data, split, rule, profile, make_default, keep_temperature, 
       cxr-edge calibrate my_pack --data prepared/cxr4 --rule sensitivity:0.90 --profile screening
       cxr-edge calibrate my_pack --data prepared/gate --data prepared/cxr4 --data prepared/nih14
       cxr-edge calibrate my_pack --data prepared/nih14 --rule youden --dry-run --json
+      cxr-edge calibrate my_pack --data prepared/gate --rule youden --photos moderate --profile balanced
     """
     from ..tools.posthoc_pack import calibrate as run_calibrate
 
@@ -70,7 +75,7 @@ def calibrate(pack, data, split, rule, profile, make_default, keep_temperature, 
         result = run_calibrate(pack, list(data), split=split, rule=rule, profile=profile,
                                make_default=make_default, temperature=not keep_temperature, bias=bias,
                                allow_test_split=allow_test_split, allow_train_split=allow_train_split,
-                               dry_run=dry_run, threads=threads, progress=progress)
+                               dry_run=dry_run, threads=threads, progress=progress, photos=photos)
     click.echo(json_text(result) if as_json else format_result(result))
 
 
@@ -79,7 +84,9 @@ def format_result(r: dict) -> str:
     lines = []
     for slot, m in r["models"].items():
         d, t, e = m["data"], m["temperature"], m["ece"]
-        lines += [f"{slot}: {m['task']} model ({m['file']}), data {d['prepared']} split {d['split']}: {d['n']} images",
+        shots = d.get("photos")
+        lines += [f"{slot}: {m['task']} model ({m['file']}), data {d['prepared']} split {d['split']}: {d['n']} images"
+                  + (f" + {shots['n']} simulated {shots['severity']} photos of them" if shots else ""),
                   f"  temperature {t['before']:.4g} -> {t['after']:.4g}{'' if t['fitted'] else ' (kept)'}    "
                   f"ECE {format_number(e['before'])} -> {format_number(e['after'])}  (raw outputs {format_number(e['raw'])})",
                   *_bias_line(m.get("bias") or {}),

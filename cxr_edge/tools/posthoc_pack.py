@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 _PROFILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 RARE_POSITIVES = 5   # fewer positives than this make a chosen threshold a guess
+PHOTO_SEED = 0       # --photos: evaluate's photos of the same images (its default seed)
+PHOTO_SIZE = 1280    # ... and its default long side
 
 
 def default_profile_name(rule) -> str:
@@ -119,11 +121,14 @@ def _label_stats(spec, y, p, thresholds: dict) -> tuple[dict, list[str]]:
 
 def calibrate_model(pack_path, prepared: Prepared, *, split: str, rule, profile: str, make_default: bool,
                     temperature: bool, allow_train_split: bool, threads: int, backend, progress,
-                    bias: bool | None = None) -> tuple:
+                    bias: bool | None = None, photos: str | None = None, photo_size: int = PHOTO_SIZE) -> tuple:
     """Calibrate the pack's model for ``prepared``'s task; returns (slot, new metadata, summary).
 
     ``temperature``: fit the calibration (else keep the pack's). ``bias``: per-label logit offsets with
     the temperature (None = for sigmoid heads, the default; softmax heads get a temperature only).
+    ``photos``: a severity; the split's images are then also shown as simulated phone photos, straightened
+    as ``cxr-edge predict`` straightens them (``cxr-edge evaluate --photos``' photos, seed 0), and the
+    temperature and thresholds are fitted on both looks together.
     """
     rule = parse_rule(rule)
     model = open_pack_model(pack_path, prepared, threads=threads, backend=backend)
@@ -137,6 +142,16 @@ def calibrate_model(pack_path, prepared: Prepared, *, split: str, rule, profile:
     fit_bias = spec.activation == "sigmoid" if bias is None else bias
     raw, _, how = model_outputs(model, prepared, split, progress)
     y = prepared.labels(split).astype(np.int64)
+    photo_record = None
+    if photos is not None:
+        from .evaluate import photo_outputs
+
+        outs, info = photo_outputs(model, prepared, split, photos, PHOTO_SEED, photo_size, progress)
+        shot = outs.get("photo_rectified", outs["photo"])
+        raw, y = np.concatenate([raw, shot]), np.concatenate([y, y])
+        photo_record = {"severity": info["severity"], "severity_value": info["severity_value"], "seed": PHOTO_SEED,
+                        "long_side": photo_size, "n": int(len(shot)),
+                        "rectified": "photo_rectified" in outs, "rectify": info["rectify"]}
     t_old = model.temperature
     b_old = np.asarray(pm.metadata.bias_vector() or np.zeros(spec.num_labels), dtype=np.float64)
     t_new, b_new, kept = t_old, b_old, None
@@ -163,8 +178,10 @@ def calibrate_model(pack_path, prepared: Prepared, *, split: str, rule, profile:
            "before": task_ece(spec, y, apply_calibration(raw, t_old, spec.activation, b_old)),
            "after": task_ece(spec, y, probs), "n_bins": 15}
     data = {"prepared": portable_path(prepared.path), "data_sha256": prepared.data_sha256, "task": prepared.task.name,
-            "split": split, "n": int(len(y)), "n_patients": int(len(np.unique(prepared.patients(split)))),
+            "split": split, "n": int(len(prepared.table(split))), "n_patients": int(len(np.unique(prepared.patients(split)))),
             "images_sha256": split_fingerprint(prepared, split)}
+    if photo_record is not None:
+        data["photos"] = photo_record
 
     meta = dataclasses.replace(pm.metadata, thresholds=copy.deepcopy(pm.metadata.thresholds),
                                extras=copy.deepcopy(pm.metadata.extras))
@@ -211,12 +228,12 @@ def calibrate(pack, data, *, split: str = "val", rule="max-f1", profile: str | N
               make_default: bool = False, temperature: bool = True, bias: bool | None = None,
               allow_test_split: bool = False,
               allow_train_split: bool = False, dry_run: bool = False, threads: int = 1, backend: str | None = None,
-              progress: Progress | None = None) -> dict:
+              progress: Progress | None = None, photos: str | None = None, photo_size: int = PHOTO_SIZE) -> dict:
     """Calibrate the pack's model for each prepared folder in ``data`` (a path or a list) and write the pack.
 
     Returns a JSON-ready summary per slot. ``dry_run`` computes everything
     and writes nothing. Raises :class:`~cxr_edge.errors.CxrEdgeError`
-    subclasses for what the user can fix.
+    subclasses for what the user can fix. ``photos``: see :func:`calibrate_model`.
     """
     rule = parse_rule(rule)
     profile = _check_profile(profile or default_profile_name(rule))
@@ -238,7 +255,8 @@ def calibrate(pack, data, *, split: str = "val", rule="max-f1", profile: str | N
         slot, meta, summary = calibrate_model(pack_path, prepared, split=split, rule=rule, profile=profile,
                                               make_default=make_default, temperature=temperature, bias=bias,
                                               allow_train_split=allow_train_split, threads=threads,
-                                              backend=backend, progress=progress)
+                                              backend=backend, progress=progress, photos=photos,
+                                              photo_size=photo_size)
         if slot in updates:
             raise CxrEdgeError(f"two --data folders are for the {slot} model ({models[slot]['data']['prepared']} and "
                                f"{prepared.path}); give one per task.")
