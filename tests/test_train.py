@@ -280,6 +280,39 @@ def test_mixed_precision_trains_and_saves_a_float32_model(tiny_run, tmp_path):
 
 
 @pytest.mark.shared
+def test_val_photos_can_be_the_straightened_photos_the_device_sees(tiny_run):
+    """train.val_photo_scene: the val copy of each film is a whole photo straightened as the device does (the look
+    augment.photo_scene makes), not training's own photo view; without it the val photos follow augment."""
+    from dataclasses import replace
+
+    from cxr_edge.data.prepared import open_prepared
+    from cxr_edge.training.augment import AugmentConfig, photo_batch
+    from cxr_edge.training.trainer import validation_set
+
+    prepared = open_prepared(tiny_run.info["prepared"])
+    films = np.asarray(prepared.images("val"))
+    n = len(films)
+    base = {"train.val_photo_prob": 0.0, "train.val_photo_copies": 1}
+    scene = tiny_recipe(tiny_run.info["prepared"], **base, **{"train.val_photo_scene": 1.0})
+    views = tiny_recipe(tiny_run.info["prepared"], **base)
+    assert views.train.val_photo_scene is None and views.augment.photo_scene == 0
+
+    def expected(photo_scene):
+        a = scene.augment
+        every = replace(AugmentConfig.off(), photo_prob=1.0, photo_severity=a.photo_severity,
+                        photo_effects=a.photo_effects, photo_scene=photo_scene)
+        return photo_batch(films, every, np.random.default_rng([scene.train.seed, 2 ** 20 + 1]))
+
+    got_scene, got_views = np.asarray(validation_set(prepared, scene)[:]), np.asarray(validation_set(prepared, views)[:])
+    np.testing.assert_array_equal(got_scene[:n], got_views[:n])          # the films themselves, unchanged
+    from cxr_edge.runtime.preprocess import normalize
+
+    np.testing.assert_array_equal(got_scene[n:], normalize(expected(1.0), prepared.task))
+    np.testing.assert_array_equal(got_views[n:], normalize(expected(0.0), prepared.task))
+    assert (got_scene[n:] != got_views[n:]).any()
+
+
+@pytest.mark.shared
 def test_validation_inputs_stream_from_uint8_pixels_exactly_as_one_pass_would(tiny_run, tmp_path):
     from dataclasses import replace
 

@@ -165,6 +165,9 @@ class TrainConfig:
     val_photo_prob: float = setting(0.0, check=lambda v: 0 <= v <= 1, rule="a share in [0, 1]")
     # val = the films + this many seeded photo copies of each, scored together
     val_photo_copies: int = setting(0, check=lambda v: 0 <= v <= 8, rule="in 0..8")
+    # the share of those val photos rendered whole and straightened (augment.photo_scene's look); None = the
+    # augment section's photo_scene, so that training and selection see the same photos
+    val_photo_scene: float | None = setting(None, check=lambda v: 0 <= v <= 1, rule="a share in [0, 1]")
     run_eagerly: bool = setting(False)
 
 
@@ -259,7 +262,7 @@ class Recipe:
             "format": RECIPE_FORMAT, "format_version": RECIPE_FORMAT_VERSION,
             "name": self.name, "task": self.task, "source_file": self.path,
             "data": _drop_none(data), "model": model, "augment": self.augment.to_dict(),
-            "loss": loss, "train": asdict(self.train),
+            "loss": loss, "train": _drop_none(asdict(self.train)),
             "stages": [_drop_none(asdict(s)) for s in self.stages], "qat": _drop_none(asdict(self.qat)),
         }
 

@@ -202,7 +202,8 @@ def validation_set(prepared, recipe: Recipe, path: Path | None = None, chunk: in
 
     Exactly the device preprocessing (:func:`cxr_edge.runtime.preprocess.normalize` of the cached pixels),
     except that a ``train.val_photo_prob`` share of the images is turned into simulated phone photos
-    (the recipe's ``augment.photo_severity`` and ``photo_scene``) with a numpy generator seeded from
+    (the recipe's ``augment.photo_severity``, and ``train.val_photo_scene`` or else ``augment.photo_scene``:
+    the share rendered as whole photos straightened as the device does) with a numpy generator seeded from
     ``train.seed`` alone, so the same images are the same photos in every epoch, process and resume. Checkpoint selection
     then rewards robustness to photos as well as accuracy on digital films (the gate's clean
     validation set saturates at AUROC 1.0 in its first epoch: without photos nothing after it could
@@ -220,13 +221,14 @@ def validation_set(prepared, recipe: Recipe, path: Path | None = None, chunk: in
     n, size = len(images), prepared.task.input.size
     shape = (n * (1 + t.val_photo_copies), size, size)
     config = rng = None
+    scene = recipe.augment.photo_scene if t.val_photo_scene is None else t.val_photo_scene
     if t.val_photo_prob > 0:
         a = recipe.augment
         config = replace(AugmentConfig.off(), photo_prob=t.val_photo_prob, photo_severity=a.photo_severity,
-                         photo_effects=a.photo_effects, photo_scene=a.photo_scene)
+                         photo_effects=a.photo_effects, photo_scene=scene)
         rng = np.random.default_rng([t.seed, 2 ** 20])
     every = replace(AugmentConfig.off(), photo_prob=1.0, photo_severity=recipe.augment.photo_severity,
-                    photo_effects=recipe.augment.photo_effects, photo_scene=recipe.augment.photo_scene)
+                    photo_effects=recipe.augment.photo_effects, photo_scene=scene)
 
     def blocks():
         for start in range(0, n, chunk):
