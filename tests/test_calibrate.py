@@ -89,6 +89,7 @@ def test_photos_join_the_images_the_thresholds_are_chosen_on(cli, tiny_pack, nih
     res = cli("calibrate", pack, "--data", nih_48.path, "--rule", "sensitivity:0.9", "--profile", "photos",
               "--photos", "moderate", "--json")
     assert res.exit_code == 0, res.output
+    assert "digital" in res.stderr and "photos" in res.stderr   # both passes ran, each with its progress bar
     m = json.loads(res.stdout)["models"]["nih14"]
     assert m["data"]["n"] == n and m["data"]["photos"]["n"] == n and m["data"]["photos"]["severity"] == "moderate"
     for label, s in m["thresholds"].items():   # every image counted twice: digital and photographed
@@ -99,8 +100,10 @@ def test_photos_join_the_images_the_thresholds_are_chosen_on(cli, tiny_pack, nih
     text = cli("calibrate", pack, "--data", nih_48.path, "--photos", "moderate", "--dry-run").output
     assert f"{n} images + {n} simulated moderate photos of them" in text
     before = {p.name: p.read_bytes() for p in pack.iterdir()}
-    res = cli("calibrate", pack, "--data", nih_48.path, "--photos", "blurry")
-    assert res.exit_code == 2 and "--photos 'blurry'" in res.output and "Traceback" not in res.output, res.output
+    for bad in ("blurry", "nan", "1.5"):   # refused before any model runs
+        res = cli("calibrate", pack, "--data", nih_48.path, "--photos", bad)
+        assert res.exit_code == 2 and f"--photos '{bad}'" in res.output and "Traceback" not in res.output, res.output
+        assert "digital" not in res.stderr   # no model ran: the typo is caught first
     assert {p.name: p.read_bytes() for p in pack.iterdir()} == before
 
 

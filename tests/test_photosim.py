@@ -182,6 +182,10 @@ def test_out_size_and_names():
     film = smooth_film()
     assert simulate_rectified(film, 0.5, 1, out_size=(96, 64)).shape == (64, 96)
     assert resolve_severity("moderate") == 0.5 and resolve_severity(0.3) == 0.3
+    assert resolve_severity("0.3") == 0.3   # the command line's --photos 0..1
+    for bad in ("nan", "-0.1", "1e9", "inf"):
+        with pytest.raises(ValueError, match="severity must be in"):
+            resolve_severity(bad)
     with pytest.raises(ValueError, match="mild"):
         resolve_severity("terrible")
     with pytest.raises(ValueError):

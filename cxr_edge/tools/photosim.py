@@ -105,11 +105,14 @@ class SimulatedPhoto:
 
 
 def resolve_severity(severity) -> float:
-    """A severity name (``mild``/``moderate``/``severe``/``none``) or a number in [0, 1], as a float."""
+    """A severity name (``mild``/``moderate``/``severe``/``none``) or a number in [0, 1] (also as text, as a
+    command line gives it: ``"0.3"``), as a float. NaN and anything outside [0, 1] are refused."""
     if isinstance(severity, str):
-        try:
+        if severity in SEVERITY_LEVELS:
             return SEVERITY_LEVELS[severity]
-        except KeyError:
+        try:
+            severity = float(severity)
+        except ValueError:
             raise ValueError(
                 f"unknown severity {severity!r}; use a number in [0, 1] or one of "
                 f"{', '.join(SEVERITY_LEVELS)}") from None

@@ -241,6 +241,13 @@ def calibrate(pack, data, *, split: str = "val", rule="max-f1", profile: str | N
         raise DataError("refusing to calibrate on the test split: thresholds and temperature fitted on it make every "
                         "later test result optimistic. Use --split val (the default), or --allow-test-split if this "
                         "test split will never be used to report results.")
+    if photos is not None:   # before any model runs: a bad severity is a typo, not a late failure
+        from .photosim import resolve_severity
+
+        try:
+            resolve_severity(photos)
+        except ValueError as exc:
+            raise CxrEdgeError(f"--photos {photos!r}: {exc}") from None
     paths = [data] if isinstance(data, (str, Path, Prepared)) else list(data)
     if not paths:
         raise CxrEdgeError("no prepared data given: pass --data PREPARED (once per task to calibrate).")
