@@ -137,3 +137,20 @@ def test_photo_scene_views_are_straightened_whole_photos_finished_as_the_device_
     assert kinds == {True, False}                                        # some views of each kind
     with pytest.raises(Exception, match="photo_scene"):
         replace(scene, photo_scene=1.5)
+
+
+def test_photo_median_ends_every_kind_of_photo_view_with_a_3x3_median():
+    """augment.photo_median (an experiment on the photo noise): the same view, then a 3x3 median at its size, for
+    training's 224-px views and for straightened whole photos alike; anything but true / false is refused."""
+    from PIL import ImageFilter
+
+    film = _film(7)
+    for scene in (0.0, 1.0):
+        plain = replace(AugmentConfig.off(), photo_prob=1.0, photo_scene=scene)
+        view = photo_view(film, plain, 3)
+        smoothed = photo_view(film, replace(plain, photo_median=True), 3)
+        assert smoothed.shape == view.shape == film.shape and smoothed.dtype == np.uint8
+        assert np.array_equal(smoothed, np.asarray(Image.fromarray(view).filter(ImageFilter.MedianFilter(3))))
+        assert not np.array_equal(smoothed, view)
+    with pytest.raises(Exception, match="photo_median is true or false"):
+        AugmentConfig(photo_median="yes")

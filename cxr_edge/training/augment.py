@@ -59,6 +59,7 @@ class AugmentConfig:
     photo_finish: bool = True                    # finish each simulated photo as the device finishes a found film
     photo_scene: float = 0.0                     # share of the photos rendered whole and straightened (see photo_view)
     photo_noise: float = 1.0                     # gain on the rectified views' sensor noise (simulate_rectified)
+    photo_median: bool = False                   # end each photo view with a 3x3 median (see photo_view)
 
     def __post_init__(self):
         for name in ("rotation", "shear", "zoom", "shift", "brightness", "contrast", "mixup_alpha", "photo_noise"):
@@ -68,6 +69,8 @@ class AugmentConfig:
         for name in ("crop_prob", "mixup_prob", "photo_prob", "photo_scene"):
             if not 0 <= getattr(self, name) <= 1:
                 raise RecipeError(f"augment.{name} is a probability in [0, 1], got {getattr(self, name)}")
+        if not isinstance(self.photo_median, bool):
+            raise RecipeError(f"augment.photo_median is true or false, got {self.photo_median!r}")
         if self.zoom >= 1 or self.shift >= 0.5 or self.rotation > 45 or self.contrast >= 1:
             raise RecipeError("augment: zoom < 1, shift < 0.5, rotation <= 45 and contrast < 1 are required "
                               f"(got zoom {self.zoom}, shift {self.shift}, rotation {self.rotation}, "
@@ -237,7 +240,11 @@ def photo_view(film, config: AugmentConfig, seed):
     finished there and then fitted to the film's size (:func:`~cxr_edge.runtime.preprocess.fit_to_square`):
     the device's own path for a film it found, the camera's blur, noise, glare and JPEG made at the photo's
     scale, and the photo's backgrounds (lightbox, desk, dark room, monitor). ``photo_scene = 0`` draws exactly
-    as before."""
+    as before.
+
+    With ``photo_median``, every view ends with a 3x3 median at the view's size (the model input's): an experiment
+    on the photo noise (benchmarks/RESULTS.md, "A 3x3 median in training's photo views"); the device does not apply it, so a
+    model trained with it is not shipped."""
     import numpy as np
 
     try:
@@ -251,11 +258,17 @@ def photo_view(film, config: AugmentConfig, seed):
         from ..tasks import InputSpec
 
         straight = simulate_straightened(film, config.photo_severity, seed)
-        return fit_to_square(finish_film(straight) if config.photo_finish else straight,
+        view = fit_to_square(finish_film(straight) if config.photo_finish else straight,
                              InputSpec(size=max(film.shape[:2])))
-    sim = simulate_rectified(film, config.photo_severity, seed, effects=config.photo_effects,
-                             noise_gain=config.photo_noise)
-    return np.asarray(finish_film(sim)) if config.photo_finish else sim
+    else:
+        sim = simulate_rectified(film, config.photo_severity, seed, effects=config.photo_effects,
+                                 noise_gain=config.photo_noise)
+        view = np.asarray(finish_film(sim)) if config.photo_finish else sim
+    if config.photo_median:
+        from PIL import Image, ImageFilter
+
+        view = np.asarray(Image.fromarray(np.asarray(view, np.uint8)).filter(ImageFilter.MedianFilter(3)))
+    return view
 
 
 def finish_film(pixels):

@@ -225,10 +225,11 @@ def validation_set(prepared, recipe: Recipe, path: Path | None = None, chunk: in
     if t.val_photo_prob > 0:
         a = recipe.augment
         config = replace(AugmentConfig.off(), photo_prob=t.val_photo_prob, photo_severity=a.photo_severity,
-                         photo_effects=a.photo_effects, photo_scene=scene)
+                         photo_effects=a.photo_effects, photo_scene=scene, photo_median=a.photo_median)
         rng = np.random.default_rng([t.seed, 2 ** 20])
     every = replace(AugmentConfig.off(), photo_prob=1.0, photo_severity=recipe.augment.photo_severity,
-                    photo_effects=recipe.augment.photo_effects, photo_scene=scene)
+                    photo_effects=recipe.augment.photo_effects, photo_scene=scene,
+                    photo_median=recipe.augment.photo_median)
 
     def blocks():
         for start in range(0, n, chunk):
