@@ -154,3 +154,7 @@ def test_photo_median_ends_every_kind_of_photo_view_with_a_3x3_median():
         assert not np.array_equal(smoothed, view)
     with pytest.raises(Exception, match="photo_median is true or false"):
         AugmentConfig(photo_median="yes")
+    # a run's recipe.json written before the key existed still matches the recipe it was started with (--resume)
+    assert "photo_median" not in AugmentConfig().to_dict()
+    on = AugmentConfig(photo_median=True)
+    assert on.to_dict()["photo_median"] is True and AugmentConfig.from_dict(on.to_dict()) == on

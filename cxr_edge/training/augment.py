@@ -110,6 +110,8 @@ class AugmentConfig:
         d["crop_area"], d["crop_ratio"] = list(self.crop_area), list(self.crop_ratio)
         if self.photo_effects is not None and not isinstance(self.photo_effects, dict):
             d["photo_effects"] = list(self.photo_effects)
+        if not self.photo_median:   # runs recorded before the key existed resume unchanged (recipe.json)
+            del d["photo_median"]
         return d
 
     @property
