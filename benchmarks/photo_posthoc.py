@@ -114,7 +114,8 @@ def shifted(p: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def real_photo_hits(pack, folder: Path, slot: str, b: np.ndarray):
     """(labelled photos, hits without, hits with the offsets, rows) for the real photos of ``folder``."""
-    rows = list(csv.DictReader(open(folder / "manifest.csv", newline="")))
+    with open(folder / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     pipeline = Pipeline.from_pack(pack)
     out, n, base, moved = [], 0, 0, 0
     for row in rows:
@@ -144,6 +145,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1, help="every K-th film of each split (1 = all)")
     ap.add_argument("--photos", type=Path, help="a folder of real photos with manifest.csv (label column)")
     args = ap.parse_args()
+    if args.photos and not (args.photos / "manifest.csv").is_file():
+        ap.error(f"{args.photos}: no manifest.csv; give a real-photo folder such as ../shared/data/real_photos_dev")
     prep = open_prepared(args.data)
     model = open_model(args.pack, prep, threads=1)
     if model.spec.activation != "softmax":

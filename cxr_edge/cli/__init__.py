@@ -25,7 +25,8 @@ import click
 
 from .. import __version__
 
-__all__ = ["COMMANDS", "EXIT_BROKEN_PIPE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "LazyGroup", "exit_interrupted", "main", "run"]
+__all__ = ["COMMANDS", "EXIT_BROKEN_PIPE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "LazyGroup", "exit_interrupted", "main",
+           "run"]
 
 # name -> (module, attribute, one-line help). The help is here so listing commands imports nothing.
 COMMANDS: dict[str, tuple[str, str, str]] = {
