@@ -2,7 +2,8 @@
 
 Run (workstation; ~1 minute):
 
-    python benchmarks/photo_noise.py --data prepared/cxr4 [--films 60] [--severity moderate] [--json out.json]
+    python benchmarks/photo_noise.py --data prepared/cxr4 [--films 60] [--severity moderate] [--side 1280]
+                                     [--json out.json]
 
 ``benchmarks/photo_accuracy_loss.py --ablate off`` found the simulator's sensor noise to be what costs cxr4 most of
 its accuracy on simulated photos. Whether real photos are that noisy decides what to do about it (calibrate the
@@ -24,11 +25,16 @@ off (the estimator's floor: film grain, edges and JPEG read as noise too). Print
 percentiles of sigma and of sigma / range.
 
 A second table compares what the MODEL sees (the 224-px input, after the device's finishing): the digital test
-films; evaluate's simulated photos straightened with their true corners, finished and fitted; the same without the
+films; the real dev photos as ``cxr-edge predict`` prepares them (``Pipeline.film``: straightened, cropped or
+digital, finished, then fitted to the model's square); evaluate's simulated photos straightened with their true corners, finished and fitted; the same without the
 noise effect; and training's photo views of the same films (``cxr_edge.training.augment.photo_view`` with the
 default augmentation's photo settings at ``--severity``, finished as training finishes them; and with
 ``photo_scene = 1``, every view a straightened 640-px photo). If training's views carry less noise than
 evaluation's photos, training never showed the model the noise that costs it.
+
+``--side`` is the long side the simulated photos are rendered at (evaluate's ``--photo-size``; 1280 by default).
+The simulator's sensor noise, chroma blotches and JPEG blocks are per pixel of that photo, so a 1280-px photo stands
+for a 1.6-MP camera; 4000 px is a 12-MP phone. The first table still measures every photo shrunk to 1280 px.
 """
 
 from __future__ import annotations
@@ -102,6 +108,8 @@ def main(argv=None):
     ap.add_argument("--data", required=True, type=Path, help="a prepared data set (its test films are photographed)")
     ap.add_argument("--films", type=int, default=60)
     ap.add_argument("--severity", default="moderate")
+    ap.add_argument("--side", type=int, default=SIDE,
+                    help="long side of the simulated photos in px (evaluate's --photo-size); default %(default)s")
     ap.add_argument("--train-noise", type=float, default=1.0,
                     help="augment.photo_noise for the training-view rows (the gain on their sensor noise)")
     ap.add_argument("--json", type=Path)
@@ -124,12 +132,12 @@ def main(argv=None):
     for i in range(min(args.films, len(table))):
         film = np.asarray(load_image(table["path"][i], mode="L"))
         sha = table["sha256"][i]
-        first = simulate_photo(film, args.severity, photo_seed(0, sha, i), long_side=SIDE)
+        first = simulate_photo(film, args.severity, photo_seed(0, sha, i), long_side=args.side)
         defaults = dict(PHOTO_EFFECT_PROBS, moire=MONITOR_MOIRE_PROB if first.background == "monitor" else 0.0)
         for name, effects in (("simulated", None), ("simulated, noise off", {**defaults, "noise": 0.0})):
             sim = first if effects is None else simulate_photo(film, args.severity, photo_seed(0, sha, i),
-                                                               long_side=SIDE, effects=effects)
-            q = sim.corners
+                                                               long_side=args.side, effects=effects)
+            q = sim.corners * (min(1.0, SIDE / args.side))     # at_common_size shrinks larger photos to SIDE
             box = (q[:, 0].min(), q[:, 1].min(), q[:, 0].max(), q[:, 1].max())
             sims[name].append({**measure(at_common_size(sim.to_image()), central(box)),
                                "background": sim.background})
@@ -141,22 +149,29 @@ def main(argv=None):
     from cxr_edge.runtime.preprocess import fit_to_square
     from cxr_edge.training.augment import AugmentConfig, photo_view
 
+    from cxr_edge import Pipeline
+
     spec = prep.task
+    pipe = Pipeline.from_pack("default")     # only its photo path runs: Pipeline.film, no model
     view = replace(AugmentConfig.off(), photo_prob=1.0, photo_severity=args.severity, photo_noise=args.train_noise)
-    inputs = {"digital films": [], "evaluate's photos, true corners, finished": [],
+    inputs = {"digital films": [], "real photos (dev), as predict prepares them": [],
+              "evaluate's photos, true corners, finished": [],
               "the same, noise off": [], f"training's photo views, photo_noise = {args.train_noise:g}": [],
               "training's photo views, photo_scene = 1": []}
     whole = (0, 0, spec.input.size, spec.input.size)
+    for r in csv.DictReader(open(folder / "manifest.csv", newline="")):
+        x = fit_to_square(pipe.film(str(folder / r["file"]), checks=False).image, spec).astype(np.float64)
+        inputs["real photos (dev), as predict prepares them"].append(measure(x, central(whole)))
     for i in range(min(args.films, len(table))):
         film = np.asarray(load_image(table["path"][i], mode="L"))
         sha = table["sha256"][i]
         inputs["digital films"].append(measure(np.asarray(prep.images("test")[i], np.float64), central(whole)))
-        first = simulate_photo(film, args.severity, photo_seed(0, sha, i), long_side=SIDE)
+        first = simulate_photo(film, args.severity, photo_seed(0, sha, i), long_side=args.side)
         defaults = dict(PHOTO_EFFECT_PROBS, moire=MONITOR_MOIRE_PROB if first.background == "monitor" else 0.0)
         for name, effects in (("evaluate's photos, true corners, finished", None),
                               ("the same, noise off", {**defaults, "noise": 0.0})):
             sim = first if effects is None else simulate_photo(film, args.severity, photo_seed(0, sha, i),
-                                                               long_side=SIDE, effects=effects)
+                                                               long_side=args.side, effects=effects)
             straight = warp_film(sim.to_image().convert("L"), sim.corners, max_side=1024, mode="L")
             x = fit_to_square(finish_film(straight), spec).astype(np.float64)
             inputs[name].append(measure(x, central(whole)))
@@ -176,6 +191,7 @@ def main(argv=None):
         s = result[name] = summary(rows)
         print(f"| {name} | {s['n']} | {s['sigma']['p10']:.2f} / {s['sigma']['median']:.2f} / {s['sigma']['p90']:.2f} "
               f"| {s['relative']['p10']:.4f} / {s['relative']['median']:.4f} / {s['relative']['p90']:.4f} |")
+    print(f"(simulated photos rendered at {args.side} px on the longer side)")
     print(f"\nwhat the model sees: the {spec.input.size}-px input after the device's finishing (the same estimate)\n")
     print("| input | n | sigma p10 / median / p90 | sigma / range p10 / median / p90 |")
     print("|---|---:|---|---|")
