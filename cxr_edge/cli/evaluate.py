@@ -57,7 +57,9 @@ class StageProgress:
 @click.option("--photos", "photos", default=None, metavar="SEVERITY",
               help="Also evaluate simulated phone photos of the same images: mild, moderate, severe or 0..1.")
 @click.option("--photo-size", default=1280, show_default=True, type=click.IntRange(64, 4096),
-              help="Long side of the simulated photos in pixels.")
+              help="Long side of the simulated photos in pixels. Their sensor noise and JPEG blocks are per "
+                   "pixel, so 1280 is a 1.6-MP camera's photo and 4000 a 12-MP phone's, about half as noisy at the "
+                   "model input (benchmarks/RESULTS.md) and about 13x slower.")
 @click.option("--profile", default=None, help="Threshold profile of the pack (default: its default profile).")
 @click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(0, 100_000),
               help="Bootstrap resamples (by patient) for the 95% CIs; 0 = no CIs.")
