@@ -412,13 +412,21 @@ def calibration(b: Build) -> str:
 
 
 def photos(b: Build) -> str:
+    evals = [ev for ev in (b.eval.get((slot, "int8")) for slot in SLOTS) if ev and "photos" in ev]
+    side = {ev["photos"].get("photo_long_side", 1280) for ev in evals} or {1280}
     out = ["## Phone photos against digital films", "",
            ("Real photos cannot be paired with their digital films, so to measure what a photo costs " if b.real_photos
             else "No real phone photographs of films exist in the data, so ")
            + "the test films were turned into simulated "
            "photos (`cxr_edge.tools.photosim`, severity moderate: the film on a lightbox or desk with perspective, "
-           "glare, moiré, blur, JPEG and a colour cast, 1280 px) and run through `predict`'s photo path: raw = "
-           "the whole photo as the model input, rectified = the film found, straightened and checked first.", ""]
+           f"glare, moiré, blur, JPEG and a colour cast, {' / '.join(f'{n}' for n in sorted(side))} px) and run "
+           "through `predict`'s photo path: raw = the whole photo as the model input, rectified = the film found, "
+           "straightened and checked first.", ""]
+    if b.real_photos and any(ev["metrics"]["task"] == "cxr4" for ev in evals):
+        out[-2] += (" The simulator's sensor noise and JPEG blocks are per pixel of its photo, so at this size they "
+                    "stand for a small camera's: at the model input these photos carry more noise than the real "
+                    "phone photos below, and the 4-class model's rectified figure overstates what noise costs "
+                    "(benchmarks/RESULTS.md, \"The simulator's noise at the model input, against real photos\").")
     rows = []
     for slot in SLOTS:
         ev = b.eval.get((slot, "int8"))
