@@ -90,6 +90,66 @@ def test_evaluate_real_photos_bad_input_is_a_clean_error(tmp_path):
     assert res.exit_code == 2 and "manifest.csv" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(main, ["evaluate", str(BUNDLED_PACK)])
     assert res.exit_code == 2 and "exactly one of --data" in res.output
+    for extra in (["--photos", "moderate"], ["--split", "val", "--n-boot", "0"]):
+        res = CliRunner().invoke(main, ["evaluate", str(BUNDLED_PACK), "--real-photos", str(tmp_path), *extra])
+        assert res.exit_code == 2 and "with --data" in res.output and extra[0] in res.output, res.output
+
+
+def test_evaluate_real_photos_report_shows_every_photo_beside_its_film(dev, tmp_path, monkeypatch):
+    """--report: index.html and report.md with a row per photo, and contact sheets with one tile per photo --
+    the photo beside the film the models saw, framed green for a hit, red for a miss or an unanswered photo.
+    An unreadable photo gets its red tile too, and a report written again into the same folder leaves none of
+    the earlier one's sheets behind."""
+    import numpy as np
+    from PIL import Image
+
+    from cxr_edge.tools import photo_report
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    with open(dev / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        (folder / row["file"]).write_bytes((dev / row["file"]).read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut off here")
+    rows.append(dict(rows[0], file="broken.jpg"))
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    monkeypatch.setattr(photo_report, "TILES_PER_SHEET", 6)
+    out = tmp_path / "report"
+    res = CliRunner().invoke(main, ["evaluate", str(BUNDLED_PACK), "--real-photos", str(folder), "--report",
+                                    str(out), "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    assert r["report"]["path"] == str(out) and len(r["photos"]) == 18
+    sheets = sorted(out.glob("contact_sheet_*.png"))
+    assert [s.name for s in sheets] == ["contact_sheet_01.png", "contact_sheet_02.png", "contact_sheet_03.png"]
+    md, page = (out / "report.md").read_text(), (out / "index.html").read_text()
+    assert all(p["file"] in md and p["file"] in page for p in r["photos"])
+    assert all(s.name in md and s.name in page for s in sheets)
+    outcomes = []
+    for i, p in enumerate(r["photos"]):
+        sheet = np.asarray(Image.open(sheets[i // 6]).convert("RGB"))
+        x0, y0, x1, y1 = photo_report.tile_box(i % 6)
+        expected = ("miss" if p["status"] != "ok" or (p["label"] == "COVID-19" and p["cxr4_top"] != "COVID-19")
+                    else "hit" if p["label"] == "COVID-19" else "unlabelled")
+        assert tuple(sheet[y0 + 1, x0 + 1]) == photo_report.COLOURS[expected], p["file"]
+        film = sheet[y0 + 20:y0 + 200, (x0 + x1) // 2 + 20:x1 - 20]         # the right-hand thumbnail
+        outcomes.append(expected)
+        if p["status"] == "ok":
+            assert film.std() > 20, p["file"]          # a film, not the empty placeholder
+    broken = r["photos"][-1]
+    assert broken["status"] == "error" and outcomes[-1] == "miss"
+    assert {"hit", "miss"} <= set(outcomes)            # the dev photos have both
+
+    monkeypatch.setattr(photo_report, "TILES_PER_SHEET", 30)
+    res = CliRunner().invoke(main, ["evaluate", str(BUNDLED_PACK), "--real-photos", str(folder), "--report",
+                                    str(out)], catch_exceptions=False)
+    assert res.exit_code == 0 and f"report: {out}/index.html" in res.output
+    assert [s.name for s in out.glob("contact_sheet_*.png")] == ["contact_sheet_01.png"]
 
 
 @pytest.mark.parametrize("category", ["document_page", "screenshot"])

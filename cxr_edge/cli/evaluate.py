@@ -67,7 +67,8 @@ class StageProgress:
 @click.option("--min-group", default=10, show_default=True, type=click.IntRange(1),
               help="Smallest subgroup / source dataset that gets metrics.")
 @click.option("--report", "report", default=None, type=_path,
-              help="Write a report folder: index.html, report.md and PNG figures.")
+              help="Write a report folder: index.html, report.md and PNG figures (with --real-photos: contact "
+                   "sheets of every photo beside the film the models saw).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as one JSON object on stdout.")
 @click.option("--allow-train-split", is_flag=True,
               help="Evaluate even on images the model trained on (the result is flagged as optimistic).")
@@ -98,12 +99,15 @@ def evaluate(model, data, real_photos, manifest, split, photos, photo_size, prof
     manifest lists goes through the pack as `cxr-edge predict` runs it, and the
     result gives the answered rate, gate acceptance, the path each photo took
     (straightened / cropped / digital), and the 4-class model's hits per
-    label, overall and per kind of photo (film, screen).
+    label, overall and per kind of photo (film, screen); --report adds
+    contact sheets: every photo beside the film the models saw, with its
+    answer.
 
     \b
     Examples:
       cxr-edge evaluate my_pack --data prepared/cxr4 --split test
       cxr-edge evaluate my_pack --real-photos ../shared/data/real_photos_dev --json > real_photos.json
+      cxr-edge evaluate my_pack --real-photos ../shared/data/real_photos_dev --report reports/real_photos
       cxr-edge evaluate my_pack --data prepared/nih14 --photos moderate --report reports/nih14
       cxr-edge evaluate runs/cxr4 --data prepared/cxr4 --json > cxr4_float.json
       cxr-edge evaluate my_pack --data prepared/nih14 --profile screening --n-boot 0
@@ -111,7 +115,13 @@ def evaluate(model, data, real_photos, manifest, split, photos, photo_size, prof
     if (data is None) == (real_photos is None):
         raise click.UsageError("give exactly one of --data (a prepared split) and --real-photos (a folder of photos)")
     if real_photos is not None:
-        _evaluate_real_photos(model, real_photos, manifest, profile, threads, backend, as_json)
+        ctx = click.get_current_context()
+        given = [f"--{name.replace('_', '-')}" for name in _DATA_ONLY
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --data (a prepared "
+                                   "split); --real-photos takes the photos as they are, with MODEL's thresholds")
+        _evaluate_real_photos(model, real_photos, manifest, profile, threads, backend, as_json, report)
         return
     if manifest is not None:
         raise click.UsageError("--manifest goes with --real-photos")
@@ -129,14 +139,27 @@ def evaluate(model, data, real_photos, manifest, split, photos, photo_size, prof
     click.echo(json_text(r) if as_json else format_result(r))
 
 
-def _evaluate_real_photos(model, folder, manifest, profile, threads, backend, as_json):
+#: evaluate's options that only mean something with --data (a prepared split); refused with --real-photos
+_DATA_ONLY = ("split", "photos", "photo_size", "n_boot", "seed", "min_group", "allow_train_split",
+              "allow_calibration_split")
+
+
+def _evaluate_real_photos(model, folder, manifest, profile, threads, backend, as_json, report):
     from ..tools.evaluate_photos import evaluate_photos, format_photo_result
     from ..runtime.pipeline import Pipeline
 
     pipeline = Pipeline(model, threads=threads, profile=profile, backend=backend)
+    films = {} if report else None
     with StageProgress(enabled=not as_json) as progress:
-        r = evaluate_photos(pipeline, folder, manifest, progress=progress)
-    click.echo(json_text(r) if as_json else format_photo_result(r))
+        r = evaluate_photos(pipeline, folder, manifest, progress=progress, films=films)
+        if report:
+            from ..tools.photo_report import write_photo_report
+
+            r["report"] = {"path": str(write_photo_report(r, films, report, progress=progress))}
+    text = json_text(r) if as_json else format_photo_result(r)
+    if report and not as_json:
+        text += f"\nreport: {r['report']['path']}/index.html"
+    click.echo(text)
 
 
 def format_number(v, digits: int = 3) -> str:

@@ -15,7 +15,8 @@ The manifest is a CSV with at least ``file`` (relative to the folder) and ``labe
 ``view`` are used when present (``../shared/data/real_photos_dev/manifest.csv`` has them). Images in the
 folder that the manifest does not list, and listed files that are missing, are reported, not dropped.
 :func:`format_photo_result` is the text, :func:`card_section` the model card's "Real photos" section,
-both from the JSON-able dict :func:`evaluate_photos` returns.
+both from the JSON-able dict :func:`evaluate_photos` returns; :mod:`cxr_edge.tools.photo_report` writes its report
+folder (contact sheets of every photo beside the film the models saw).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["card_section", "evaluate_photos", "format_photo_result", "read_photo_manifest", "SLOT"]
+__all__ = ["card_section", "evaluate_photos", "FILM_THUMB", "format_photo_result", "read_photo_manifest",
+           "SLOT"]
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +56,17 @@ def read_photo_manifest(folder: Path, manifest: Path | None = None) -> list[dict
     return rows
 
 
-def evaluate_photos(pipeline, folder, manifest=None, *, progress=None) -> dict:
+FILM_THUMB = 256       # px: the longer side of the copies ``films=`` keeps (a report's thumbnails)
+
+
+def evaluate_photos(pipeline, folder, manifest=None, *, progress=None, films: dict | None = None) -> dict:
     """Predict every photo the manifest lists with ``pipeline`` (a :class:`~cxr_edge.runtime.pipeline.Pipeline`)
     and summarise (module docstring). Returns a JSON-able dict: ``summary``, ``by_kind``, ``by_label``,
-    ``photos`` (one row per listed file), ``unlisted`` and ``missing`` files."""
+    ``photos`` (one row per listed file), ``unlisted`` and ``missing`` files.
+
+    ``films``: a dict that gets, per listed file that could be read, a small copy (at most :data:`FILM_THUMB` px)
+    of the film the models saw -- straightened, cropped or the digital image, turned upright where the
+    orientation check turned it (``cxr_edge.tools.photo_report`` draws them). The prediction is the same."""
     from ..runtime.images import scan_image_files
 
     folder = Path(folder)
@@ -72,7 +81,7 @@ def evaluate_photos(pipeline, folder, manifest=None, *, progress=None) -> dict:
         if not path.exists():
             missing.append(row["file"])
             continue
-        pred = pipeline.predict(path, row["file"])
+        pred = _predict(pipeline, path, row["file"], films)
         photos.append(_photo_row(row, pred, labels))
         if progress:
             progress("photos", i + 1, len(rows))
@@ -80,6 +89,25 @@ def evaluate_photos(pipeline, folder, manifest=None, *, progress=None) -> dict:
             "pack": str(pipeline.pack.path), "model_labels": list(labels),
             "summary": _summary(photos), "by_kind": _grouped(photos, "kind"),
             "by_label": _by_label(photos), "photos": photos, "unlisted": unlisted, "missing": missing}
+
+
+def _predict(pipeline, path: Path, name: str, films: dict | None):
+    """``pipeline.predict(path)``; with ``films``, through the :class:`Film` stage so that the film is kept."""
+    if films is None:
+        return pipeline.predict(path, name)
+    from ..errors import ImageError
+    from ..runtime.orientation import upright
+
+    try:
+        film = pipeline.film(path, name, checks=False)
+    except ImageError:
+        return pipeline.predict(path, name)         # the same error, as the result predict gives for it
+    pred = pipeline.predict(film, name)
+    thumb = film.image.copy()
+    thumb.thumbnail((FILM_THUMB, FILM_THUMB), reducing_gap=2.0)
+    turned = (pred.orientation or {}).get("turned_by", 0) if (pred.orientation or {}).get("corrected") else 0
+    films[name] = upright(thumb, turned)
+    return pred
 
 
 def _photo_row(row: dict, pred, labels) -> dict:
