@@ -90,6 +90,11 @@ def test_evaluate_real_photos_bad_input_is_a_clean_error(tmp_path):
     assert res.exit_code == 2 and "manifest.csv" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(main, ["evaluate", str(BUNDLED_PACK)])
     assert res.exit_code == 2 and "exactly one of --data" in res.output
+    (tmp_path / "taken").write_text("a file, not a folder")
+    for where in (tmp_path / "taken", tmp_path / "taken" / "report"):
+        res = CliRunner().invoke(main, ["evaluate", str(BUNDLED_PACK), "--real-photos", str(tmp_path), "--report",
+                                        str(where)])
+        assert res.exit_code == 2 and "--report" in res.output and "Traceback" not in res.output, res.output
     for extra in (["--photos", "moderate"], ["--split", "val", "--n-boot", "0"]):
         res = CliRunner().invoke(main, ["evaluate", str(BUNDLED_PACK), "--real-photos", str(tmp_path), *extra])
         assert res.exit_code == 2 and "with --data" in res.output and extra[0] in res.output, res.output

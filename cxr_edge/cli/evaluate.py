@@ -114,6 +114,8 @@ def evaluate(model, data, real_photos, manifest, split, photos, photo_size, prof
     """
     if (data is None) == (real_photos is None):
         raise click.UsageError("give exactly one of --data (a prepared split) and --real-photos (a folder of photos)")
+    if report is not None:
+        _report_folder(report)           # before the evaluation, not after minutes of it
     if real_photos is not None:
         ctx = click.get_current_context()
         given = [f"--{name.replace('_', '-')}" for name in _DATA_ONLY
@@ -137,6 +139,20 @@ def evaluate(model, data, real_photos, manifest, split, photos, photo_size, prof
     for flag in r["leakage"]["flags"]:
         click.secho(f"WARNING: {flag}", err=True, fg="red", bold=True)
     click.echo(json_text(r) if as_json else format_result(r))
+
+
+def _report_folder(path: str) -> None:
+    """Create the --report folder, or say clearly why it cannot be one."""
+    from pathlib import Path
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise click.UsageError(f"--report {path}: a file of that name exists; give a folder (created if needed)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.UsageError(f"--report {path}: cannot create the folder ({exc.strerror or exc}); give a folder "
+                               "you can write to") from None
 
 
 #: evaluate's options that only mean something with --data (a prepared split); refused with --real-photos
