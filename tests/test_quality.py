@@ -79,9 +79,13 @@ def test_tilt_from_corners():
 def test_color_cast_names_the_colour(cxr):
     grey = np.repeat(cxr[..., None], 3, axis=-1).astype(np.float64)
     assert check_color_cast(grey.astype(np.uint8)).verdict == "pass"
-    warm = np.clip(grey * [1.35, 1.0, 0.6], 0, 255).astype(np.uint8)
+    warm = np.clip(grey * [1.35, 1.0, 0.6], 0, 255).astype(np.uint8)            # ln(B/G) = -0.51
     res = check_color_cast(warm)
-    assert res.verdict == "fail" and "yellow" in res.message and "white light" in res.message
+    assert res.verdict == "warn" and "yellow" in res.message and "white light" in res.message
+    assert "hide details" not in res.message       # a cast this strong costs the models nothing (photo_cast.py)
+    orange = np.clip(grey * [1.6, 1.0, 0.4], 0, 255).astype(np.uint8)           # ln(B/G) = -0.92
+    res = check_color_cast(orange)
+    assert res.verdict == "fail" and "yellow" in res.message and "hide details" in res.message
     blue = np.clip(grey * [0.85, 1.0, 1.25], 0, 255).astype(np.uint8)
     assert "blue" in check_color_cast(blue).message
 

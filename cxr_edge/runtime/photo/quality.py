@@ -72,9 +72,12 @@ class QualitySpec:
     # tilt: the largest deviation of a film corner from 90 degrees, from the detected corners
     tilt_warn_deg: float = 12.0
     tilt_fail_deg: float = 25.0
-    # colour cast: max |ln(R/G)|, |ln(B/G)| of the film's brighter half, from the RGB photo
+    # colour cast: max |ln(R/G)|, |ln(B/G)| of the film's brighter half, from the RGB photo. The models see the
+    # grey film, so a cast is named (warn) but fails only past what was measured harmless: violet, teal and warm
+    # casts up to 0.8, clipped as a camera clips, moved cxr4's test accuracy by at most 0.011 either way
+    # (benchmarks/photo_cast.py; 0.40 until 2026-12-08 failed 3 of the 17 real dev photos for nothing)
     cast_warn: float = 0.15
-    cast_fail: float = 0.40
+    cast_fail: float = 0.80
 
     def __post_init__(self):
         for f in fields(self):   # a NaN threshold compares False with everything: a check that never fires
