@@ -26,8 +26,8 @@ percentiles of sigma and of sigma / range.
 
 A second table compares what the MODEL sees (the 224-px input, after the device's finishing): the digital test
 films; the real dev photos as ``cxr-edge predict`` prepares them (``Pipeline.film``: straightened, cropped or
-digital, finished, then fitted to the model's square); evaluate's simulated photos straightened with their true corners, finished and fitted; the same without the
-noise effect; and training's photo views of the same films (``cxr_edge.training.augment.photo_view`` with the
+digital, finished, then fitted to the model's square); evaluate's simulated photos straightened with their true
+corners, finished and fitted; the same without the noise effect; and training's photo views of the same films (``cxr_edge.training.augment.photo_view`` with the
 default augmentation's photo settings at ``--severity``, finished as training finishes them; and with
 ``photo_scene = 1``, every view a straightened 640-px photo). If training's views carry less noise than
 evaluation's photos, training never showed the model the noise that costs it.

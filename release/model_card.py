@@ -422,7 +422,7 @@ def photos(b: Build) -> str:
            f"glare, moiré, blur, JPEG and a colour cast, {' / '.join(f'{n}' for n in sorted(side))} px) and run "
            "through `predict`'s photo path: raw = the whole photo as the model input, rectified = the film found, "
            "straightened and checked first.", ""]
-    if b.real_photos and any(ev["metrics"]["task"] == "cxr4" for ev in evals):
+    if b.real_photos and max(side) <= 1600 and any(ev["metrics"]["task"] == "cxr4" for ev in evals):
         out[-2] += (" The simulator's sensor noise and JPEG blocks are per pixel of its photo, so at this size they "
                     "stand for a small camera's: at the model input these photos carry more noise than the real "
                     "phone photos below, and the 4-class model's rectified figure overstates what noise costs "

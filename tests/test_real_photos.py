@@ -96,8 +96,10 @@ def test_evaluate_real_photos_bad_input_is_a_clean_error(tmp_path):
                                         str(where)])
         assert res.exit_code == 2 and "--report" in res.output and "Traceback" not in res.output, res.output
     for extra in (["--photos", "moderate"], ["--split", "val", "--n-boot", "0"]):
-        res = CliRunner().invoke(main, ["evaluate", str(BUNDLED_PACK), "--real-photos", str(tmp_path), *extra])
+        res = CliRunner().invoke(main, ["evaluate", str(BUNDLED_PACK), "--real-photos", str(tmp_path), *extra,
+                                        "--report", str(tmp_path / "never")])
         assert res.exit_code == 2 and "with --data" in res.output and extra[0] in res.output, res.output
+        assert not (tmp_path / "never").exists()            # a refused run leaves no report folder behind
 
 
 def test_evaluate_real_photos_report_shows_every_photo_beside_its_film(dev, tmp_path, monkeypatch):
@@ -132,6 +134,7 @@ def test_evaluate_real_photos_report_shows_every_photo_beside_its_film(dev, tmp_
     assert r["report"]["path"] == str(out) and len(r["photos"]) == 18
     sheets = sorted(out.glob("contact_sheet_*.png"))
     assert [s.name for s in sheets] == ["contact_sheet_01.png", "contact_sheet_02.png", "contact_sheet_03.png"]
+    assert r["report"]["files"] == [s.name for s in sheets] + ["index.html", "report.md"]
     md, page = (out / "report.md").read_text(), (out / "index.html").read_text()
     assert all(p["file"] in md and p["file"] in page for p in r["photos"])
     assert all(s.name in md and s.name in page for s in sheets)
@@ -195,3 +198,33 @@ def test_real_photos_varied_as_other_photos_vary_are_still_answered(dev, bundled
     assert r["summary"]["answered"] == len(rows), [(p["file"], p["status"], p["gate_score"]) for p in r["photos"]]
     if variant == "desk_frame":    # the film's edges are now in view: the film finder straightens it
         assert r["summary"]["paths"].get("quadrilateral", 0) >= len(rows) - 1, r["summary"]["paths"]
+
+
+def test_a_photo_that_breaks_the_photo_stage_is_an_error_row_not_a_lost_report(dev, bundled, tmp_path, monkeypatch):
+    """Keeping the films for a report must not change what happens to a photo that fails unexpectedly: it gets
+    its error row, as in a run without a report, and the other photos are answered."""
+    from cxr_edge.tools.evaluate_photos import evaluate_photos
+
+    with open(dev / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:2]
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for row in rows:
+        (folder / row["file"]).write_bytes((dev / row["file"]).read_bytes())
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    real_film = Pipeline.film
+
+    def film(self, source, name=None, **kw):       # a bug in the photo stage, for the first photo only
+        if str(source).endswith(rows[0]["file"]):
+            raise ValueError("a bug in the photo stage")
+        return real_film(self, source, name, **kw)
+
+    monkeypatch.setattr(Pipeline, "film", film)
+    films = {}
+    r = evaluate_photos(bundled, folder, films=films)
+    first, second = r["photos"]
+    assert first["status"] == "error" and first["error"] == "internal"
+    assert second["status"] == "ok" and set(films) == {rows[1]["file"]}

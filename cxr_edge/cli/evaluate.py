@@ -142,17 +142,20 @@ def evaluate(model, data, real_photos, manifest, split, photos, photo_size, prof
 
 
 def _report_folder(path: str) -> None:
-    """Create the --report folder, or say clearly why it cannot be one."""
+    """Say clearly, before any work, why --report cannot be a folder the report can be written to (the folder is
+    created only when the report is written, so a refused run leaves nothing behind)."""
+    import os
     from pathlib import Path
 
-    folder = Path(path)
+    folder = Path(path).absolute()
     if folder.exists() and not folder.is_dir():
         raise click.UsageError(f"--report {path}: a file of that name exists; give a folder (created if needed)")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise click.UsageError(f"--report {path}: cannot create the folder ({exc.strerror or exc}); give a folder "
-                               "you can write to") from None
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise click.UsageError(f"--report {path}: {existing} is a file, so no folder can be made under it; give "
+                               "a folder you can write to")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise click.UsageError(f"--report {path}: {existing} is not writable; give a folder you can write to")
 
 
 #: evaluate's options that only mean something with --data (a prepared split); refused with --real-photos
@@ -171,7 +174,8 @@ def _evaluate_real_photos(model, folder, manifest, profile, threads, backend, as
         if report:
             from ..tools.photo_report import write_photo_report
 
-            r["report"] = {"path": str(write_photo_report(r, films, report, progress=progress))}
+            folder = write_photo_report(r, films, report, progress=progress)
+            r["report"] = {"path": str(folder), "files": sorted(p.name for p in folder.iterdir())}
     text = json_text(r) if as_json else format_photo_result(r)
     if report and not as_json:
         text += f"\nreport: {r['report']['path']}/index.html"

@@ -56,7 +56,7 @@ def read_photo_manifest(folder: Path, manifest: Path | None = None) -> list[dict
     return rows
 
 
-FILM_THUMB = 256       # px: the longer side of the copies ``films=`` keeps (a report's thumbnails)
+FILM_THUMB = 200       # px: the longer side of the copies ``films=`` keeps (a report's thumbnails: 40 KB each)
 
 
 def evaluate_photos(pipeline, folder, manifest=None, *, progress=None, films: dict | None = None) -> dict:
@@ -95,15 +95,16 @@ def _predict(pipeline, path: Path, name: str, films: dict | None):
     """``pipeline.predict(path)``; with ``films``, through the :class:`Film` stage so that the film is kept."""
     if films is None:
         return pipeline.predict(path, name)
-    from ..errors import ImageError
+    from ..runtime.images import decode_budget
     from ..runtime.orientation import upright
 
-    try:
-        film = pipeline.film(path, name, checks=False)
-    except ImageError:
-        return pipeline.predict(path, name)         # the same error, as the result predict gives for it
-    pred = pipeline.predict(film, name)
-    thumb = film.image.copy()
+    with decode_budget():        # as predict holds it: the photo stage's copies of a large photo stay counted
+        try:
+            film = pipeline.film(path, name, checks=False)
+        except Exception:        # noqa: BLE001 -- predict gives the same failure as its error row, never a lost run
+            return pipeline.predict(path, name)
+        pred = pipeline.predict(film, name)
+        thumb = film.image.copy()
     thumb.thumbnail((FILM_THUMB, FILM_THUMB), reducing_gap=2.0)
     turned = (pred.orientation or {}).get("turned_by", 0) if (pred.orientation or {}).get("corrected") else 0
     films[name] = upright(thumb, turned)

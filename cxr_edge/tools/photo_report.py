@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -41,8 +42,15 @@ _SHEET = re.compile(r"contact_sheet_\d+\.png")
 def _font():
     try:
         return ImageFont.load_default(size=13)
-    except (TypeError, OSError):        # Pillow without FreeType: the small bitmap font
+    except (TypeError, OSError, ImportError):        # Pillow without FreeType: the small bitmap font
         return ImageFont.load_default()
+
+
+def _drawable(text: str, font) -> str:
+    """``text`` as ``font`` can draw it: the bitmap font of a Pillow without FreeType has Latin-1 only."""
+    if isinstance(font, ImageFont.FreeTypeFont):
+        return text
+    return text.encode("latin-1", "replace").decode("latin-1")
 
 
 def outcome(p: dict) -> str:
@@ -68,7 +76,7 @@ def _caption(p: dict) -> list[str]:
         flags.append("unusual for " + "/".join(p["ood_unusual"]))
     if p.get("turned_upright"):
         flags.append(f"turned upright ({p['turned_upright']} deg)")
-    name = p["file"] if len(p["file"]) <= 52 else "…" + p["file"][-51:]
+    name = p["file"] if len(p["file"]) <= 52 else "..." + p["file"][-49:]
     return [name, f"{p['kind']} · path {p['path']} · {p['status']}", gate, answer, ", ".join(flags)]
 
 
@@ -76,7 +84,7 @@ def _fit(img: Image.Image | None, text: str, font) -> Image.Image:
     """``img`` shrunk into a THUMB x THUMB dark square, or the square with ``text`` when there is none."""
     box = Image.new("RGB", (THUMB, THUMB), (40, 40, 40))
     if img is None:
-        ImageDraw.Draw(box).text((10, THUMB // 2 - 8), text, fill=(220, 220, 220), font=font)
+        ImageDraw.Draw(box).text((10, THUMB // 2 - 8), _drawable(text, font), fill=(220, 220, 220), font=font)
         return box
     img = img.convert("RGB")
     img.thumbnail((THUMB, THUMB), Image.Resampling.BILINEAR, reducing_gap=2.0)
@@ -99,7 +107,7 @@ def _tile(p: dict, photo: Image.Image | None, film: Image.Image | None, font) ->
     tile.paste(_fit(film, "no film: " + (p["error"] or p["status"]), font), (2 * _PAD + THUMB, _PAD))
     y = THUMB + 2 * _PAD
     for line in _caption(p):
-        draw.text((_PAD, y), line, fill=(20, 20, 20), font=font)
+        draw.text((_PAD, y), _drawable(line, font), fill=(20, 20, 20), font=font)
         y += _LINE
     return tile
 
@@ -110,11 +118,10 @@ def tile_box(i: int) -> tuple[int, int, int, int]:
     return x, y, x + _TILE[0], y + _TILE[1]
 
 
-def contact_sheets(r: dict, films: dict[str, Image.Image], *, progress=None) -> list[Image.Image]:
-    """One image per :data:`TILES_PER_SHEET` photos of ``r`` (:func:`evaluate_photos`' result): each photo (read
-    again from ``r['folder']``) beside its film from ``films`` (file -> the film the models saw)."""
+def contact_sheets(r: dict, films: dict[str, Image.Image], *, progress=None) -> Iterator[Image.Image]:
+    """One image per :data:`TILES_PER_SHEET` photos of ``r`` (:func:`evaluate_photos`' result), made one at a time:
+    each photo (read again from ``r['folder']``) beside its film from ``films`` (file -> the film the models saw)."""
     folder, photos, font = Path(r["folder"]), r["photos"], _font()
-    sheets = []
     for start in range(0, len(photos), TILES_PER_SHEET):
         part = photos[start:start + TILES_PER_SHEET]
         rows = -(-len(part) // COLUMNS)
@@ -125,13 +132,13 @@ def contact_sheets(r: dict, films: dict[str, Image.Image], *, progress=None) -> 
             sheet.paste(tile, tile_box(i)[:2])
             if progress:
                 progress("report", start + i + 1, len(photos))
-        sheets.append(sheet)
-    return sheets
+        yield sheet
 
 
 def write_photo_report(r: dict, films: dict[str, Image.Image], out, *, progress=None) -> Path:
-    """Write the report of ``r`` into folder ``out`` (created if needed); returns the folder. Contact sheets
-    of an earlier report in ``out`` that this one does not have are removed, so the folder never mixes two."""
+    """Write the report of ``r`` into folder ``out`` (created if needed); returns the folder. Each sheet is
+    written as soon as it is drawn (memory: one sheet at a time). Contact sheets of an earlier report in ``out``
+    that this one does not have are removed once the new pages are written, so the folder never mixes two."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = []
@@ -140,18 +147,19 @@ def write_photo_report(r: dict, films: dict[str, Image.Image], out, *, progress=
         sheet.save(buf, format="PNG", optimize=False)
         names.append(f"contact_sheet_{i:02d}.png")
         write_atomic(out / names[-1], buf.getvalue())
+        del sheet, buf
+    _page(r, names).write(out)
     for stale in out.iterdir():
         if _SHEET.fullmatch(stale.name) and stale.name not in names and stale.is_file():
             stale.unlink()
-    _page(r, names).write(out)
     return out
 
 
 def _page(r: dict, sheets: list[str]) -> Page:
     s = r["summary"]
-    page = Page(f"Real photos: {Path(r['folder']).name}")
-    page.text(f"{s['n']} photos listed in {r['manifest']}, each through `cxr-edge predict` with the pack "
-              f"{r['pack']}.", muted=True)
+    page = Page(f"Real photos: {Path(r['folder']).resolve().name}")
+    page.text(f"{s['n'] + len(r['missing'])} photos listed in {r['manifest']}, each one found went through "
+              f"`cxr-edge predict` with the pack {r['pack']}.", muted=True)
     hits = f"{s['hits']}/{s['labelled']}" if s["labelled"] else "no photo has a label the model has"
     page.bullets([f"answered {s['answered']}/{s['n']}; rejected by the gate {s['rejected']}; errors "
                   f"{sum(s['errors'].values())}" + (f" ({', '.join(f'{k} {v}' for k, v in s['errors'].items())})"

@@ -23,8 +23,14 @@ td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px soli
 .muted{color:#666;font-size:90%}"""
 
 
+def _md_text(value) -> str:
+    """Plain text for Markdown: angle brackets escaped, so that a file name such as ``<img onerror=...>``
+    stays text in a viewer that renders HTML inside Markdown."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _md_cell(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return _md_text(value).replace("|", "\\|").replace("\n", " ")
 
 
 class Page:
@@ -69,11 +75,11 @@ class Page:
             if kind == "heading":
                 out += ["#" * args[1] + " " + args[0], ""]
             elif kind == "text":
-                out += [f"*{args[0]}*" if args[1] else args[0], ""]
+                out += [f"*{_md_text(args[0])}*" if args[1] else _md_text(args[0]), ""]
             elif kind == "alert":
-                out += [f"> **⚠ {args[0]}**", ""]
+                out += [f"> **⚠ {_md_text(args[0])}**", ""]
             elif kind == "bullets":
-                out += [f"- {i}" for i in args[0]] + [""]
+                out += [f"- {_md_text(i)}" for i in args[0]] + [""]
             elif kind == "table":
                 head, rows = args
                 out += ["| " + " | ".join(map(_md_cell, head)) + " |", "|" + "---|" * len(head)]
