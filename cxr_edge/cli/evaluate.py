@@ -218,7 +218,12 @@ def format_result(r: dict) -> str:
         lines.append(f"{label:<20} {e['n_positive']:>5}  {auc:<24} {extra}")
     if "photos" in r:
         lines.append("")
-        lines.append(f"simulated phone photos ({r['photos']['severity']}): {m['primary']['name']} / gap vs digital")
+        side = r["photos"].get("photo_long_side")
+        lines.append(f"simulated phone photos ({r['photos']['severity']}{f', {side} px' if side else ''}): "
+                     f"{m['primary']['name']} / gap vs digital")
+        if side and side <= 1600:
+            lines.append(f"  ({side} px stands for a small camera: more noise at the model input than the real dev photos "
+                         "carry (benchmarks/RESULTS.md); --photo-size 4000 is a 12-MP phone)")
         for name, v in r["photos"]["variants"].items():
             lines.append(f"  {name:<16} {_ci(v['metrics']['primary'])}   gap {_ci(v['gap_vs_digital'])}")
     probe = r["shortcut"].get("all", {})
