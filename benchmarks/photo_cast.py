@@ -9,11 +9,12 @@ The quality checks call a cast "fail" from a strength of ``QualitySpec.cast_fail
 film's brighter half) and then warn that the result "may be unreliable". At 0.40 (until 2026-12-08) three of the 17
 real dev photos (violet screen photos) failed it. This measures whether casts of such strengths change the answers.
 
-Each test film of ``--data`` (its original file, grey) is tinted with a cast of strength ``s`` in one of three hues seen in the
-real dev photos -- violet, teal, warm -- with channel gains exp(s * direction) relative to green, scaled so that
-the luma stays the same and clipped at 255 as a camera clips (so strong casts lose highlights in one channel). The
-tinted RGB image goes through ``Pipeline.predict`` as a photo of a screen or film without edges does (the
-'cropped' path: trim, grey, level stretch; the quality checks measure the cast). Printed per hue and strength:
+Each test film of ``--data`` (its original file, grey) is tinted with a cast of strength ``s`` in one of the
+three hues seen in real photos (``cxr_edge.tools.photosim.CAST_HUES``: teal, violet, warm) with channel gains
+exp(s * direction) relative to green, scaled so that the luma stays the same and clipped at 255 as a camera clips
+(so strong casts lose highlights in one channel). The tinted RGB image goes through ``Pipeline.predict`` as a
+photo of a screen or film without edges does (the 'cropped' path: trim, grey, level stretch; the quality checks
+measure the cast). Printed per hue and strength:
 the data's model's figure (cxr4: accuracy; nih14: mean AUROC over the labels with positives), the gate's
 acceptances, on how many films nih14's findings (the labels over their thresholds)
 differ from the same film's at the reference, the quality check's median cast score and its verdicts; and the
@@ -37,10 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cxr_edge import Pipeline  # noqa: E402
 from cxr_edge.data.prepared import open_prepared  # noqa: E402
 from cxr_edge.runtime.images import load_image  # noqa: E402
+from cxr_edge.tools.photosim import CAST_HUES  # noqa: E402
 from cxr_edge.tools.metrics import accuracy, auroc  # noqa: E402
 
-#: ln(R/G), ln(B/G) per unit of strength (the larger component 1): hues of the real dev photos
-HUES = {"violet": (0.55, 1.0), "teal": (-1.0, -0.1), "warm": (1.0, -0.8)}
+#: ln(R/G), ln(B/G) per unit of strength (the larger one 1): the simulator's hues of real photos' casts
+HUES = {name: tuple(float(v) for v in np.log([r / g, b / g]) / np.abs(np.log([r / g, b / g])).max())
+        for name, (r, g, b) in CAST_HUES.items()}
 STRENGTHS = (0.05, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8)
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -67,7 +70,8 @@ def main(argv=None) -> int:
     prep = open_prepared(args.data)
     slot = prep.task.family
     if slot not in ("cxr4", "nih14") or slot not in pipe.models:
-        sys.exit(f"{args.data}: a {prep.task.name} data set; give a prepared cxr4 or nih14 set whose model the pack has")
+        sys.exit(f"{args.data}: a {prep.task.name} data set; give a prepared cxr4 or nih14 set whose model the "
+                 "pack has")
     table = prep.table("test")
     labels = list(pipe.models[slot].spec.labels)
     idx = list(range(0, len(table), args.every))
@@ -112,8 +116,8 @@ def main(argv=None) -> int:
 
     print(f"pack {args.pack}; {len(idx)} test films of {args.data}; {slot} {metric_name} of the films as they are "
           f"(grey, digital path): {score(digital):.3f}\n")
-    print(f"| hue | strength | {slot} {metric_name} | change vs 0.05 | gate accepted | nih14 findings changed vs 0.05 | "
-          "cast score (median) | quality verdicts | paths |")
+    print(f"| hue | strength | {slot} {metric_name} | change vs 0.05 | gate accepted | "
+          "nih14 findings changed vs 0.05 | cast score (median) | quality verdicts | paths |")
     print("|---|---:|---:|---:|---:|---:|---:|---|---|")
     out = {"films": len(idx), "slot": slot, "metric": metric_name, "digital": score(digital), "rows": []}
     for hue in HUES:
